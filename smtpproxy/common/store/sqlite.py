@@ -1,0 +1,302 @@
+"""SQLite store: the embedded default, one file in the state directory.
+
+sqlite3 blocks, so every call runs on one dedicated thread that owns the
+connection; the event loop only awaits a future. One thread also serialises
+this process's writes, and each decision is one ``BEGIN IMMEDIATE``
+transaction, so read-modify-write is atomic against other processes sharing
+the file too (they wait up to ``sqlite_busy_timeout_s`` for the lock).
+
+WAL with ``synchronous=NORMAL``: a commit does not wait for fsync, only
+checkpoints do. A power cut may lose the last moments of greylist state,
+which costs one extra deferral, never a lost message.
+
+One table: key, value (bytes, or JSON for structured entries), absolute
+expiry time. Expired rows read as absent and are purged in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fnmatch
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+from smtpproxy.common.config import StoreConfig
+from smtpproxy.common.store import (
+    GL_AWL,
+    GL_EARLY,
+    GL_KNOWN,
+    GL_NEW,
+    GL_PASSED,
+    GreylistParams,
+    GreylistResult,
+    RateResult,
+    Store,
+    StoreError,
+    gcra,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    k   TEXT PRIMARY KEY,
+    v   BLOB NOT NULL,
+    exp REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_exp ON kv (exp);
+"""
+
+
+class SQLiteStore(Store):
+    def __init__(self, cfg: StoreConfig, path: str):
+        super().__init__(cfg)
+        self.path = path
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._purger: asyncio.Task | None = None
+
+    # ------------------------------------------------------------ plumbing
+
+    def _connect(self) -> None:
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        db = sqlite3.connect(
+            self.path, timeout=self.cfg.sqlite_busy_timeout_s, isolation_level=None,
+            check_same_thread=False,
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._executor, fn, *args), self.cfg.timeout_s
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+        except TimeoutError:
+            raise StoreError(f"sqlite {self.path}: timed out") from None
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn inside one write transaction (on the store thread)."""
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    @staticmethod
+    def _read(db: sqlite3.Connection, key: str, now: float) -> bytes | None:
+        row = db.execute("SELECT v FROM kv WHERE k = ? AND exp > ?", (key, now)).fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, key: str, value: bytes, exp: float) -> None:
+        db.execute(
+            "INSERT INTO kv (k, v, exp) VALUES (?, ?, ?) "
+            "ON CONFLICT (k) DO UPDATE SET v = excluded.v, exp = excluded.exp",
+            (key, value, exp),
+        )
+
+    @classmethod
+    def _read_json(cls, db: sqlite3.Connection, key: str, now: float) -> dict | None:
+        raw = cls._read(db, key, now)
+        return None if raw is None else json.loads(raw)
+
+    @classmethod
+    def _write_json(cls, db: sqlite3.Connection, key: str, value: dict, exp: float) -> None:
+        cls._write(db, key, json.dumps(value, separators=(",", ":")).encode(), exp)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+        try:
+            await self._run(self._connect)
+        except (StoreError, OSError) as exc:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.sqlite_purge_interval_s)
+            try:
+                await self.purge()
+            except StoreError as exc:
+                logger.warning("purging expired rows failed: %s", exc)
+
+    async def purge(self, now: float | None = None) -> int:
+        """Delete expired rows; returns how many."""
+        when = time.time() if now is None else now
+
+        def run(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM kv WHERE exp <= ?", (when,)).rowcount
+
+        return await self._run(self._tx, run)
+
+    async def close(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
+            self._purger = None
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+
+        def shut() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(executor, shut)
+        executor.shutdown(wait=True)
+
+    # ------------------------------------------------------------ generic values
+
+    async def get(self, key: str) -> bytes | None:
+        now = time.time()
+        return await self._run(lambda: self._read(self._db, key, now))  # type: ignore[arg-type]
+
+    async def set(self, key: str, value: bytes, ttl_s: float) -> None:
+        exp = time.time() + ttl_s
+        await self._run(self._tx, lambda db: self._write(db, key, bytes(value), exp))
+
+    async def incr(self, key: str, amount: int, ttl_s: float) -> int:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> int:
+            raw = self._read(db, key, now)
+            value = (int(raw) if raw is not None else 0) + amount
+            self._write(db, key, str(value).encode(), now + ttl_s)
+            return value
+
+        return await self._run(self._tx, run)
+
+    async def delete(self, key: str) -> bool:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM kv WHERE k = ? AND exp > ?", (key, now)).rowcount > 0
+
+        return await self._run(self._tx, run)
+
+    async def ttl(self, key: str) -> float | None:
+        now = time.time()
+
+        def run() -> float | None:
+            assert self._db is not None
+            row = self._db.execute("SELECT exp FROM kv WHERE k = ? AND exp > ?", (key, now)).fetchone()
+            return None if row is None else row[0] - now
+
+        return await self._run(run)
+
+    async def scan(self, pattern: str, count: int = 1000) -> AsyncIterator[str]:  # type: ignore[override]
+        now = time.time()
+        # GLOB speaks the same * as Redis; [ and ? are not used in our keys.
+        def run() -> list[str]:
+            assert self._db is not None
+            rows = self._db.execute(
+                "SELECT k FROM kv WHERE k GLOB ? AND exp > ? LIMIT ?", (pattern, now, count)
+            ).fetchall()
+            return [r[0] for r in rows if fnmatch.fnmatchcase(r[0], pattern)]
+
+        for key in await self._run(run):
+            yield key
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        now = time.time()
+
+        def run() -> dict[str, str]:
+            assert self._db is not None
+            value = self._read_json(self._db, key, now)
+            return {k: str(v) for k, v in (value or {}).items()}
+
+        return await self._run(run)
+
+    # ------------------------------------------------------------ decisions
+
+    async def greylist(
+        self, triplet_key: str, client_key: str, now: float, p: GreylistParams
+    ) -> GreylistResult:
+        def run(db: sqlite3.Connection) -> GreylistResult:
+            client = self._read_json(db, client_key, now)
+            if client is not None and now - client["seen"] > p.awl_ttl_s:
+                client = None
+            if p.awl_deliveries and client is not None and client["count"] >= p.awl_deliveries:
+                client["seen"] = now
+                self._write_json(db, client_key, client, now + p.awl_ttl_s)
+                return GreylistResult(GL_AWL)
+
+            entry = self._read_json(db, triplet_key, now)
+            if entry is not None:
+                if entry["passed"]:
+                    if now - entry["seen"] > p.pass_ttl_s:
+                        entry = None
+                elif now - entry["first"] > p.delay_s + p.retry_window_s:
+                    entry = None
+            if entry is None:
+                entry = {"first": now, "seen": now, "passed": 0}
+                self._write_json(db, triplet_key, entry, now + p.delay_s + p.retry_window_s)
+                return GreylistResult(GL_NEW, wait_s=p.delay_s)
+            if not entry["passed"]:
+                waited = now - entry["first"]
+                if waited < p.delay_s:
+                    return GreylistResult(GL_EARLY, wait_s=p.delay_s - waited)
+                result = GreylistResult(GL_PASSED, delayed_s=waited)
+                entry["passed"] = 1
+            else:
+                result = GreylistResult(GL_KNOWN)
+            entry["seen"] = now
+            self._write_json(db, triplet_key, entry, now + p.pass_ttl_s)
+            # Auto-whitelist: count this delivery, at most one per interval.
+            if p.awl_deliveries:
+                if client is None:
+                    client = {"count": 1, "last": now, "seen": now}
+                elif now - client["last"] >= p.awl_count_interval_s:
+                    client = {"count": client["count"] + 1, "last": now, "seen": now}
+                else:
+                    client["seen"] = now
+                self._write_json(db, client_key, client, now + p.awl_ttl_s)
+            return result
+
+        return await self._run(self._tx, run)
+
+    async def rate_limit(
+        self, key: str, limits: tuple[tuple[int, float], ...], cost: int, now: float
+    ) -> RateResult:
+        fields = [f"{count}/{period:g}" for count, period in limits]
+
+        def run(db: sqlite3.Connection) -> RateResult:
+            bucket = self._read_json(db, key, now) or {}
+            tats = [float(bucket.get(f, 0.0)) for f in fields]
+            result, new_tats = gcra(tats, limits, cost, now)
+            if result.allowed:
+                for f, tat in zip(fields, new_tats, strict=True):
+                    bucket[f] = tat
+                horizon = max(new_tats) - now
+                self._write_json(db, key, bucket, now + max(horizon, 1.0))
+            return result
+
+        return await self._run(self._tx, run)

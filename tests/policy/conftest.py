@@ -1,0 +1,141 @@
+"""Fixtures for the policy daemon and store tests: real redis-server processes.
+
+Every server listens on 127.0.0.1 on a free port, keeps its files in a temp
+dir and is killed at the end. A missing redis-server is a failure, not a
+skip: the test script installs it (scripts/test-packages.txt).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 45000)
+        if _port_free(port) and _port_free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+def redis_binary(name: str = "redis-server") -> str:
+    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    if path is None:
+        pytest.fail(f"{name} is not installed (apt-get install redis-server)")
+    return path
+
+
+@dataclass
+class RedisServer:
+    port: int
+    directory: str
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run(
+            [redis_binary("redis-cli"), "-h", "127.0.0.1", "-p", str(self.port), *args],
+            check=True, capture_output=True, text=True, timeout=30,
+        ).stdout
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def start_redis(directory: str, *extra: str, port: int | None = None) -> RedisServer:
+    os.makedirs(directory, exist_ok=True)
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
+         "--save", "", "--appendonly", "no", "--protected-mode", "no", *extra],
+        stdout=open(os.path.join(directory, "redis.log"), "wb"), stderr=subprocess.STDOUT,
+    )
+    server = RedisServer(port, directory, proc)
+    try:
+        wait_port(port)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    server = start_redis(str(tmp_path_factory.mktemp("redis")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[list[RedisServer]]:
+    """Three masters, no replicas, slots spread by redis-cli --cluster create."""
+    base = tmp_path_factory.mktemp("cluster")
+    nodes: list[RedisServer] = []
+    try:
+        for i in range(3):
+            d = str(base / f"n{i}")
+            nodes.append(start_redis(
+                d, "--cluster-enabled", "yes", "--cluster-config-file", f"{d}/nodes.conf",
+                "--cluster-node-timeout", "5000", port=free_cluster_port(),
+            ))
+        subprocess.run(
+            [redis_binary("redis-cli"), "--cluster", "create",
+             *[f"127.0.0.1:{n.port}" for n in nodes], "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while "cluster_state:ok" not in nodes[0].cli("cluster", "info"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("cluster did not reach cluster_state:ok")
+            time.sleep(0.2)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
