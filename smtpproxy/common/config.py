@@ -1,0 +1,519 @@
+"""Configuration: the schema with every default, TOML loading and validation.
+
+Every key either daemon reads is declared here once, as a field of a frozen
+dataclass whose default is the default; `conf/smtpproxy.toml` lists the same
+keys with comments. Loading rejects unknown keys, wrong types and bad values
+with a ConfigError that names the key (``proxy.listeners[1].downstream``), so
+an administrator is never left guessing which line is wrong.
+
+Units are in the names (``_s`` seconds, ``_bytes``). A loaded Config is
+immutable: a reload builds a new one and swaps it in whole, or keeps the old
+one when the new file is invalid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A bad configuration value; ``key`` is the dotted path to it."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+# ---------------------------------------------------------------- value parsers
+
+
+def parse_hostport(value: str, key: str = "") -> tuple[str, int]:
+    """'127.0.0.1:10025', '[::1]:10025' or 'localhost:25' -> (host, port)."""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(key, f"expected [IPV6]:PORT, got {value!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host:
+            raise ConfigError(key, f"expected HOST:PORT, got {value!r}")
+        if ":" in host:
+            raise ConfigError(key, f"write IPv6 addresses as [ADDR]:PORT, got {value!r}")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(key, f"bad port in {value!r}")
+    return host, int(port_text)
+
+
+def parse_networks(values: tuple[str, ...], key: str) -> tuple:
+    nets = []
+    for i, text in enumerate(values):
+        try:
+            nets.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            raise ConfigError(f"{key}[{i}]", f"not an IP network: {text!r}") from None
+    return tuple(nets)
+
+
+def _check_positive(obj: Any, path: str, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(path + name, "must be greater than 0")
+
+
+def _check_choice(obj: Any, path: str, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(obj, name) not in choices:
+        raise ConfigError(path + name, f"must be one of {', '.join(choices)}")
+
+
+# ---------------------------------------------------------------- the schema
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PROFILES = ("inbound", "outbound")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    # stderr (journald picks it up under systemd) or syslog (the mail log).
+    destination: str = "stderr"
+    syslog_socket: str = "/dev/log"
+    syslog_facility: str = "mail"
+
+    def check(self, path: str) -> None:
+        _check_choice(self, path, "level", LOG_LEVELS)
+        _check_choice(self, path, "destination", ("stderr", "syslog"))
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str = "inbound"
+    listen: str = "127.0.0.1:10025"
+    profile: str = "inbound"
+    downstream: str = "127.0.0.1:10026"
+    # Empty: use proxy.client_networks.
+    client_networks: tuple[str, ...] = ()
+
+    def check(self, path: str) -> None:
+        if not self.name:
+            raise ConfigError(path + "name", "must not be empty")
+        parse_hostport(self.listen, path + "listen")
+        parse_hostport(self.downstream, path + "downstream")
+        _check_choice(self, path, "profile", PROFILES)
+        parse_networks(self.client_networks, path + "client_networks")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    # Name in the greeting and EHLO, and in the trace header; empty: the host's FQDN.
+    hostname: str = ""
+    # Clients outside these networks get 554 at connect (Postfix talks from loopback).
+    client_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Concurrent client sessions over all listeners; beyond it: 421 4.3.2.
+    max_sessions: int = 200
+    # Advertised in EHLO SIZE; larger messages get 552 5.3.4.
+    max_message_size_bytes: int = 52_428_800
+    max_recipients: int = 1000
+    # Idle time allowed between client commands.
+    command_timeout_s: float = 300.0
+    # Time allowed to receive the whole message after 354.
+    data_timeout_s: float = 300.0
+    downstream_connect_timeout_s: float = 10.0
+    # Per downstream reply. With scan_timeout_s this must stay under Postfix's
+    # smtpd_proxy_timeout (100 s), or Postfix gives up before we answer.
+    downstream_reply_timeout_s: float = 50.0
+    # Budget for the end-of-data scan hook; beyond it the message is tempfailed.
+    scan_timeout_s: float = 40.0
+    # On SIGTERM: how long in-flight transactions may take to finish.
+    drain_timeout_s: float = 30.0
+    # Add "X-Smtpproxy: host; id=SESSION; profile=NAME" so a delivered message
+    # can be tied to the proxy's log line.
+    trace_header: bool = True
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+
+    def check(self, path: str) -> None:
+        parse_networks(self.client_networks, path + "client_networks")
+        _check_positive(
+            self, path, "max_sessions", "max_message_size_bytes", "max_recipients",
+            "command_timeout_s", "data_timeout_s", "downstream_connect_timeout_s",
+            "downstream_reply_timeout_s", "scan_timeout_s", "drain_timeout_s",
+        )
+        if not self.listeners:
+            raise ConfigError(path + "listeners", "at least one listener is needed")
+        names, addresses = set(), set()
+        for i, listener in enumerate(self.listeners):
+            key = f"{path}listeners[{i}]."
+            if listener.name in names:
+                raise ConfigError(key + "name", f"duplicate listener name {listener.name!r}")
+            if listener.listen in addresses:
+                raise ConfigError(key + "listen", f"address {listener.listen} used twice")
+            names.add(listener.name)
+            addresses.add(listener.listen)
+
+
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    # sqlite:///path/to/file.db, redis://host:port/db, rediss://...,
+    # redis+sentinel://host:port,host:port/service, redis+cluster://host:port,...
+    # Empty: an SQLite file in state_dir.
+    url: str = ""
+    # Prepended to every key written, so several deployments can share a Redis.
+    key_prefix: str = "sp:"
+    # Per store operation (connect included); a slower store counts as down.
+    timeout_s: float = 1.0
+    # Store unreachable: the first retry waits this long, doubling up to the max;
+    # until then callers get an immediate error (and answer their default).
+    backoff_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # "store unreachable" is logged at most once per interval.
+    error_log_interval_s: float = 60.0
+    redis_max_connections: int = 64
+    # SQLite: expired rows are deleted in the background this often.
+    sqlite_purge_interval_s: float = 300.0
+    # SQLite: wait this long for another process holding the write lock.
+    sqlite_busy_timeout_s: float = 5.0
+
+    def check(self, path: str) -> None:
+        if self.url:
+            scheme = self.url.partition("://")[0]
+            if "://" not in self.url or scheme not in STORE_SCHEMES:
+                raise ConfigError(path + "url", f"scheme must be one of {', '.join(STORE_SCHEMES)}")
+        _check_positive(
+            self, path, "timeout_s", "backoff_s", "backoff_max_s", "error_log_interval_s",
+            "redis_max_connections", "sqlite_purge_interval_s", "sqlite_busy_timeout_s",
+        )
+
+
+POLICY_DEFAULT_ACTIONS = ("DUNNO", "DEFER_IF_PERMIT")
+# Postfix protocol_state values a check may be bound to.
+POLICY_STATES = ("CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "VRFY", "ETRN")
+RATE_KEY_PARTS = (
+    "sasl_username", "sender", "sender_domain", "client_address", "client_network",
+    "recipient", "recipient_domain",
+)
+RATE_ACTIONS = ("DEFER", "REJECT", "HOLD")
+RATE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(text: str, key: str = "") -> tuple[int, float]:
+    """'20/1m' -> (20, 60.0): at most 20 per minute (see docs/policy.md for bursts)."""
+    count_text, sep, period_text = text.replace(" ", "").partition("/")
+    number, unit = period_text[:-1] or "1", period_text[-1:]
+    if (not sep or not count_text.isdigit() or int(count_text) <= 0 or unit not in RATE_UNITS
+            or not number.isdigit() or int(number) <= 0):
+        raise ConfigError(key, f"expected COUNT/PERIOD such as 20/1m, 300/1h, 1000/1d; got {text!r}")
+    return int(count_text), float(int(number) * RATE_UNITS[unit])
+
+
+@dataclass(frozen=True)
+class GreylistConfig:
+    enabled: bool = True
+    # Protocol stages and policy_context values (check_policy_service
+    # { inet:..., policy_context=NAME }) it applies to; "" = no policy_context.
+    protocol_states: tuple[str, ...] = ("RCPT",)
+    policy_contexts: tuple[str, ...] = ("",)
+    # A new triplet is deferred until delay_s has passed, and forgotten if the
+    # client has not retried within retry_window_s after that.
+    delay_s: float = 300.0
+    retry_window_s: float = 172_800.0
+    # A triplet that passed lives this long, refreshed on every use.
+    pass_ttl_s: float = 3_024_000.0
+    # Triplets are keyed on the client's network, not its address: pools retry from neighbours.
+    client_prefix_v4: int = 24
+    client_prefix_v6: int = 64
+    # A client network is whitelisted after this many successful deliveries
+    # (0: never), counting at most one per interval; kept awl_ttl_s after its last.
+    awl_deliveries: int = 5
+    awl_count_interval_s: float = 3600.0
+    awl_ttl_s: float = 3_024_000.0
+    # Never greylisted (SASL-authenticated clients never are either).
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Plain map files, reloaded when they change; see conf/policy/.
+    whitelist_client_maps: tuple[str, ...] = ("/etc/smtpproxy/policy/whitelist_clients",)
+    whitelist_sender_maps: tuple[str, ...] = ()
+    whitelist_recipient_maps: tuple[str, ...] = ()
+    # PREPEND "X-Greylist: delayed N seconds ..." to a message that waited.
+    add_header: bool = True
+    # Wording of the 4.7.1 deferral; {seconds} is the wait still needed.
+    defer_text: str = "Greylisted, please try again in {seconds} seconds"
+
+    def check(self, path: str) -> None:
+        _check_positive(self, path, "delay_s", "retry_window_s", "pass_ttl_s",
+                        "awl_count_interval_s", "awl_ttl_s")
+        if not 0 <= self.client_prefix_v4 <= 32:
+            raise ConfigError(path + "client_prefix_v4", "must be 0..32")
+        if not 0 <= self.client_prefix_v6 <= 128:
+            raise ConfigError(path + "client_prefix_v6", "must be 0..128")
+        if self.awl_deliveries < 0:
+            raise ConfigError(path + "awl_deliveries", "must be 0 or more")
+        for i, state in enumerate(self.protocol_states):
+            if state not in POLICY_STATES:
+                raise ConfigError(f"{path}protocol_states[{i}]", f"unknown protocol_state {state!r}")
+        parse_networks(self.trusted_networks, path + "trusted_networks")
+        try:
+            self.defer_text.format(seconds=0)
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(path + "defer_text", "only {seconds} may be substituted") from None
+
+
+@dataclass(frozen=True)
+class RateLimitRule:
+    name: str = ""
+    # Attributes the bucket is keyed on, joined; a request lacking one is not counted.
+    key: tuple[str, ...] = ("sasl_username",)
+    # Every limit must hold; "20/1m, 300/1h" style, one per item.
+    limits: tuple[str, ...] = ("20/1m",)
+    # recipients: one per RCPT request; messages: one per END-OF-MESSAGE
+    # request (where "recipient" is absent when there were several).
+    count: str = "recipients"
+    # DEFER (4.7.1, retry hint), REJECT (5.7.1) or HOLD (accept into the hold queue).
+    action: str = "DEFER"
+    policy_contexts: tuple[str, ...] = ("",)
+    # Key values never limited (e.g. a monitoring login).
+    exempt: tuple[str, ...] = ()
+    # Map file: "KEY LIMIT[, LIMIT...]" or "KEY none" per line; overrides limits.
+    overrides_map: str = ""
+
+    def check(self, path: str) -> None:
+        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(path + "name", "must be a non-empty word (letters, digits, - and _)")
+        if not self.key:
+            raise ConfigError(path + "key", "at least one attribute is needed")
+        for i, part in enumerate(self.key):
+            if part not in RATE_KEY_PARTS:
+                raise ConfigError(f"{path}key[{i}]", f"must be one of {', '.join(RATE_KEY_PARTS)}")
+        if not self.limits:
+            raise ConfigError(path + "limits", "at least one limit is needed")
+        for i, text in enumerate(self.limits):
+            parse_rate(text, f"{path}limits[{i}]")
+        _check_choice(self, path, "count", ("recipients", "messages"))
+        _check_choice(self, path, "action", RATE_ACTIONS)
+        if self.count == "messages":
+            for i, part in enumerate(self.key):
+                if part in ("recipient", "recipient_domain"):
+                    raise ConfigError(
+                        f"{path}key[{i}]",
+                        "recipient is absent at END-OF-MESSAGE when there are several; "
+                        "count recipients to key on it",
+                    )
+
+    @property
+    def protocol_state(self) -> str:
+        return "RCPT" if self.count == "recipients" else "END-OF-MESSAGE"
+
+    @property
+    def parsed_limits(self) -> tuple[tuple[int, float], ...]:
+        return tuple(parse_rate(text) for text in self.limits)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # HOST:PORT or unix:/path/to/socket.
+    listen: str = "127.0.0.1:10040"
+    # Mode of a unix: socket.
+    socket_mode: str = "0666"
+    # Answered when the daemon itself is in trouble (store down, bug).
+    default_action: str = "DUNNO"
+    # Name in the X-Greylist header; empty: the host's FQDN.
+    hostname: str = ""
+    # Postfix closes idle policy connections after smtpd_policy_service_max_idle
+    # (300 s); we wait a little longer so it is always Postfix that closes.
+    idle_timeout_s: float = 330.0
+    # Time to read one request once it has started.
+    request_timeout_s: float = 10.0
+    # Budget for one decision (store round trips included); beyond it the
+    # default action. Must stay well under smtpd_policy_service_timeout (100 s).
+    decision_timeout_s: float = 3.0
+    # A longer line or more attributes: the request is malformed, the connection closed.
+    max_line_bytes: int = 4096
+    max_attributes: int = 100
+    max_connections: int = 2000
+    # On SIGTERM: how long in-flight requests may take.
+    drain_timeout_s: float = 5.0
+    # How often map files are checked for changes.
+    map_check_interval_s: float = 5.0
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
+    rate_limits: tuple[RateLimitRule, ...] = ()
+
+    def check(self, path: str) -> None:
+        if not self.listen.startswith("unix:"):
+            parse_hostport(self.listen, path + "listen")
+        elif len(self.listen) <= len("unix:"):
+            raise ConfigError(path + "listen", "unix: needs a path")
+        try:
+            mode = int(self.socket_mode, 8)
+        except ValueError:
+            mode = -1
+        if not 0 <= mode <= 0o777:
+            raise ConfigError(path + "socket_mode", f"expected an octal mode such as 0660, got {self.socket_mode!r}")
+        _check_choice(self, path, "default_action", POLICY_DEFAULT_ACTIONS)
+        _check_positive(
+            self, path, "idle_timeout_s", "request_timeout_s", "decision_timeout_s",
+            "max_line_bytes", "max_attributes", "max_connections", "drain_timeout_s",
+            "map_check_interval_s",
+        )
+        names = set()
+        for i, rule in enumerate(self.rate_limits):
+            if rule.name in names:
+                raise ConfigError(f"{path}rate_limits[{i}].name", f"duplicate rule name {rule.name!r}")
+            names.add(rule.name)
+
+
+@dataclass(frozen=True)
+class Config:
+    # Where state lives (SQLite store, maps we write). systemd's
+    # StateDirectory= sets $STATE_DIRECTORY, which wins over this default.
+    state_dir: str = "/var/lib/smtpproxy"
+    log: LogConfig = field(default_factory=LogConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def check(self, path: str) -> None:
+        if not self.state_dir:
+            raise ConfigError("state_dir", "must not be empty")
+
+
+DEFAULT_CONFIG_PATH = "/etc/smtpproxy/smtpproxy.toml"
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "table"
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        return "array"
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {type(value).__name__}")
+        return build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected an array, got {type(value).__name__}")
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug
+
+
+def build(cls: type, data: dict, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a TOML table, naming the key on any error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(path + key, "unknown key")
+    kwargs = {name: _convert(hints[name], data[name], path + name) for name in data}
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(path)
+    return obj
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file (None: defaults only) and apply dotted-key overrides."""
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("", f"{path}: TOML syntax error: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value)
+    cfg = build(Config, data)
+    state_env = os.environ.get("STATE_DIRECTORY")
+    if state_env and "state_dir" not in data:
+        cfg = dataclasses.replace(cfg, state_dir=state_env.split(":")[0])
+    return cfg
+
+
+# ---------------------------------------------------------------- dumping
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(type(value))
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, tuple) and bool(value) and dataclasses.is_dataclass(value[0])
+
+
+def dump(obj: Any, prefix: str = "") -> str:
+    """The effective configuration as TOML, every key written out."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    arrays: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            tables.append((f.name, value))
+        elif _is_table_array(value):
+            arrays.append((f.name, value))
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}")
+    out = "\n".join(lines)
+    for name, table in tables:
+        out += f"\n\n[{prefix}{name}]\n" + dump(table, f"{prefix}{name}.")
+    for name, items in arrays:
+        for item in items:
+            out += f"\n\n[[{prefix}{name}]]\n" + dump(item, f"{prefix}{name}.")
+    return out.strip("\n") + ("\n" if not prefix else "")
+
+
+__all__ = [
+    "Config", "ConfigError", "ListenerConfig", "LogConfig", "PolicyConfig", "ProxyConfig",
+    "StoreConfig", "build", "dump", "load", "parse_hostport", "parse_networks",
+]

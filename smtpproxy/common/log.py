@@ -1,0 +1,50 @@
+"""Logging set-up shared by both daemons.
+
+One line per event, Postfix-style ``key=value`` fields, to stderr (journald
+under systemd) or to syslog's mail facility next to Postfix's own lines.
+Third-party libraries that log every SMTP line at INFO (aiosmtpd's
+``mail.log``) are held at WARNING: per-line logging costs throughput and says
+nothing an administrator needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+
+from smtpproxy.common.config import LogConfig
+
+NOISY_LIBRARIES = ("mail.log", "aiosmtplib", "asyncio")
+
+
+def setup(cfg: LogConfig, program: str) -> None:
+    """(Re)configure the root logger from ``cfg``; safe to call again on reload."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    if cfg.destination == "syslog":
+        handler: logging.Handler = logging.handlers.SysLogHandler(
+            address=cfg.syslog_socket,
+            facility=logging.handlers.SysLogHandler.facility_names[cfg.syslog_facility],
+        )
+        handler.setFormatter(logging.Formatter(f"{program}[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {program}[%(process)d] %(levelname)s: %(message)s")
+        )
+    root.addHandler(handler)
+    root.setLevel(cfg.level.upper())
+    quiet = logging.DEBUG if cfg.level == "debug" else logging.WARNING
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(quiet)
+
+
+def quote(value: object) -> str:
+    """A log field value: bare when safe, else double-quoted with escapes."""
+    text = str(value)
+    if text and all(c.isprintable() and c not in ' "=' for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'

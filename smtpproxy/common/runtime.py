@@ -1,0 +1,106 @@
+"""Daemon runtime shared by smtpproxy and smtpproxy-policy.
+
+The contract, the same for both programs:
+
+- the configuration is loaded and validated before anything binds a socket;
+- once the service listens, systemd is told ``READY=1`` (when it is watching);
+- SIGHUP loads the file again and, if it is valid, swaps it in whole; an
+  invalid file is logged and the running configuration kept;
+- SIGTERM or SIGINT stops listening, lets in-flight work finish for a bounded
+  time (the service's own drain timeout) and exits 0.
+
+A service is any object with ``start()``, ``reload(cfg)`` and ``stop()``
+coroutines; this module knows nothing of SMTP or the policy protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+from smtpproxy.common import log as logsetup
+from smtpproxy.common.config import Config, ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+    async def reload(self, cfg: Config) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd about our state when it asked us to (Type=notify)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        logger.warning("sd_notify %s failed: %s", state, exc)
+
+
+async def serve(
+    program: str,
+    cfg: Config,
+    make_service: Callable[[Config], Service],
+    reload_config: Callable[[], Config],
+) -> int:
+    """Run a service until SIGTERM/SIGINT; returns the process exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    service = make_service(cfg)
+    try:
+        await service.start()
+    except OSError as exc:
+        logger.error("cannot start: %s", exc)
+        return 1
+
+    reloading: set[asyncio.Task] = set()
+
+    async def do_reload() -> None:
+        sd_notify("RELOADING=1")
+        try:
+            new_cfg = await loop.run_in_executor(None, reload_config)
+        except ConfigError as exc:
+            logger.error("reload refused, keeping the running configuration: %s", exc)
+        else:
+            logsetup.setup(new_cfg.log, program)
+            try:
+                await service.reload(new_cfg)
+            except Exception:
+                logger.exception("reload failed; the service keeps running")
+            else:
+                logger.info("configuration reloaded")
+        sd_notify("READY=1")
+
+    def on_hup() -> None:
+        task = loop.create_task(do_reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    sd_notify("READY=1")
+    logger.info("%s started (pid %d)", program, os.getpid())
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    sd_notify("STOPPING=1")
+    logger.info("stopping: draining in-flight work")
+    await service.stop()
+    logger.info("%s stopped", program)
+    return 0

@@ -1,0 +1,153 @@
+"""The proxy service: its listeners, admission, reload and draining.
+
+Each configured listener is one asyncio server with a profile and its own
+downstream. Admission happens before the greeting: clients outside the
+listener's networks get 554, clients beyond the session cap get 421.
+
+Reload (SIGHUP) swaps the configuration for new sessions only: running
+sessions keep the configuration they started with. Listeners whose address
+changed, or that were added or removed, are rebound; connections already
+accepted are never dropped.
+
+Stop (SIGTERM) closes the listening sockets, sends 421 to sessions that are
+not inside a transaction, waits up to ``proxy.drain_timeout_s`` for the rest,
+then closes whatever is left. A transaction cut off this way was never
+answered 250, so the sending Postfix keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from smtpproxy import replies
+from smtpproxy.common.config import Config, ListenerConfig, parse_hostport
+from smtpproxy.scan.hook import NoScan, ScanHook
+from smtpproxy.server import ProxySMTP, client_allowed, listener_networks
+
+logger = logging.getLogger("smtpproxy")
+
+
+class _Listener:
+    def __init__(self, cfg: ListenerConfig, server: asyncio.Server, networks: tuple):
+        self.cfg = cfg
+        self.server = server
+        self.networks = networks
+
+
+class ProxyService:
+    def __init__(self, cfg: Config, hook: ScanHook | None = None):
+        self.cfg = cfg
+        self.hook: ScanHook = hook or NoScan()
+        self.sessions: set[ProxySMTP] = set()
+        self._listeners: dict[str, _Listener] = {}
+        self._stopping = False
+        self.hostname = cfg.proxy.hostname or socket.getfqdn()
+
+    # ---------------------------------------------------------------- admission
+
+    def admit(self, session: ProxySMTP) -> str | None:
+        """None to serve the client, else the reply to send before closing."""
+        listener = self._listeners.get(session.listener.name)
+        networks = listener.networks if listener else listener_networks(self.cfg, session.listener)
+        if not client_allowed(session.peer_addr, networks):
+            logger.warning(
+                "%s: listener=%s client=%s refused: not in client_networks",
+                session.session_id, session.listener.name, session.peer_addr,
+            )
+            return replies.ACCESS_DENIED
+        if self._stopping:
+            return replies.SHUTTING_DOWN
+        if len(self.sessions) > self.cfg.proxy.max_sessions:
+            logger.warning(
+                "%s: listener=%s client=%s refused: %d sessions, limit proxy.max_sessions=%d",
+                session.session_id, session.listener.name, session.peer_addr,
+                len(self.sessions) - 1, self.cfg.proxy.max_sessions,
+            )
+            return replies.TOO_MANY_SESSIONS
+        return None
+
+    # ---------------------------------------------------------------- listeners
+
+    async def _bind(self, cfg: ListenerConfig) -> _Listener:
+        host, port = parse_hostport(cfg.listen)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: self._new_session(cfg.name), host, port, reuse_address=True
+        )
+        logger.info(
+            "listener %s on %s (profile %s) relays to %s",
+            cfg.name, cfg.listen, cfg.profile, cfg.downstream,
+        )
+        return _Listener(cfg, server, listener_networks(self.cfg, cfg))
+
+    def _new_session(self, name: str) -> ProxySMTP:
+        # Looked up per connection, so a reload's listener settings apply to
+        # the next session without rebinding the socket.
+        return ProxySMTP(self, self._listeners[name].cfg, self.hostname)
+
+    async def start(self) -> None:
+        try:
+            for cfg in self.cfg.proxy.listeners:
+                self._listeners[cfg.name] = await self._bind(cfg)
+        except OSError:
+            await self._close_listeners(list(self._listeners))
+            raise
+
+    async def _close_listeners(self, names: list[str]) -> None:
+        for name in names:
+            listener = self._listeners.pop(name)
+            listener.server.close()
+            logger.info("listener %s on %s closed", name, listener.cfg.listen)
+
+    async def reload(self, cfg: Config) -> None:
+        old = self._listeners
+        self.cfg = cfg
+        self.hostname = cfg.proxy.hostname or socket.getfqdn()
+        wanted = {listener.name: listener for listener in cfg.proxy.listeners}
+        # Close what goes away or moves first, so a moved listener can rebind.
+        gone = [n for n, lst in old.items() if n not in wanted or wanted[n].listen != lst.cfg.listen]
+        await self._close_listeners(gone)
+        for name, lcfg in wanted.items():
+            if name in self._listeners:
+                current = self._listeners[name]
+                current.cfg = lcfg
+                current.networks = listener_networks(cfg, lcfg)
+            else:
+                try:
+                    self._listeners[name] = await self._bind(lcfg)
+                except OSError as exc:
+                    logger.error("listener %s: cannot bind %s: %s", name, lcfg.listen, exc)
+
+    # ---------------------------------------------------------------- stop
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self._close_listeners(list(self._listeners))
+        for session in list(self.sessions):
+            if not session.in_transaction and not session.busy:
+                await _say_goodbye(session)
+        deadline = asyncio.get_running_loop().time() + self.cfg.proxy.drain_timeout_s
+        while self.sessions and asyncio.get_running_loop().time() < deadline:
+            for session in list(self.sessions):
+                if not session.in_transaction and not session.busy:
+                    await _say_goodbye(session)
+            await asyncio.sleep(0.05)
+        if self.sessions:
+            logger.warning("drain timeout: closing %d sessions in transaction", len(self.sessions))
+            for session in list(self.sessions):
+                if session.transport is not None:
+                    session.transport.close()
+        await asyncio.sleep(0)
+
+
+async def _say_goodbye(session: ProxySMTP) -> None:
+    if session.transport is None or session.transport.is_closing():
+        session.service.sessions.discard(session)
+        return
+    try:
+        await asyncio.wait_for(session.push(replies.SHUTTING_DOWN), 1.0)
+    except (OSError, TimeoutError):
+        pass
+    session.transport.close()

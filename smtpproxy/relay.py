@@ -1,0 +1,175 @@
+"""The downstream side: one aiosmtplib connection to Postfix's re-injection listener.
+
+The proxy drives it in lockstep with its own client: XFORWARD and MAIL when
+the client sends MAIL, each RCPT as it arrives, and the message at end-of-data.
+Replies come back as (code, text) so the proxy can relay them verbatim.
+
+Every way the downstream can fail (refused connection, timeout, lost
+connection, garbage) surfaces as one exception, DownstreamError, whose text
+is for the log only; the proxy answers its client with a generic 451.
+
+Message bytes are sent as they are: the proxy already holds them with CRLF
+line ends, so the only transformation is SMTP dot-stuffing. aiosmtplib's own
+DATA helper would also rewrite lone CR or LF characters, which would change
+the message, hence ``send_message`` below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NamedTuple
+
+import aiosmtplib
+
+from smtpproxy import xforward
+
+
+class DownstreamError(Exception):
+    """The downstream listener could not be used; the text is for the log."""
+
+
+class Reply(NamedTuple):
+    code: int
+    text: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}".replace("\n", " / ")
+
+
+_FAILURES = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ValueError)
+
+
+def dot_stuff(content: bytes) -> bytes:
+    """Message with CRLF line ends -> DATA payload including the final dot."""
+    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
+
+
+class Downstream:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        helo_name: str,
+        connect_timeout_s: float,
+        reply_timeout_s: float,
+    ):
+        self.host = host
+        self.port = port
+        self.helo_name = helo_name
+        self.connect_timeout_s = connect_timeout_s
+        self.reply_timeout_s = reply_timeout_s
+        self._smtp: aiosmtplib.SMTP | None = None
+        self.xforward_attributes: frozenset[str] = frozenset()
+        self.in_transaction = False
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    async def connect(self) -> None:
+        smtp = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            local_hostname=self.helo_name,
+            timeout=self.connect_timeout_s,
+            start_tls=False,
+            use_tls=False,
+        )
+        try:
+            await smtp.connect()
+            reply = await smtp.ehlo(timeout=self.reply_timeout_s)
+        except _FAILURES as exc:
+            smtp.close()
+            raise DownstreamError(f"connect to {self.host}:{self.port}: {_describe(exc)}") from exc
+        if reply.code != 250:
+            smtp.close()
+            raise DownstreamError(f"EHLO refused: {reply.code} {reply.message}")
+        self._smtp = smtp
+        self.xforward_attributes = frozenset(
+            smtp.esmtp_extensions.get("xforward", "").upper().split()
+        )
+
+    async def _execute(self, line: bytes) -> Reply:
+        if not self.connected:
+            raise DownstreamError("connection lost")
+        assert self._smtp is not None
+        try:
+            response = await self._smtp.execute_command(line, timeout=self.reply_timeout_s)
+        except _FAILURES as exc:
+            self.close()
+            raise DownstreamError(f"{line[:20]!r}...: {_describe(exc)}") from exc
+        if response.code == 421:
+            # The listener is going away; nothing after this can succeed.
+            self.close()
+            raise DownstreamError(f"listener closing: {response.code} {response.message}")
+        return Reply(response.code, response.message)
+
+    async def begin(self, attrs: dict[str, str | None], mail_arg: bytes) -> Reply:
+        """XFORWARD the client's identity, then MAIL with the client's own arguments."""
+        for command in xforward.format_commands(attrs, self.xforward_attributes):
+            reply = await self._execute(command.encode("utf-8", "surrogateescape"))
+            if not reply.ok:
+                raise DownstreamError(f"XFORWARD refused: {reply}")
+        reply = await self._execute(b"MAIL " + mail_arg)
+        self.in_transaction = reply.ok
+        return reply
+
+    async def rcpt(self, rcpt_arg: bytes) -> Reply:
+        return await self._execute(b"RCPT " + rcpt_arg)
+
+    async def send_message(self, content: bytes) -> Reply:
+        """DATA, the message, and the listener's verdict on it."""
+        reply = await self._execute(b"DATA")
+        if reply.code != 354:
+            self.in_transaction = False
+            return reply
+        assert self._smtp is not None and self._smtp.protocol is not None
+        try:
+            self._smtp.protocol.write(dot_stuff(content))
+            response = await self._smtp.protocol.read_response(timeout=self.reply_timeout_s)
+        except _FAILURES as exc:
+            self.close()
+            raise DownstreamError(f"end of data: {_describe(exc)}") from exc
+        self.in_transaction = False
+        return Reply(response.code, response.message)
+
+    async def reset(self) -> None:
+        """Abandon the open transaction so that nothing is queued."""
+        if not self.in_transaction:
+            return
+        self.in_transaction = False
+        reply = await self._execute(b"RSET")
+        if not reply.ok:
+            self.close()
+            raise DownstreamError(f"RSET refused: {reply}")
+
+    async def quit(self) -> None:
+        """Polite goodbye; never raises."""
+        if self.connected:
+            try:
+                await self._execute(b"QUIT")
+            except DownstreamError:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        """Drop the connection at once. Postfix discards an unfinished transaction."""
+        self.in_transaction = False
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"

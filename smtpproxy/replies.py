@@ -1,0 +1,48 @@
+"""Every SMTP reply the proxy itself composes, in one place.
+
+Replies that come from the downstream listener are relayed verbatim and are
+not listed here. Texts are deliberately generic: a client never learns why a
+downstream connection failed or which internal step broke; the details go to
+the log line of the session.
+"""
+
+# Connection stage.
+GREETING_IDENT = "ESMTP smtpproxy"
+ACCESS_DENIED = "554 5.7.1 Access denied"
+TOO_MANY_SESSIONS = "421 4.3.2 Too many connections, try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing connection"
+TIMEOUT = "421 4.4.2 Error: timeout exceeded"
+
+# Generic successes.
+OK = "250 2.0.0 Ok"
+BYE = "221 2.0.0 Bye"
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+
+# Temporary trouble of ours or of the downstream listener: nothing was queued.
+TEMPFAIL = "451 4.3.0 Error: temporary failure, try again later"
+SCAN_TEMPFAIL = "451 4.7.1 Error: message could not be checked, try again later"
+
+# Client mistakes.
+SYNTAX_MAIL = "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]"
+SYNTAX_RCPT = "501 5.5.4 Syntax: RCPT TO:<address> [parameters]"
+SYNTAX_XFORWARD = "501 5.5.4 Syntax: XFORWARD attribute=value..."
+SYNTAX_NO_ARGS = "501 5.5.4 Syntax: {verb} takes no arguments"
+SYNTAX_HELO = "501 5.5.4 Syntax: {verb} hostname"
+BAD_XFORWARD = "501 5.5.4 Bad XFORWARD attribute: {detail}"
+NEED_HELO = "503 5.5.1 Error: send HELO/EHLO first"
+NEED_MAIL = "503 5.5.1 Error: need MAIL command"
+NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
+XFORWARD_IN_TRANSACTION = "503 5.5.1 Error: MAIL transaction in progress"
+NOT_IMPLEMENTED = "502 5.5.1 Error: command not implemented"
+
+# Limits.
+MESSAGE_TOO_BIG = "552 5.3.4 Error: message size exceeds fixed limit"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
+
+
+def lines(code: int, text: str) -> list[str]:
+    """A (possibly multi-line) reply as wire lines without CRLF: 250-a, 250 b."""
+    parts = text.split("\n") if text else [""]
+    last = len(parts) - 1
+    return [f"{code}{' ' if i == last else '-'}{part}".rstrip() for i, part in enumerate(parts)]

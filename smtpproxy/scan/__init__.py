@@ -1,0 +1,1 @@
+"""Content scanning: the end-of-data hook and what it may decide."""

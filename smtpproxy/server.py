@@ -1,0 +1,611 @@
+"""The client side: an aiosmtpd SMTP subclass that Postfix's before-queue smtpd talks to.
+
+Postfix (SMTPD_PROXY_README) opens one connection per transaction and sends
+EHLO, XFORWARD, MAIL and RCPT lines unmodified (DSN parameters included),
+DATA with long lines unsplit, and QUIT. Stock aiosmtpd accepts none of
+XFORWARD, RET/ENVID/AUTH on MAIL, NOTIFY/ORCPT on RCPT or lines over 1001
+bytes, so the verbs that matter are overridden here; aiosmtpd keeps the
+connection, the command loop and the idle timer.
+
+The promise: MAIL and every RCPT are relayed to the downstream listener as
+they arrive and its reply is relayed back, so per-recipient rejects work; the
+message goes downstream only after the scan hook accepted it; the client gets
+250 for the message only when the downstream said 250. Any failure of ours or
+of the downstream is a generic 451 4.3.0, the detail goes to the log, and the
+downstream transaction is abandoned so nothing is queued twice or half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import itertools
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from aiosmtpd.smtp import SMTP, Session
+
+from smtpproxy import replies, xforward
+from smtpproxy.common.config import Config, ListenerConfig, parse_hostport, parse_networks
+from smtpproxy.common.log import quote
+from smtpproxy.relay import Downstream, DownstreamError, Reply
+from smtpproxy.scan.headers import prepend_headers, remove_headers
+from smtpproxy.scan.hook import ClientInfo, Transaction, Verdict
+
+if TYPE_CHECKING:
+    from smtpproxy.daemon import ProxyService
+
+logger = logging.getLogger("smtpproxy")
+
+EHLO_KEYWORDS = ("8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES")
+XFORWARD_KEYWORD = "XFORWARD " + " ".join(xforward.ATTRIBUTES)
+# End-of-data scanning: readuntil() stops at every line that ends in '.', and
+# only a '.' line right after CRLF ends the message.
+_DOT_LINE_END = b".\r\n"
+
+_session_ids = itertools.count(1)
+_id_prefix = f"{os.getpid() & 0xFFFF:04X}"
+
+
+def new_session_id() -> str:
+    return f"{_id_prefix}{next(_session_ids):08X}"
+
+
+class _NoHooks:
+    """aiosmtpd wants a handler object; every verb we serve is overridden."""
+
+
+class ProxySession(Session):
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        self.id = new_session_id()
+        self.xforward: dict[str, str | None] = {}
+
+
+def parse_path(arg: str | None, keyword: str) -> tuple[str, list[str]] | None:
+    """'FROM:<a@b> SIZE=10' -> ('a@b', ['SIZE=10']); None when malformed.
+
+    Angle brackets may be omitted (Postfix is lenient too); a '>' inside a
+    quoted local part does not end the path.
+    """
+    if arg is None or arg[: len(keyword)].upper() != keyword:
+        return None
+    rest = arg[len(keyword) :].lstrip()
+    if not rest.startswith("<"):
+        parts = rest.split()
+        if not parts:
+            return None
+        return parts[0], parts[1:]
+    quoted = escaped = False
+    for i, ch in enumerate(rest):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ">" and not quoted:
+            address = rest[1:i]
+            if ":" in address and address.startswith("@"):
+                address = address.split(":", 1)[1]  # drop an RFC 821 source route
+            return address, rest[i + 1 :].split()
+    return None
+
+
+def params_valid(params: list[str]) -> bool:
+    for param in params:
+        key, eq, value = param.partition("=")
+        if not key or not all(c.isalnum() or c == "-" for c in key) or (eq and not value):
+            return False
+    return True
+
+
+def relayable(reply: Reply) -> bool:
+    """Only final replies of the three legal classes are passed to the client."""
+    return reply.code // 100 in (2, 4, 5) and reply.code < 600
+
+
+class ProxySMTP(SMTP):
+    # Commands: Postfix's XFORWARD and MAIL with DSN and SMTPUTF8 can exceed
+    # 512 bytes. The reader limit also bounds one readuntil() during DATA.
+    command_size_limit = 4096
+    command_size_limits = collections.defaultdict(lambda: ProxySMTP.command_size_limit)
+    line_length_limit = 65536
+
+    def __init__(self, service: ProxyService, listener: ListenerConfig, hostname: str):
+        self.service = service
+        self.listener = listener
+        self.cfg: Config = service.cfg  # a reload never changes a running session
+        proxy = self.cfg.proxy
+        self.downstream_host, self.downstream_port = parse_hostport(listener.downstream)
+        super().__init__(
+            _NoHooks(),
+            data_size_limit=proxy.max_message_size_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=hostname,
+            ident=replies.GREETING_IDENT,
+            timeout=proxy.command_timeout_s,
+        )
+        self.downstream: Downstream | None = None
+        self._connecting: asyncio.Task | None = None
+        self.in_transaction = False
+        self.busy = False  # between the end of DATA and our reply to it
+        self._mail_arg = b""
+        self._txn_started = 0.0
+
+    # ---------------------------------------------------------- connection
+
+    def _create_session(self) -> Session:
+        return ProxySession(self.loop)
+
+    async def _handle_client(self) -> None:
+        refusal = self.service.admit(self)
+        if refusal is not None:
+            await self.push(refusal)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.service.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.service.sessions.discard(self)
+        if self.in_transaction:
+            self._log_transaction(size=None, verdict="aborted", reply="client disconnected")
+            self.in_transaction = False
+        self._drop_downstream()
+
+    async def handle_exception(self, error: Exception) -> str:
+        # A bug of ours: never show it to the client, never leave a
+        # half-open downstream transaction behind.
+        logger.exception("%s: internal error", self.session_id)
+        self._drop_downstream()
+        self._end_transaction()
+        return replies.TEMPFAIL
+
+    @property
+    def session_id(self) -> str:
+        return self.session.id if self.session is not None else "-"
+
+    @property
+    def peer_addr(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        return str(peer[0]) if peer else "unknown"
+
+    async def push_reply(self, reply: Reply) -> None:
+        for line in replies.lines(reply.code, reply.text):
+            await self.push(line)
+
+    # ---------------------------------------------------------- downstream
+
+    def _start_connect(self) -> None:
+        if self.downstream is None and self._connecting is None:
+            self._connecting = self.loop.create_task(self._connect())
+
+    async def _connect(self) -> Downstream:
+        proxy = self.cfg.proxy
+        downstream = Downstream(
+            self.downstream_host,
+            self.downstream_port,
+            self.hostname,
+            proxy.downstream_connect_timeout_s,
+            proxy.downstream_reply_timeout_s,
+        )
+        await downstream.connect()
+        return downstream
+
+    async def _get_downstream(self) -> Downstream:
+        if self.downstream is not None and self.downstream.connected:
+            return self.downstream
+        self._drop_downstream_connection()
+        self._start_connect()
+        assert self._connecting is not None
+        task, self._connecting = self._connecting, None
+        self.downstream = await task
+        return self.downstream
+
+    def _drop_downstream_connection(self) -> None:
+        if self.downstream is not None:
+            self.downstream.close()
+            self.downstream = None
+
+    def _drop_downstream(self) -> None:
+        self._drop_downstream_connection()
+        if self._connecting is not None:
+            task, self._connecting = self._connecting, None
+            task.cancel()
+            task.add_done_callback(_close_connected)
+
+    async def _abandon_downstream_transaction(self) -> None:
+        if self.downstream is None:
+            return
+        try:
+            await self.downstream.reset()
+        except DownstreamError as exc:
+            logger.warning("%s: abandoning downstream transaction: %s", self.session_id, exc)
+            self._drop_downstream_connection()
+
+    def _end_transaction(self) -> None:
+        self.in_transaction = False
+        self._set_rset_state()
+
+    # ---------------------------------------------------------- greeting verbs
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push(replies.SYNTAX_HELO.format(verb="EHLO"))
+            return
+        await self._new_greeting(hostname, extended=True)
+        response = [
+            f"250-{self.hostname}",
+            f"250-SIZE {self.cfg.proxy.max_message_size_bytes}",
+            *(f"250-{keyword}" for keyword in EHLO_KEYWORDS),
+            f"250 {XFORWARD_KEYWORD}",
+        ]
+        await self.push("\r\n".join(response))
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not hostname:
+            await self.push(replies.SYNTAX_HELO.format(verb="HELO"))
+            return
+        await self._new_greeting(hostname, extended=False)
+        await self.push(f"250 {self.hostname}")
+
+    async def _new_greeting(self, hostname: str, extended: bool) -> None:
+        assert self.session is not None
+        if self.in_transaction:
+            self._log_transaction(size=None, verdict="aborted", reply="new EHLO")
+            await self._abandon_downstream_transaction()
+        self._end_transaction()
+        self.session.host_name = hostname
+        self.session.extended_smtp = extended
+        # Overlap the downstream connect with the client's next commands.
+        self._start_connect()
+
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        assert self.session is not None
+        if not self.session.host_name:
+            await self.push(replies.NEED_HELO)
+            return
+        if self.in_transaction:
+            await self.push(replies.XFORWARD_IN_TRANSACTION)
+            return
+        if not arg:
+            await self.push(replies.SYNTAX_XFORWARD)
+            return
+        try:
+            self.session.xforward.update(xforward.parse(arg))
+        except xforward.XforwardError as exc:
+            await self.push(replies.BAD_XFORWARD.format(detail=exc))
+            return
+        await self.push(replies.OK)
+
+    # ---------------------------------------------------------- transaction verbs
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        assert self.session is not None and self.envelope is not None
+        if not self.session.host_name:
+            await self.push(replies.NEED_HELO)
+            return
+        if self.in_transaction:
+            await self.push(replies.NESTED_MAIL)
+            return
+        parsed = parse_path(arg, "FROM:")
+        if parsed is None or not params_valid(parsed[1]):
+            await self.push(replies.SYNTAX_MAIL)
+            return
+        address, params = parsed
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.upper() == "SIZE" and (
+                not value.isdigit() or int(value) > self.cfg.proxy.max_message_size_bytes
+            ):
+                await self.push(replies.MESSAGE_TOO_BIG if value.isdigit() else replies.SYNTAX_MAIL)
+                return
+        assert arg is not None
+        self._txn_started = time.monotonic()
+        try:
+            downstream = await self._get_downstream()
+            reply = await downstream.begin(
+                self.session.xforward, arg.encode("utf-8", "surrogateescape")
+            )
+        except DownstreamError as exc:
+            logger.warning(
+                "%s: downstream %s unavailable at MAIL from=<%s>: %s",
+                self.session_id, self.listener.downstream, address, exc,
+            )
+            self._drop_downstream_connection()
+            await self.push(replies.TEMPFAIL)
+            return
+        if not relayable(reply):
+            await self._abandon_downstream_transaction()
+            await self.push(replies.TEMPFAIL)
+            return
+        if reply.ok:
+            self.in_transaction = True
+            self.envelope.mail_from = address
+            self.envelope.mail_options = params
+            self.envelope.smtp_utf8 = any(p.upper() == "SMTPUTF8" for p in params)
+        await self.push_reply(reply)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        assert self.session is not None and self.envelope is not None
+        if not self.session.host_name:
+            await self.push(replies.NEED_HELO)
+            return
+        if not self.in_transaction:
+            await self.push(replies.NEED_MAIL)
+            return
+        parsed = parse_path(arg, "TO:")
+        if parsed is None or not parsed[0] or not params_valid(parsed[1]):
+            await self.push(replies.SYNTAX_RCPT)
+            return
+        if len(self.envelope.rcpt_tos) >= self.cfg.proxy.max_recipients:
+            await self.push(replies.TOO_MANY_RECIPIENTS)
+            return
+        address, params = parsed
+        assert arg is not None and self.downstream is not None
+        try:
+            reply = await self.downstream.rcpt(arg.encode("utf-8", "surrogateescape"))
+        except DownstreamError as exc:
+            logger.warning(
+                "%s: downstream %s failed at RCPT to=<%s>: %s",
+                self.session_id, self.listener.downstream, address, exc,
+            )
+            self._log_transaction(size=None, verdict="tempfail", reply="downstream failed at RCPT")
+            self._drop_downstream_connection()
+            self._end_transaction()
+            await self.push(replies.TEMPFAIL)
+            return
+        if not relayable(reply):
+            await self.push(replies.TEMPFAIL)
+            return
+        if reply.ok:
+            self.envelope.rcpt_tos.append(address)
+            self.envelope.rcpt_options.append(params)  # one list per recipient
+        await self.push_reply(reply)
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        if arg:
+            await self.push(replies.SYNTAX_NO_ARGS.format(verb="RSET"))
+            return
+        if self.in_transaction:
+            self._log_transaction(size=None, verdict="aborted", reply="RSET")
+            await self._abandon_downstream_transaction()
+        self._end_transaction()
+        await self.push(replies.OK)
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        await self.push(replies.OK)
+
+    async def smtp_QUIT(self, arg: str | None) -> None:
+        if arg:
+            await self.push(replies.SYNTAX_NO_ARGS.format(verb="QUIT"))
+            return
+        if self.in_transaction:
+            self._log_transaction(size=None, verdict="aborted", reply="QUIT")
+            self._end_transaction()
+            # Dropping the connection mid-transaction makes Postfix discard it.
+            self._drop_downstream()
+        if self.downstream is not None:
+            downstream, self.downstream = self.downstream, None
+            await downstream.quit()
+        self._drop_downstream()
+        await self.push(replies.BYE)
+        assert self.transport is not None
+        self.transport.close()
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        await self.push(replies.NOT_IMPLEMENTED)
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        await self.push(replies.NOT_IMPLEMENTED)
+
+    # ---------------------------------------------------------- DATA
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        assert self.session is not None and self.envelope is not None
+        if arg:
+            await self.push(replies.SYNTAX_NO_ARGS.format(verb="DATA"))
+            return
+        if not self.session.host_name:
+            await self.push(replies.NEED_HELO)
+            return
+        if not self.in_transaction:
+            await self.push(replies.NEED_MAIL)
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push(replies.NEED_RCPT)
+            return
+        proxy = self.cfg.proxy
+        # aiosmtpd's idle timer must not fire while we read, scan or relay.
+        self._reset_timeout(
+            proxy.data_timeout_s + proxy.scan_timeout_s + 2 * proxy.downstream_reply_timeout_s
+        )
+        await self.push(replies.START_DATA)
+        try:
+            async with asyncio.timeout(proxy.data_timeout_s):
+                content, size = await self._read_message(proxy.max_message_size_bytes)
+        except TimeoutError:
+            self._log_transaction(size=None, verdict="aborted", reply="DATA timeout")
+            self._end_transaction()
+            self._drop_downstream()
+            await self.push(replies.TIMEOUT)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self.busy = True
+        try:
+            if content is None:
+                reply = Reply(*_split(replies.MESSAGE_TOO_BIG))
+                await self._abandon_downstream_transaction()
+                self._log_transaction(size=size, verdict="too-big", reply=str(reply))
+            else:
+                reply = await self._finish_message(content, size)
+            self._end_transaction()
+            await self.push_reply(reply)
+        finally:
+            self.busy = False
+            self._reset_timeout()
+
+    async def _read_message(self, limit: int) -> tuple[bytes | None, int]:
+        """Read the DATA payload up to the lone dot; unstuff it.
+
+        Returns (content, size); content is None when the message was larger
+        than ``limit`` (it is still read to the end, then discarded).
+        """
+        reader = self._reader
+        parts: list[bytes] = []
+        size = 0
+        tail = b"\r\n"  # the 354 reply counts as a line end before the first line
+        while True:
+            try:
+                chunk = await reader.readuntil(_DOT_LINE_END)
+                found = True
+            except asyncio.LimitOverrunError as exc:
+                chunk = await reader.read(exc.consumed)
+                found = False
+            except asyncio.IncompleteReadError as exc:
+                raise ConnectionResetError("client closed the connection in DATA") from exc
+            if found and (tail + chunk)[-5:-3] == b"\r\n":
+                chunk = chunk[:-3]
+                size += len(chunk)
+                if size <= limit:
+                    parts.append(chunk)
+                break
+            size += len(chunk)
+            if size <= limit:
+                parts.append(chunk)
+            else:
+                parts.clear()
+            tail = (tail + chunk)[-2:]
+        if size > limit:
+            return None, size
+        data = b"".join(parts)
+        if data.startswith(b"."):
+            data = data[1:]
+        data = data.replace(b"\r\n.", b"\r\n")
+        return data, len(data)
+
+    async def _finish_message(self, content: bytes, size: int) -> Reply:
+        """Scan, then send downstream; the reply for the client's end-of-data."""
+        assert self.session is not None and self.envelope is not None
+        verdict = await self._scan(content)
+        if verdict.action != "accept":
+            await self._abandon_downstream_transaction()
+            default = replies.SCAN_TEMPFAIL if verdict.action == "tempfail" else "550 5.7.1 Rejected"
+            reply = Reply(*_split(verdict.reply or default))
+            self._log_transaction(size, verdict.action, str(reply), verdict.summary)
+            return reply
+        added = list(verdict.add_headers)
+        if self.cfg.proxy.trace_header:
+            added.insert(0, ("X-Smtpproxy", f"{self.hostname}; id={self.session_id}; "
+                                            f"profile={self.listener.profile}"))
+        content = prepend_headers(remove_headers(content, verdict.remove_headers), added)
+        assert self.downstream is not None
+        try:
+            reply = await self.downstream.send_message(content)
+        except DownstreamError as exc:
+            logger.warning(
+                "%s: downstream %s failed at end of data: %s",
+                self.session_id, self.listener.downstream, exc,
+            )
+            self._drop_downstream_connection()
+            reply = Reply(*_split(replies.TEMPFAIL))
+            self._log_transaction(size, "tempfail", f"downstream failed: {exc}", verdict.summary)
+            return reply
+        if not relayable(reply):
+            self._drop_downstream_connection()
+            bad, reply = reply, Reply(*_split(replies.TEMPFAIL))
+            self._log_transaction(size, "tempfail", f"bad downstream reply {bad}", verdict.summary)
+            return reply
+        self._log_transaction(size, "accept" if reply.ok else "downstream-refused",
+                              str(reply), verdict.summary)
+        return reply
+
+    async def _scan(self, content: bytes) -> Verdict:
+        assert self.session is not None and self.envelope is not None
+        x = self.session.xforward
+        txn = Transaction(
+            session_id=self.session_id,
+            listener=self.listener.name,
+            profile=self.listener.profile,
+            client=ClientInfo(
+                name=x.get("NAME"), addr=x.get("ADDR") or self.peer_addr, port=x.get("PORT"),
+                proto=x.get("PROTO"), helo=x.get("HELO") or self.session.host_name,
+                ident=x.get("IDENT"), source=x.get("SOURCE"),
+            ),
+            mail_from=self.envelope.mail_from or "",
+            mail_options=list(self.envelope.mail_options),
+            rcpt_tos=list(self.envelope.rcpt_tos),
+            rcpt_options=list(self.envelope.rcpt_options),
+            content=content,
+        )
+        try:
+            async with asyncio.timeout(self.cfg.proxy.scan_timeout_s):
+                return await self.service.hook.scan(txn)
+        except TimeoutError:
+            logger.warning("%s: scan exceeded %ss", self.session_id, self.cfg.proxy.scan_timeout_s)
+            return Verdict(action="tempfail", summary="scan timeout")
+        except Exception:
+            logger.exception("%s: scan failed", self.session_id)
+            return Verdict(action="tempfail", summary="scan error")
+
+    # ---------------------------------------------------------- logging
+
+    def _log_transaction(self, size: int | None, verdict: str, reply: str, summary: str = "") -> None:
+        assert self.session is not None and self.envelope is not None
+        x = self.session.xforward
+        client = f"{x.get('NAME') or 'unknown'}[{x.get('ADDR') or self.peer_addr}]"
+        if x.get("PORT"):
+            client += f":{x['PORT']}"
+        fields = [
+            f"{self.session_id}:",
+            f"listener={self.listener.name}",
+            f"client={quote(client)}",
+            f"helo={quote(x.get('HELO') or self.session.host_name or '')}",
+            f"from={quote('<' + (self.envelope.mail_from or '') + '>')}",
+            f"nrcpt={len(self.envelope.rcpt_tos)}",
+            f"to={quote(','.join('<' + r + '>' for r in self.envelope.rcpt_tos))}",
+            f"size={size if size is not None else '-'}",
+            f"verdict={verdict}",
+            f"reply={quote(reply)}",
+            f"delay={time.monotonic() - self._txn_started:.3f}",
+        ]
+        if summary:
+            fields.append(f"scan={quote(summary)}")
+        logger.info(" ".join(fields))
+
+
+def _split(reply: str) -> tuple[int, str]:
+    code, _, text = reply.partition(" ")
+    return int(code), text
+
+
+def _close_connected(task: asyncio.Task) -> None:
+    """A connect we no longer need may still have succeeded: close it."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
+
+
+def listener_networks(cfg: Config, listener: ListenerConfig) -> tuple:
+    networks = listener.client_networks or cfg.proxy.client_networks
+    return parse_networks(networks, "client_networks")
+
+
+def client_allowed(peer_addr: str, networks: tuple) -> bool:
+    try:
+        addr = ipaddress.ip_address(peer_addr.split("%")[0])
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
