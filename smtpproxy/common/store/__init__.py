@@ -124,6 +124,10 @@ class Store(abc.ABC):
     async def hgetall(self, key: str) -> dict[str, str]:
         """Fields of a structured entry (greylist triplet, bucket); {} when absent."""
 
+    @abc.abstractmethod
+    async def hset(self, key: str, fields: dict[str, float | int | str], ttl_s: float) -> None:
+        """Replace a structured entry whole and set its TTL (admin writes)."""
+
     # -- atomic decisions
     @abc.abstractmethod
     async def greylist(

@@ -127,6 +127,14 @@ return v
 """
 
 
+HSET_LUA = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 class _Script:
     def __init__(self, source: str):
         self.source = source
@@ -170,6 +178,7 @@ class RedisStore(Store):
         self._greylist = _Script(GREYLIST_LUA)
         self._rate = _Script(RATE_LUA)
         self._incr = _Script(INCR_LUA)
+        self._hset = _Script(HSET_LUA)
 
     def _common(self) -> dict[str, Any]:
         return {
@@ -300,6 +309,12 @@ class RedisStore(Store):
     async def hgetall(self, key: str) -> dict[str, str]:
         raw = await self._call(lambda: self.client.hgetall(key))
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def hset(self, key: str, fields: dict[str, float | int | str], ttl_s: float) -> None:
+        args: list = [_ttl_s(ttl_s)]
+        for k, v in fields.items():
+            args += [k, repr(v) if isinstance(v, float) else v]
+        await self._call(lambda: self._hset(self.client, [key], args))
 
     # ------------------------------------------------------------ decisions
 

@@ -235,6 +235,10 @@ class SQLiteStore(Store):
 
         return await self._run(run)
 
+    async def hset(self, key: str, fields: dict[str, float | int | str], ttl_s: float) -> None:
+        exp = time.time() + ttl_s
+        await self._run(self._tx, lambda db: self._write_json(db, key, dict(fields), exp))
+
     # ------------------------------------------------------------ decisions
 
     async def greylist(

@@ -1,0 +1,264 @@
+"""The policy server: asyncio, persistent connections, TCP or unix socket.
+
+Contract with Postfix (SMTPD_POLICY_README):
+- a connection carries any number of requests, answered in order; Postfix
+  keeps it open between SMTP sessions and closes it when idle;
+- every complete request gets exactly one reply, always within
+  ``decision_timeout_s``: store trouble, a timeout or a bug answer the
+  configured default action (DUNNO, i.e. fail open, unless
+  DEFER_IF_PERMIT was chosen) and the details go to our log;
+- a malformed request (see codec.py), a request that takes longer than
+  ``request_timeout_s`` to arrive, or ``idle_timeout_s`` of silence closes
+  the connection; Postfix then applies its own ``default_action`` for that
+  attempt and reconnects. Nothing a client sends can stall the daemon.
+
+Map files are re-checked every ``map_check_interval_s`` in an executor.
+SIGHUP (via smtpproxy.common.runtime) swaps the configuration; a changed
+listen address needs a restart, a changed store URL opens the new store
+before the old one is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import time
+
+from policy import replies
+from policy.codec import ProtocolError, RequestParser, format_reply
+from policy.engine import Policy
+from smtpproxy.common.config import Config, parse_hostport
+from smtpproxy.common.store import Store, StoreError, open_store
+
+logger = logging.getLogger("policy.server")
+
+# Requests a client may pipeline before we stop reading from it.
+MAX_PIPELINED = 32
+
+
+class PolicyConnection(asyncio.Protocol):
+    __slots__ = ("service", "transport", "parser", "queue", "worker", "timer", "peer", "closed")
+
+    def __init__(self, service: PolicyService):
+        self.service = service
+        self.transport: asyncio.Transport | None = None
+        pc = service.cfg.policy
+        self.parser = RequestParser(pc.max_line_bytes, pc.max_attributes)
+        self.queue: collections.deque[dict[str, str]] = collections.deque()
+        self.worker: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.peer = "?"
+        self.closed = False
+
+    # -- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        svc = self.service
+        if len(svc.connections) >= svc.cfg.policy.max_connections:
+            svc.log_limited("too many connections (%d); closing new ones", len(svc.connections))
+            self.closed = True
+            transport.close()
+            return
+        svc.connections.add(self)
+        self._arm(svc.cfg.policy.idle_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            requests = self.parser.feed(data)
+        except ProtocolError as exc:
+            logger.warning("malformed request from %s: %s; closing", self.peer, exc)
+            self.close()
+            return
+        pc = self.service.cfg.policy
+        self._arm(pc.request_timeout_s if self.parser.pending else pc.idle_timeout_s)
+        if requests:
+            self.queue.extend(requests)
+            if len(self.queue) > MAX_PIPELINED:
+                self.transport.pause_reading()
+            if self.worker is None:
+                self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    def eof_received(self) -> bool:
+        # Answer what was asked, then close (Postfix half-closes rarely; tools do).
+        if self.worker is None:
+            self.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.service.connections.discard(self)
+        self.queue.clear()
+
+    # -- internals
+
+    def _arm(self, seconds: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._timeout)
+
+    def _timeout(self) -> None:
+        if self.worker is not None:
+            # Busy answering: the decision has its own budget.
+            self._arm(self.service.cfg.policy.request_timeout_s)
+            return
+        if self.parser.pending:
+            logger.warning("request from %s incomplete after %gs; closing", self.peer,
+                           self.service.cfg.policy.request_timeout_s)
+        else:
+            logger.debug("connection from %s idle; closing", self.peer)
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _work(self) -> None:
+        try:
+            while self.queue and not self.closed:
+                req = self.queue.popleft()
+                action = await self.service.answer(req)
+                if self.closed:
+                    return
+                self.transport.write(format_reply(action))
+                if len(self.queue) == MAX_PIPELINED:
+                    self.transport.resume_reading()
+        finally:
+            self.worker = None
+            if not self.closed and self.transport.is_closing():
+                self.closed = True
+
+
+class PolicyService:
+    """A runtime.Service: start(), reload(cfg), stop()."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.hostname = cfg.policy.hostname or socket.getfqdn()
+        self.store: Store | None = None
+        self.policy: Policy | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.connections: set[PolicyConnection] = set()
+        self.default = replies.default_action(cfg.policy.default_action)
+        self._maps_task: asyncio.Task | None = None
+        self._last_limited_log = -1e9
+        self._inflight = 0
+
+    def log_limited(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_limited_log >= self.cfg.store.error_log_interval_s:
+            self._last_limited_log = now
+            logger.warning(message, *args)
+
+    # -- lifecycle
+
+    async def _open_store(self, cfg: Config) -> Store:
+        store = open_store(cfg.store, cfg.state_dir)
+        try:
+            await store.open()
+        except StoreError as exc:
+            # Not fatal: requests get the default action until it is back.
+            logger.error("store not available at start: %s", exc)
+        return store
+
+    async def start(self) -> None:
+        self.store = await self._open_store(self.cfg)
+        self.policy = Policy(self.cfg, self.store, self.hostname)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.policy.refresh_maps)
+        listen = self.cfg.policy.listen
+        try:
+            if listen.startswith("unix:"):
+                path = listen[len("unix:"):]
+                if os.path.exists(path):
+                    os.unlink(path)  # a stale socket from a previous run
+                self.server = await loop.create_unix_server(lambda: PolicyConnection(self), path)
+                os.chmod(path, int(self.cfg.policy.socket_mode, 8))
+            else:
+                host, port = parse_hostport(listen)
+                self.server = await loop.create_server(
+                    lambda: PolicyConnection(self), host, port, reuse_address=True, backlog=1024,
+                )
+        except OSError:
+            await self.store.close()
+            raise
+        self._maps_task = loop.create_task(self._watch_maps())
+        logger.info("listening on %s, store %s", listen,
+                    self.cfg.store.url.rpartition("@")[2] or "sqlite (state_dir)")
+
+    async def _watch_maps(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.cfg.policy.map_check_interval_s)
+            policy = self.policy
+            if policy is not None:
+                try:
+                    await loop.run_in_executor(None, policy.refresh_maps)
+                except Exception:
+                    logger.exception("reloading map files failed")
+
+    async def reload(self, cfg: Config) -> None:
+        if cfg.policy.listen != self.cfg.policy.listen:
+            logger.warning("policy.listen changed: takes effect at the next restart")
+        old_store = None
+        store = self.store
+        if cfg.store != self.cfg.store or cfg.state_dir != self.cfg.state_dir:
+            old_store, store = self.store, await self._open_store(cfg)
+        policy = Policy(cfg, store, cfg.policy.hostname or socket.getfqdn())
+        await asyncio.get_running_loop().run_in_executor(None, policy.refresh_maps)
+        self.cfg, self.store, self.policy = cfg, store, policy
+        self.default = replies.default_action(cfg.policy.default_action)
+        if old_store is not None:
+            await old_store.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self._maps_task is not None:
+            self._maps_task.cancel()
+        # Drain: let requests being decided get their answer, bounded.
+        deadline = time.monotonic() + self.cfg.policy.drain_timeout_s
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        if self.store is not None:
+            await self.store.close()
+        listen = self.cfg.policy.listen
+        if listen.startswith("unix:"):
+            try:
+                os.unlink(listen[len("unix:"):])
+            except OSError:
+                pass
+
+    # -- one request
+
+    async def answer(self, req: dict[str, str]) -> str:
+        policy = self.policy
+        assert policy is not None
+        self._inflight += 1
+        try:
+            async with asyncio.timeout(self.cfg.policy.decision_timeout_s):
+                return await policy.decide(req)
+        except StoreError as exc:
+            logger.debug("store error, default action: %s", exc)
+            return self.default
+        except TimeoutError:
+            self.log_limited("decision took longer than %gs; answering the default action",
+                             self.cfg.policy.decision_timeout_s)
+            return self.default
+        except Exception:
+            logger.exception("bug while deciding; answering the default action")
+            return self.default
+        finally:
+            self._inflight -= 1
