@@ -40,7 +40,8 @@ MAX_PIPELINED = 32
 
 
 class PolicyConnection(asyncio.Protocol):
-    __slots__ = ("service", "transport", "parser", "queue", "worker", "timer", "peer", "closed")
+    __slots__ = ("service", "transport", "parser", "queue", "worker", "timer", "peer", "closed",
+                 "paused")
 
     def __init__(self, service: PolicyService):
         self.service = service
@@ -52,6 +53,7 @@ class PolicyConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.peer = "?"
         self.closed = False
+        self.paused = False
 
     # -- asyncio callbacks
 
@@ -81,7 +83,8 @@ class PolicyConnection(asyncio.Protocol):
         self._arm(pc.request_timeout_s if self.parser.pending else pc.idle_timeout_s)
         if requests:
             self.queue.extend(requests)
-            if len(self.queue) > MAX_PIPELINED:
+            if len(self.queue) > MAX_PIPELINED and not self.paused:
+                self.paused = True
                 self.transport.pause_reading()
             if self.worker is None:
                 self.worker = asyncio.get_running_loop().create_task(self._work())
@@ -131,7 +134,8 @@ class PolicyConnection(asyncio.Protocol):
                 if self.closed:
                     return
                 self.transport.write(format_reply(action))
-                if len(self.queue) == MAX_PIPELINED:
+                if self.paused and len(self.queue) <= MAX_PIPELINED // 2:
+                    self.paused = False
                     self.transport.resume_reading()
         finally:
             self.worker = None
