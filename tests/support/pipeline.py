@@ -12,6 +12,7 @@ signals, logging and start-up behave as in production.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from tests.support.postfix import PostfixInstance, SmtpSink, free_port, port_ope
 
 REPO = Path(__file__).resolve().parents[2]
 REJECTED_RCPT = "rejected@example.net"
+MAILDIR_DOMAIN = "maildir.example.net"
 
 
 class ProxyProcess:
@@ -82,7 +84,16 @@ class Pipeline:
             self.base / "postfix",
             relay_port=self.sink_port,
             reinject_rcpt_access=f"inline:{{ {{ {REJECTED_RCPT} = 550 5.1.1 No such user here }} }}",
+            # smtp-sink cannot take SMTPUTF8 mail: this domain is delivered to a
+            # Maildir by Postfix's virtual(8) instead.
+            virtual_mailbox_domains=MAILDIR_DOMAIN,
+            virtual_mailbox_base=str(self.base / "mail"),
+            virtual_mailbox_maps="static:maildir/",
+            virtual_uid_maps="static:65534",
+            virtual_gid_maps="static:65534",
         )
+        (self.base / "mail").mkdir(parents=True, exist_ok=True)
+        shutil.chown(self.base / "mail", 65534, 65534)
         before_filter = {
             "smtpd_proxy_filter": f"127.0.0.1:{self.proxy_port}",
             "smtpd_client_connection_count_limit": "0",
@@ -93,6 +104,7 @@ class Pipeline:
             {**before_filter, "smtpd_proxy_options": "speed_adjust"},
         )
         self.postfix.add_service(f"127.0.0.1:{self.direct_port}", {})
+        self.reinject_service = len(self.postfix.services)
         self.postfix.add_service(
             f"127.0.0.1:{self.reinject_port}",
             {
@@ -136,6 +148,23 @@ downstream = "127.0.0.1:{self.reinject_port}"
         self.proxy.stop()
         self.postfix.stop()
         self.sink.stop()
+
+    def maildir_messages(self) -> list[bytes]:
+        new = self.base / "mail" / "maildir" / "new"
+        return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
+
+    def stop_reinjection(self) -> str:
+        """Take the re-injection listener away (as if it were down); returns its line."""
+        line = self.postfix.services[self.reinject_service]
+        self.postfix.services[self.reinject_service] = "# re-injection listener stopped"
+        self.postfix.reload()
+        wait_until(lambda: not port_open(self.reinject_port), 20, "re-injection port closed")
+        return line
+
+    def start_reinjection(self, line: str) -> None:
+        self.postfix.services[self.reinject_service] = line
+        self.postfix.reload()
+        wait_until(lambda: port_open(self.reinject_port), 20, "re-injection port open")
 
     def wait_delivered(self, count: int, timeout: float = 60) -> list:
         """Wait until the sink holds ``count`` messages and the queue is empty."""

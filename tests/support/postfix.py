@@ -37,6 +37,7 @@ error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
 local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
@@ -105,6 +106,8 @@ class PostfixInstance:
             "smtp_tls_security_level": "none",
             "smtpd_tls_security_level": "none",
             "message_size_limit": "52428800",
+            "virtual_mailbox_limit": "0",
+            "mailbox_size_limit": "0",
             # Long lines must reach the sink unsplit.
             "smtp_line_length_limit": "0",
             "smtpd_forbid_bare_newline": "no",
@@ -139,7 +142,7 @@ class PostfixInstance:
         # (temporary directories are 0700).
         for d in (self.base, *self.base.parents):
             mode = d.stat().st_mode
-            if mode & 0o001 == 0:
+            if not mode & 0o001:
                 d.chmod(mode | 0o011)
         (self.conf / "main.cf").write_text(
             "".join(f"{k} = {v}\n" for k, v in self.params.items())
@@ -244,6 +247,9 @@ class SmtpSink:
 
 def parse_sink_file(path: Path) -> SinkMessage:
     raw = path.read_bytes()
+    # smtp-sink ends each dump with one empty line of its own.
+    if raw.endswith(b"\n\n"):
+        raw = raw[:-1]
     lines = raw.split(b"\n")
     meta: dict[str, list[str]] = {}
     i = 0

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run the whole test suite: unit tests, and integration tests against a real
+# private Postfix, a real redis-server and a local DNS server on loopback.
+# Installs what it needs (Debian packages, the Python virtualenv) idempotently.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k xforward
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+packages=(postfix redis-server)
+if [ -f "$ROOT/scripts/test-packages.txt" ]; then
+    while read -r pkg; do
+        [ -n "$pkg" ] && [ "${pkg#\#}" = "$pkg" ] && packages+=("$pkg")
+    done < "$ROOT/scripts/test-packages.txt"
+fi
+ensure_debs "${packages[@]}"
+ensure_venv
+
+cd "$ROOT"
+echo "==> ruff"
+"$VENV/bin/ruff" check smtpproxy policy tests bench
+echo "==> pytest"
+# pytest exits 5 when it collected no test: that is a failure here too.
+exec "$VENV/bin/python" -m pytest -p no:cacheprovider -q -ra "$@"
