@@ -433,7 +433,7 @@ class ProxySMTP(SMTP):
         await self.push(replies.START_DATA)
         try:
             async with asyncio.timeout(proxy.data_timeout_s):
-                content, size = await self._read_message(proxy.max_message_size_bytes)
+                content, size = await read_data(self._reader, proxy.max_message_size_bytes)
         except TimeoutError:
             self._log_transaction(size=None, verdict="aborted", reply="DATA timeout")
             self._end_transaction()
@@ -455,45 +455,6 @@ class ProxySMTP(SMTP):
         finally:
             self.busy = False
             self._reset_timeout()
-
-    async def _read_message(self, limit: int) -> tuple[bytes | None, int]:
-        """Read the DATA payload up to the lone dot; unstuff it.
-
-        Returns (content, size); content is None when the message was larger
-        than ``limit`` (it is still read to the end, then discarded).
-        """
-        reader = self._reader
-        parts: list[bytes] = []
-        size = 0
-        tail = b"\r\n"  # the 354 reply counts as a line end before the first line
-        while True:
-            try:
-                chunk = await reader.readuntil(_DOT_LINE_END)
-                found = True
-            except asyncio.LimitOverrunError as exc:
-                chunk = await reader.read(exc.consumed)
-                found = False
-            except asyncio.IncompleteReadError as exc:
-                raise ConnectionResetError("client closed the connection in DATA") from exc
-            if found and (tail + chunk)[-5:-3] == b"\r\n":
-                chunk = chunk[:-3]
-                size += len(chunk)
-                if size <= limit:
-                    parts.append(chunk)
-                break
-            size += len(chunk)
-            if size <= limit:
-                parts.append(chunk)
-            else:
-                parts.clear()
-            tail = (tail + chunk)[-2:]
-        if size > limit:
-            return None, size
-        data = b"".join(parts)
-        if data.startswith(b"."):
-            data = data[1:]
-        data = data.replace(b"\r\n.", b"\r\n")
-        return data, len(data)
 
     async def _finish_message(self, content: bytes, size: int) -> Reply:
         """Scan, then send downstream; the reply for the client's end-of-data."""
@@ -583,6 +544,47 @@ class ProxySMTP(SMTP):
         if summary:
             fields.append(f"scan={quote(summary)}")
         logger.info(" ".join(fields))
+
+
+async def read_data(reader: asyncio.StreamReader, limit: int) -> tuple[bytes | None, int]:
+    """Read a DATA payload up to the lone dot and undo dot-stuffing.
+
+    Returns (content, size); content is None when the message was larger than
+    ``limit`` (it is still read to its end, then discarded). Only CRLF.CRLF
+    ends the message: a dot after a bare LF does not (no SMTP smuggling).
+    Lines of any length are accepted; Postfix sends long lines unsplit.
+    """
+    parts: list[bytes] = []
+    size = 0
+    tail = b"\r\n"  # the 354 reply counts as a line end before the first line
+    while True:
+        try:
+            chunk = await reader.readuntil(_DOT_LINE_END)
+            found = True
+        except asyncio.LimitOverrunError as exc:
+            chunk = await reader.read(exc.consumed)
+            found = False
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionResetError("client closed the connection in DATA") from exc
+        if found and (tail + chunk)[-5:-3] == b"\r\n":
+            chunk = chunk[:-3]
+            size += len(chunk)
+            if size <= limit:
+                parts.append(chunk)
+            break
+        size += len(chunk)
+        if size <= limit:
+            parts.append(chunk)
+        else:
+            parts.clear()
+        tail = (tail + chunk)[-2:]
+    if size > limit:
+        return None, size
+    data = b"".join(parts)
+    if data.startswith(b"."):
+        data = data[1:]
+    data = data.replace(b"\r\n.", b"\r\n")
+    return data, len(data)
 
 
 def _split(reply: str) -> tuple[int, str]:
