@@ -71,6 +71,8 @@ class Policy:
 
     @staticmethod
     def _log(req: dict[str, str], action: str, note: str, level: int = logging.INFO) -> None:
+        if not logger.isEnabledFor(level):
+            return
         logger.log(
             level, "action=%s state=%s client=%s[%s] sender=%s recipient=%s sasl=%s %s",
             quote(action.split(" ", 1)[0]), req.get("protocol_state", ""),

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import ipaddress
 import re
 
 from policy import replies
+from policy.net import NetworkSet, client_network
 from policy.whitelist import Whitelist
+
+__all__ = ["Greylister", "client_network", "keys", "normalize_sender", "params"]
 from smtpproxy.common.config import GreylistConfig, parse_networks
 from smtpproxy.common.store import GL_AWL, GL_EARLY, GL_NEW, GL_PASSED, GreylistParams, Store
 
@@ -36,18 +38,6 @@ _BATV = re.compile(r"^(?:prvs|msprvs\d*|btv1)=[^=]*=(.+)$", re.IGNORECASE)
 _SRS0 = re.compile(r"^srs0[=+-][^=]*=[^=]*=([^=]+)=(.+)$", re.IGNORECASE)
 _SRS1 = re.compile(r"^srs1[=+-].*?==[^=]*=[^=]*=([^=]+)=(.+)$", re.IGNORECASE)
 _DIGITS = re.compile(r"\d+")
-
-
-def client_network(address: str, prefix_v4: int = 24, prefix_v6: int = 64) -> str:
-    """'192.0.2.77' -> '192.0.2.0/24'; an unparsable address stands for itself."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address.lower()
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    prefix = prefix_v4 if ip.version == 4 else prefix_v6
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 def normalize_sender(sender: str) -> str:
@@ -92,7 +82,8 @@ class Greylister:
         self.whitelist = whitelist
         self.hostname = hostname
         self.params = params(cfg)
-        self.trusted = parse_networks(cfg.trusted_networks, "policy.greylist.trusted_networks")
+        self.trusted = NetworkSet(
+            parse_networks(cfg.trusted_networks, "policy.greylist.trusted_networks"))
         self.states = frozenset(cfg.protocol_states)
         self.contexts = frozenset(cfg.policy_contexts)
 
@@ -105,11 +96,7 @@ class Greylister:
         if req.get("sasl_username"):
             return "sasl"
         address = req.get("client_address", "")
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            ip = None
-        if ip is not None and any(ip in net for net in self.trusted):
+        if address in self.trusted:
             return "trusted"
         if self.whitelist.client(address, req.get("client_name")):
             return "client_whitelist"

@@ -28,6 +28,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from policy.net import NetworkSet
+
 logger = logging.getLogger(__name__)
 
 
@@ -50,11 +52,11 @@ def _words(text: str) -> list[tuple[int, str]]:
 
 @dataclass
 class _Compiled:
-    # prefix length -> set of network addresses (as int), per IP version
-    nets4: dict[int, set[int]] = field(default_factory=dict)
-    nets6: dict[int, set[int]] = field(default_factory=dict)
+    nets: NetworkSet = field(default_factory=NetworkSet)
     exact: set[str] = field(default_factory=set)
-    suffixes: list[str] = field(default_factory=list)
+    # ".example.com" entries, kept as "example.com": a name matches when one of
+    # its parent domains is in the set (one lookup per label, not per entry).
+    suffixes: set[str] = field(default_factory=set)
     local_parts: set[str] = field(default_factory=set)
     regexes: list[re.Pattern] = field(default_factory=list)
 
@@ -74,12 +76,11 @@ def compile_entries(entries: list[tuple[int, str]], path: str, kind: str) -> _Co
             except ValueError:
                 pass
             else:
-                table = c.nets4 if net.version == 4 else c.nets6
-                table.setdefault(net.prefixlen, set()).add(int(net.network_address))
+                c.nets.add(net)
                 continue
         word = word.lower()
         if word.startswith("."):
-            c.suffixes.append(word)
+            c.suffixes.add(word[1:])
         elif word.endswith("@"):
             c.local_parts.add(word[:-1])
         else:
@@ -123,28 +124,21 @@ class MapFile:
         return True
 
 
-def _in_nets(address: str, c: _Compiled) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    table, bits = (c.nets4, 32) if ip.version == 4 else (c.nets6, 128)
-    if not table:
-        return False
-    value = int(ip)
-    for prefixlen, networks in table.items():
-        if (value >> (bits - prefixlen) << (bits - prefixlen)) in networks:
-            return True
-    return False
+def _parents(name: str):
+    """'a.b.example.com' -> 'b.example.com', 'example.com', 'com'."""
+    dot = name.find(".")
+    while dot >= 0:
+        name = name[dot + 1:]
+        yield name
+        dot = name.find(".")
 
 
 def _name_matches(name: str, c: _Compiled) -> bool:
     name = name.lower().rstrip(".")
     if name in c.exact:
         return True
-    for suffix in c.suffixes:
-        if name.endswith(suffix):
-            return True
+    if c.suffixes and any(parent in c.suffixes for parent in _parents(name)):
+        return True
     return any(r.search(name) for r in c.regexes)
 
 
@@ -155,9 +149,8 @@ def _address_matches(address: str, c: _Compiled) -> bool:
         return True
     if local and local in c.local_parts:
         return True
-    for suffix in c.suffixes:
-        if domain.endswith(suffix):
-            return True
+    if c.suffixes and any(parent in c.suffixes for parent in _parents(domain)):
+        return True
     return any(r.search(address) for r in c.regexes)
 
 
@@ -179,7 +172,7 @@ class Whitelist:
 
     def client(self, address: str | None, name: str | None) -> bool:
         for m in self.clients:
-            if address and _in_nets(address, m.compiled):
+            if address and address in m.compiled.nets:
                 return True
             if name and name != "unknown" and _name_matches(name, m.compiled):
                 return True

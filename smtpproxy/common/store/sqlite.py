@@ -83,9 +83,8 @@ class SQLiteStore(Store):
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._executor, fn, *args), self.cfg.timeout_s
-            )
+            async with asyncio.timeout(self.cfg.timeout_s):
+                return await loop.run_in_executor(self._executor, fn, *args)
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
         except TimeoutError:
