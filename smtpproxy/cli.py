@@ -13,7 +13,6 @@ several listeners, --listen and --downstream change the first one.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 from smtpproxy.common import config as config_mod
 from smtpproxy.common import log as logsetup
 from smtpproxy.common.config import Config, ConfigError
-from smtpproxy.common.runtime import serve
+from smtpproxy.common.runtime import run, serve
 
 PROGRAM = "smtpproxy"
 
@@ -74,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_with_flags(args)
     ensure_state_dir(cfg)
     logsetup.setup(cfg.log, PROGRAM)
-    return asyncio.run(serve(PROGRAM, cfg, ProxyService, lambda: load_with_flags(args)))
+    return run(serve(PROGRAM, cfg, ProxyService, lambda: load_with_flags(args)))
 
 
 def cmd_configtest(args: argparse.Namespace) -> int:

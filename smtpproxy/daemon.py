@@ -23,6 +23,7 @@ import socket
 
 from smtpproxy import replies
 from smtpproxy.common.config import Config, ListenerConfig, parse_hostport
+from smtpproxy.relay import Downstream, DownstreamPool
 from smtpproxy.scan.hook import NoScan, ScanHook
 from smtpproxy.server import ProxySMTP, client_allowed, listener_networks
 
@@ -44,6 +45,34 @@ class ProxyService:
         self._listeners: dict[str, _Listener] = {}
         self._stopping = False
         self.hostname = cfg.proxy.hostname or socket.getfqdn()
+        self._pools: dict[str, DownstreamPool] = {}
+        self._expiry: asyncio.Task | None = None
+
+    def pool(self, downstream: str) -> DownstreamPool:
+        """The pool of idle connections to one re-injection listener."""
+        pool = self._pools.get(downstream)
+        if pool is None:
+            host, port = parse_hostport(downstream)
+            proxy, hostname = self.cfg.proxy, self.hostname
+            pool = DownstreamPool(
+                lambda: Downstream(host, port, hostname, proxy.downstream_connect_timeout_s,
+                                   proxy.downstream_reply_timeout_s),
+                max_idle=proxy.downstream_pool_size,
+                idle_timeout_s=proxy.downstream_idle_timeout_s,
+            )
+            self._pools[downstream] = pool
+        return pool
+
+    def _close_pools(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools = {}
+
+    async def _expire_idle(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for pool in self._pools.values():
+                pool.expire()
 
     # ---------------------------------------------------------------- admission
 
@@ -88,6 +117,7 @@ class ProxyService:
         return ProxySMTP(self, self._listeners[name].cfg, self.hostname)
 
     async def start(self) -> None:
+        self._expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
             for cfg in self.cfg.proxy.listeners:
                 self._listeners[cfg.name] = await self._bind(cfg)
@@ -105,6 +135,9 @@ class ProxyService:
         old = self._listeners
         self.cfg = cfg
         self.hostname = cfg.proxy.hostname or socket.getfqdn()
+        # Pools are rebuilt with the new settings; sessions holding a
+        # connection keep it until they end.
+        self._close_pools()
         wanted = {listener.name: listener for listener in cfg.proxy.listeners}
         # Close what goes away or moves first, so a moved listener can rebind.
         gone = [n for n, lst in old.items() if n not in wanted or wanted[n].listen != lst.cfg.listen]
@@ -140,6 +173,9 @@ class ProxyService:
                 if session.transport is not None:
                     session.transport.close()
         await asyncio.sleep(0)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._close_pools()
 
 
 async def _say_goodbye(session: ProxySMTP) -> None:

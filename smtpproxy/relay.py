@@ -17,6 +17,7 @@ the message, hence ``send_message`` below.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import NamedTuple
 
 import aiosmtplib
@@ -70,6 +71,9 @@ class Downstream:
         self._smtp: aiosmtplib.SMTP | None = None
         self.xforward_attributes: frozenset[str] = frozenset()
         self.in_transaction = False
+        self.created = 0.0
+        self.idle_since = 0.0
+        self.transactions = 0
 
     @property
     def connected(self) -> bool:
@@ -114,13 +118,20 @@ class Downstream:
         return Reply(response.code, response.message)
 
     async def begin(self, attrs: dict[str, str | None], mail_arg: bytes) -> Reply:
-        """XFORWARD the client's identity, then MAIL with the client's own arguments."""
-        for command in xforward.format_commands(attrs, self.xforward_attributes):
+        """XFORWARD the client's identity, then MAIL with the client's own arguments.
+
+        Every attribute the listener supports is sent, unknown ones as
+        [UNAVAILABLE], so nothing of an earlier session on a pooled connection
+        can leak into this one.
+        """
+        full = {name: attrs.get(name) for name in xforward.ATTRIBUTES}
+        for command in xforward.format_commands(full, self.xforward_attributes):
             reply = await self._execute(command.encode("utf-8", "surrogateescape"))
             if not reply.ok:
                 raise DownstreamError(f"XFORWARD refused: {reply}")
         reply = await self._execute(b"MAIL " + mail_arg)
         self.in_transaction = reply.ok
+        self.transactions += 1
         return reply
 
     async def rcpt(self, rcpt_arg: bytes) -> Reply:
@@ -173,3 +184,69 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError | aiosmtplib.SMTPTimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"
+
+
+class DownstreamPool:
+    """Idle downstream connections kept for the next session.
+
+    Postfix opens one proxy connection per transaction; connecting, greeting
+    and EHLO downstream each time costs both this process and the
+    re-injection smtpd more than the transaction itself. A connection goes
+    back to the pool only between transactions, and is retired after
+    ``max_age_s`` or ``max_transactions`` so that a Postfix reload reaches it
+    soon, and after ``idle_timeout_s`` unused, well before smtpd_timeout.
+    """
+
+    def __init__(self, factory, max_idle: int, idle_timeout_s: float,
+                 max_age_s: float = 300.0, max_transactions: int = 1000):
+        self._factory = factory
+        self._idle: list[Downstream] = []
+        self.max_idle = max_idle
+        self.idle_timeout_s = idle_timeout_s
+        self.max_age_s = max_age_s
+        self.max_transactions = max_transactions
+
+    def _usable(self, d: Downstream, now: float) -> bool:
+        return (d.connected and now - d.idle_since < self.idle_timeout_s
+                and now - d.created < self.max_age_s and d.transactions < self.max_transactions)
+
+    def take_idle(self) -> Downstream | None:
+        """A pooled connection, or None; the caller must be ready for it to be stale."""
+        now = time.monotonic()
+        while self._idle:
+            d = self._idle.pop()
+            if self._usable(d, now):
+                return d
+            asyncio.get_running_loop().create_task(d.quit())
+        return None
+
+    async def connect(self) -> Downstream:
+        d = self._factory()
+        await d.connect()
+        d.created = time.monotonic()
+        return d
+
+    def release(self, d: Downstream) -> None:
+        """Give back a connection that is between transactions; others are closed."""
+        d.idle_since = time.monotonic()
+        if not d.in_transaction and self._usable(d, d.idle_since) and len(self._idle) < self.max_idle:
+            self._idle.append(d)
+        elif d.connected and not d.in_transaction:
+            asyncio.get_running_loop().create_task(d.quit())
+        else:
+            d.close()
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for d in self._idle:
+            if self._usable(d, now):
+                keep.append(d)
+            else:
+                asyncio.get_running_loop().create_task(d.quit())
+        self._idle = keep
+
+    def close(self) -> None:
+        for d in self._idle:
+            d.close()
+        self._idle = []

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import SMTP, Session
 
 from smtpproxy import replies, xforward
-from smtpproxy.common.config import Config, ListenerConfig, parse_hostport, parse_networks
+from smtpproxy.common.config import Config, ListenerConfig, parse_networks
 from smtpproxy.common.log import quote
 from smtpproxy.relay import Downstream, DownstreamError, Reply
 from smtpproxy.scan.headers import prepend_headers, remove_headers
@@ -120,7 +120,6 @@ class ProxySMTP(SMTP):
         self.listener = listener
         self.cfg: Config = service.cfg  # a reload never changes a running session
         proxy = self.cfg.proxy
-        self.downstream_host, self.downstream_port = parse_hostport(listener.downstream)
         super().__init__(
             _NoHooks(),
             data_size_limit=proxy.max_message_size_bytes,
@@ -131,7 +130,6 @@ class ProxySMTP(SMTP):
             timeout=proxy.command_timeout_s,
         )
         self.downstream: Downstream | None = None
-        self._connecting: asyncio.Task | None = None
         self.in_transaction = False
         self.busy = False  # between the end of DATA and our reply to it
         self._mail_arg = b""
@@ -161,7 +159,8 @@ class ProxySMTP(SMTP):
         if self.in_transaction:
             self._log_transaction(size=None, verdict="aborted", reply="client disconnected")
             self.in_transaction = False
-        self._drop_downstream()
+            self._drop_downstream()
+        self._release_downstream()
 
     async def handle_exception(self, error: Exception) -> str:
         # A bug of ours: never show it to the client, never leave a
@@ -186,43 +185,38 @@ class ProxySMTP(SMTP):
 
     # ---------------------------------------------------------- downstream
 
-    def _start_connect(self) -> None:
-        if self.downstream is None and self._connecting is None:
-            self._connecting = self.loop.create_task(self._connect())
+    async def _begin_downstream(self, mail_arg: bytes) -> Reply:
+        """XFORWARD + MAIL downstream, on this session's connection, a pooled
+        one, or a new one. A pooled connection the listener has meanwhile
+        closed fails at its first command; then a fresh one is tried once."""
+        assert self.session is not None
+        pool = self.service.pool(self.listener.downstream)
+        if self.downstream is None or not self.downstream.connected:
+            self.downstream = None
+            pooled = pool.take_idle()
+            if pooled is not None:
+                try:
+                    reply = await pooled.begin(self.session.xforward, mail_arg)
+                except DownstreamError as exc:
+                    logger.debug("%s: pooled downstream connection unusable: %s", self.session_id, exc)
+                    pooled.close()
+                else:
+                    self.downstream = pooled
+                    return reply
+            self.downstream = await pool.connect()
+        return await self.downstream.begin(self.session.xforward, mail_arg)
 
-    async def _connect(self) -> Downstream:
-        proxy = self.cfg.proxy
-        downstream = Downstream(
-            self.downstream_host,
-            self.downstream_port,
-            self.hostname,
-            proxy.downstream_connect_timeout_s,
-            proxy.downstream_reply_timeout_s,
-        )
-        await downstream.connect()
-        return downstream
+    def _release_downstream(self) -> None:
+        """Session over: an idle connection goes back to the pool, anything else is closed."""
+        if self.downstream is not None:
+            downstream, self.downstream = self.downstream, None
+            self.service.pool(self.listener.downstream).release(downstream)
 
-    async def _get_downstream(self) -> Downstream:
-        if self.downstream is not None and self.downstream.connected:
-            return self.downstream
-        self._drop_downstream_connection()
-        self._start_connect()
-        assert self._connecting is not None
-        task, self._connecting = self._connecting, None
-        self.downstream = await task
-        return self.downstream
-
-    def _drop_downstream_connection(self) -> None:
+    def _drop_downstream(self) -> None:
+        """Close at once; Postfix discards a transaction left open this way."""
         if self.downstream is not None:
             self.downstream.close()
             self.downstream = None
-
-    def _drop_downstream(self) -> None:
-        self._drop_downstream_connection()
-        if self._connecting is not None:
-            task, self._connecting = self._connecting, None
-            task.cancel()
-            task.add_done_callback(_close_connected)
 
     async def _abandon_downstream_transaction(self) -> None:
         if self.downstream is None:
@@ -231,7 +225,7 @@ class ProxySMTP(SMTP):
             await self.downstream.reset()
         except DownstreamError as exc:
             logger.warning("%s: abandoning downstream transaction: %s", self.session_id, exc)
-            self._drop_downstream_connection()
+            self._drop_downstream()
 
     def _end_transaction(self) -> None:
         self.in_transaction = False
@@ -267,8 +261,6 @@ class ProxySMTP(SMTP):
         self._end_transaction()
         self.session.host_name = hostname
         self.session.extended_smtp = extended
-        # Overlap the downstream connect with the client's next commands.
-        self._start_connect()
 
     async def smtp_XFORWARD(self, arg: str | None) -> None:
         assert self.session is not None
@@ -313,16 +305,13 @@ class ProxySMTP(SMTP):
         assert arg is not None
         self._txn_started = time.monotonic()
         try:
-            downstream = await self._get_downstream()
-            reply = await downstream.begin(
-                self.session.xforward, arg.encode("utf-8", "surrogateescape")
-            )
+            reply = await self._begin_downstream(arg.encode("utf-8", "surrogateescape"))
         except DownstreamError as exc:
             logger.warning(
                 "%s: downstream %s unavailable at MAIL from=<%s>: %s",
                 self.session_id, self.listener.downstream, address, exc,
             )
-            self._drop_downstream_connection()
+            self._drop_downstream()
             await self.push(replies.TEMPFAIL)
             return
         if not relayable(reply):
@@ -361,7 +350,7 @@ class ProxySMTP(SMTP):
                 self.session_id, self.listener.downstream, address, exc,
             )
             self._log_transaction(size=None, verdict="tempfail", reply="downstream failed at RCPT")
-            self._drop_downstream_connection()
+            self._drop_downstream()
             self._end_transaction()
             await self.push(replies.TEMPFAIL)
             return
@@ -395,10 +384,7 @@ class ProxySMTP(SMTP):
             self._end_transaction()
             # Dropping the connection mid-transaction makes Postfix discard it.
             self._drop_downstream()
-        if self.downstream is not None:
-            downstream, self.downstream = self.downstream, None
-            await downstream.quit()
-        self._drop_downstream()
+        self._release_downstream()
         await self.push(replies.BYE)
         assert self.transport is not None
         self.transport.close()
@@ -479,12 +465,12 @@ class ProxySMTP(SMTP):
                 "%s: downstream %s failed at end of data: %s",
                 self.session_id, self.listener.downstream, exc,
             )
-            self._drop_downstream_connection()
+            self._drop_downstream()
             reply = Reply(*_split(replies.TEMPFAIL))
             self._log_transaction(size, "tempfail", f"downstream failed: {exc}", verdict.summary)
             return reply
         if not relayable(reply):
-            self._drop_downstream_connection()
+            self._drop_downstream()
             bad, reply = reply, Reply(*_split(replies.TEMPFAIL))
             self._log_transaction(size, "tempfail", f"bad downstream reply {bad}", verdict.summary)
             return reply
@@ -590,12 +576,6 @@ async def read_data(reader: asyncio.StreamReader, limit: int) -> tuple[bytes | N
 def _split(reply: str) -> tuple[int, str]:
     code, _, text = reply.partition(" ")
     return int(code), text
-
-
-def _close_connected(task: asyncio.Task) -> None:
-    """A connect we no longer need may still have succeeded: close it."""
-    if not task.cancelled() and task.exception() is None:
-        task.result().close()
 
 
 def listener_networks(cfg: Config, listener: ListenerConfig) -> tuple:

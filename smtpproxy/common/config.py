@@ -129,6 +129,11 @@ class ProxyConfig:
     # Per downstream reply. With scan_timeout_s this must stay under Postfix's
     # smtpd_proxy_timeout (100 s), or Postfix gives up before we answer.
     downstream_reply_timeout_s: float = 50.0
+    # Idle downstream connections kept for the next session (0: connect per
+    # session). Each is closed after downstream_idle_timeout_s unused, which
+    # must stay below the re-injection smtpd's smtpd_timeout (300 s).
+    downstream_pool_size: int = 32
+    downstream_idle_timeout_s: float = 30.0
     # Budget for the end-of-data scan hook; beyond it the message is tempfailed.
     scan_timeout_s: float = 40.0
     # On SIGTERM: how long in-flight transactions may take to finish.
@@ -144,7 +149,10 @@ class ProxyConfig:
             self, path, "max_sessions", "max_message_size_bytes", "max_recipients",
             "command_timeout_s", "data_timeout_s", "downstream_connect_timeout_s",
             "downstream_reply_timeout_s", "scan_timeout_s", "drain_timeout_s",
+            "downstream_idle_timeout_s",
         )
+        if self.downstream_pool_size < 0:
+            raise ConfigError(path + "downstream_pool_size", "must be 0 or more")
         if not self.listeners:
             raise ConfigError(path + "listeners", "at least one listener is needed")
         names, addresses = set(), set()

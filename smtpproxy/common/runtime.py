@@ -35,6 +35,20 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+def run(main) -> int:
+    """Run ``main`` (a coroutine) to completion on the fastest event loop available.
+
+    uvloop, when installed, roughly halves the CPU the proxy spends per
+    message; the standard loop is the fallback.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
 def sd_notify(state: str) -> None:
     """Tell systemd about our state when it asked us to (Type=notify)."""
     address = os.environ.get("NOTIFY_SOCKET")

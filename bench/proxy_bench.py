@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Proxy throughput and latency against Postfix alone, measured in the same run.
+
+    .venv/bin/python bench/proxy_bench.py [--messages 2000] [--rounds 3]
+
+Two paths through one private Postfix instance (both end in the same queue
+and are delivered to smtp-sink):
+
+    direct:   smtp-source -> smtpd -> queue
+    proxied:  smtp-source -> smtpd (smtpd_proxy_filter) -> smtpproxy -> smtpd -> queue
+
+Throughput comes from Postfix's own load generator smtp-source (5 KB messages,
+concurrency 1 and 20); each figure is the best of --rounds alternating runs,
+because this machine is noisy. Added latency is the difference of per-message
+latency percentiles, measured with sequential SMTP transactions on each path.
+Peak RSS is the proxy process's VmHWM at the end. The proxy's scan hook is the
+no-op one. Figures are printed as ratios against the direct path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import smtplib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.pipeline import Pipeline  # noqa: E402
+from tests.support.postfix import wait_until  # noqa: E402
+
+MESSAGE_SIZE = 5 * 1024
+
+
+def smtp_source(port: int, messages: int, concurrency: int) -> float:
+    """Messages per second that smtp-source got accepted."""
+    start = time.perf_counter()
+    subprocess.run(
+        ["smtp-source", "-s", str(concurrency), "-m", str(messages), "-l", str(MESSAGE_SIZE),
+         "-f", "bench@example.org", "-t", "sink@example.net", f"127.0.0.1:{port}"],
+        check=True, timeout=600, stdout=subprocess.DEVNULL,
+    )
+    return messages / (time.perf_counter() - start)
+
+
+def latencies(port: int, count: int) -> list[float]:
+    body = b"Subject: latency\r\n\r\n" + (b"x" * 78 + b"\r\n") * (MESSAGE_SIZE // 80)
+    out = []
+    for _ in range(count):
+        start = time.perf_counter()
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            smtp.sendmail("bench@example.org", ["sink@example.net"], body)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def drain(p: Pipeline) -> None:
+    wait_until(p.postfix.queue_is_empty, 600, "queue drained", interval=0.2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-samples", type=int, default=300)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp:
+        p = Pipeline(Path(tmp), proxy_extra="max_sessions = 500")
+        p.start()
+        try:
+            # smtp-sink dumps every message; discard them instead for the benchmark.
+            p.postfix.params["default_transport"] = "discard"
+            p.postfix.params["relayhost"] = ""
+            p.postfix.reload()
+            time.sleep(1)
+            smtp_source(p.direct_port, 200, 10)  # warm-up: start smtpd processes
+            smtp_source(p.inbound_port, 200, 10)
+            drain(p)
+            results = {}
+            for concurrency in (1, 20):
+                n = args.messages if concurrency > 1 else max(200, args.messages // 4)
+                best = {"direct": 0.0, "proxied": 0.0}
+                for _ in range(args.rounds):
+                    for name, port in (("direct", p.direct_port), ("proxied", p.inbound_port)):
+                        rate = smtp_source(port, n, concurrency)
+                        best[name] = max(best[name], rate)
+                        drain(p)
+                results[concurrency] = best
+            lat_direct = latencies(p.direct_port, args.latency_samples)
+            lat_proxy = latencies(p.inbound_port, args.latency_samples)
+            rss = peak_rss_mb(p.proxy.proc.pid)
+        finally:
+            p.stop()
+
+    print(f"proxy benchmark: {MESSAGE_SIZE // 1024} KB messages, best of {args.rounds} rounds")
+    print(f"{'concurrency':>11} {'direct msg/s':>13} {'proxied msg/s':>14} {'ratio':>6}")
+    for concurrency, best in results.items():
+        ratio = best["proxied"] / best["direct"]
+        print(f"{concurrency:>11} {best['direct']:>13.0f} {best['proxied']:>14.0f} {ratio:>6.2f}")
+    d50, d99 = pct(lat_direct, 0.5) * 1000, pct(lat_direct, 0.99) * 1000
+    p50, p99 = pct(lat_proxy, 0.5) * 1000, pct(lat_proxy, 0.99) * 1000
+    print(f"latency per message (ms): direct p50 {d50:.2f} p99 {d99:.2f}; "
+          f"proxied p50 {p50:.2f} p99 {p99:.2f}")
+    print(f"added by the proxy (ms): p50 {p50 - d50:.2f} p99 {p99 - d99:.2f} "
+          f"(mean {1000 * (statistics.mean(lat_proxy) - statistics.mean(lat_direct)):.2f})")
+    print(f"proxy peak RSS: {rss:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
