@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
+import typing
 import sys
 from pathlib import Path
 
@@ -20,9 +23,25 @@ def test_defaults_need_no_file():
         "127.0.0.1:10025", "127.0.0.1:10026", "inbound")
 
 
-def test_shipped_example_is_valid_and_lists_every_default():
-    shipped = config.load(str(ROOT / "conf" / "smtpproxy.toml"))
-    assert config.dump(shipped) == config.dump(config.load(None))
+def _leaf_keys(cls, prefix=""):
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _leaf_keys(tp, prefix + f.name + ".")
+        elif typing.get_args(tp) and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            yield from _leaf_keys(typing.get_args(tp)[0], prefix + f.name + "[].")
+        else:
+            yield prefix + f.name
+
+
+def test_shipped_example_is_valid_and_lists_every_key():
+    path = ROOT / "conf" / "smtpproxy.toml"
+    shipped = config.load(str(path))
+    assert config.dump(shipped) == config.dump(config.load(None)), "the example must keep defaults"
+    text = path.read_text()
+    missing = [key for key in _leaf_keys(config.Config)
+               if not re.search(rf"^#? ?{re.escape(key.rsplit('.', 1)[-1])} = ", text, re.M)]
+    assert missing == []
 
 
 @pytest.mark.parametrize("text, key", [
