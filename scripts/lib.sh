@@ -46,7 +46,10 @@ ensure_venv() {
     if [ ! -e "$stamp" ]; then
         echo "==> installing Python dependencies"
         "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-        "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+        if ! "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" >"$VENV/pip.log" 2>&1; then
+            cat "$VENV/pip.log" >&2
+            return 1
+        fi
         touch "$stamp"
     fi
 }
