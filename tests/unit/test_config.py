@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import subprocess
-import typing
 import sys
+import typing
 from pathlib import Path
 
 import pytest
