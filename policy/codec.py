@@ -112,10 +112,10 @@ class RequestParser:
     def _parse(self, block: bytes) -> dict[str, str]:
         if b"\0" in block:
             raise ProtocolError("NUL byte in request")
-        lines = block.split(b"\n")
-        if len(lines) > self.max_attributes:
+        if block.count(b"\n") >= self.max_attributes:
             raise ProtocolError(f"more than {self.max_attributes} attributes")
-        if max(map(len, lines)) > self.max_line_bytes:
+        # No line can be longer than the block: split only big blocks.
+        if len(block) > self.max_line_bytes and max(map(len, block.split(b"\n"))) > self.max_line_bytes:
             raise ProtocolError(f"line longer than {self.max_line_bytes} bytes")
         # Postfix passes SMTPUTF8 addresses as UTF-8; keep undecodable bytes
         # round-trippable rather than failing the request.

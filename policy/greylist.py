@@ -57,6 +57,18 @@ def normalize_sender(sender: str) -> str:
     return f"{local}@{domain}"
 
 
+_last_date: tuple[int, str] = (0, "")
+
+
+def _date(now: float) -> str:
+    """RFC 5322 date, formatted once per second."""
+    global _last_date
+    second = int(now)
+    if _last_date[0] != second:
+        _last_date = (second, email.utils.formatdate(second, localtime=False))
+    return _last_date[1]
+
+
 def _h(text: str, n: int) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
 
@@ -119,6 +131,5 @@ class Greylister:
         if result.state in (GL_NEW, GL_EARLY):
             return replies.greylist_defer(self.cfg.defer_text, result.wait_s), result.state
         if result.state == GL_PASSED and self.cfg.add_header:
-            date = email.utils.formatdate(now, localtime=False)
-            return replies.greylist_header(result.delayed_s, self.hostname, date), result.state
+            return replies.greylist_header(result.delayed_s, self.hostname, _date(now)), result.state
         return None, result.state if result.state != GL_AWL else "awl"

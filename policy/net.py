@@ -8,14 +8,29 @@ the C library into (bits, integer), cached, and networks are integer masks.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import socket
 
+# Plain dicts, emptied when full: cheaper than functools.lru_cache, whose
+# linked-list nodes the cyclic GC would walk on every full collection.
+CACHE_MAX = 16384
+_ip_cache: dict[str, tuple[int, int] | None] = {}
+_net_cache: dict[tuple[str, int, int], str] = {}
 
-@functools.lru_cache(maxsize=65536)
+
 def ip_key(address: str) -> tuple[int, int] | None:
     """'192.0.2.1' -> (32, int); IPv6 -> (128, int); IPv4-mapped IPv6 as IPv4; else None."""
+    try:
+        return _ip_cache[address]
+    except KeyError:
+        pass
+    if len(_ip_cache) >= CACHE_MAX:
+        _ip_cache.clear()
+    key = _ip_cache[address] = _parse_ip(address)
+    return key
+
+
+def _parse_ip(address: str) -> tuple[int, int] | None:
     try:
         return 32, int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
     except OSError:
@@ -29,9 +44,20 @@ def ip_key(address: str) -> tuple[int, int] | None:
     return 128, value
 
 
-@functools.lru_cache(maxsize=65536)
 def client_network(address: str, prefix_v4: int = 24, prefix_v6: int = 64) -> str:
     """'192.0.2.77' -> '192.0.2.0/24'; an unparsable address stands for itself."""
+    cache_key = (address, prefix_v4, prefix_v6)
+    try:
+        return _net_cache[cache_key]
+    except KeyError:
+        pass
+    if len(_net_cache) >= CACHE_MAX:
+        _net_cache.clear()
+    net = _net_cache[cache_key] = _network(address, prefix_v4, prefix_v6)
+    return net
+
+
+def _network(address: str, prefix_v4: int, prefix_v6: int) -> str:
     key = ip_key(address)
     if key is None:
         return address.lower()
