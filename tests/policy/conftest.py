@@ -139,3 +139,26 @@ def redis_cluster(tmp_path_factory) -> Iterator[list[RedisServer]]:
     finally:
         for n in nodes:
             n.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(redis_server, tmp_path_factory) -> Iterator[RedisServer]:
+    """One Sentinel watching ``redis_server`` as master "mymaster"."""
+    d = tmp_path_factory.mktemp("sentinel")
+    port = free_port()
+    conf = d / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {d}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {redis_server.port} 1\n"
+        "sentinel down-after-milliseconds mymaster 5000\n"
+    )
+    proc = subprocess.Popen(
+        [redis_binary(), str(conf), "--sentinel"],
+        stdout=open(d / "sentinel.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    server = RedisServer(port, str(d), proc)
+    try:
+        wait_port(port)
+        yield server
+    finally:
+        server.stop()

@@ -1,4 +1,5 @@
-"""One contract, every backend: SQLite, a real redis-server, a 3-master Redis Cluster.
+"""One contract, every backend: SQLite, a real redis-server (directly and through
+Sentinel), a 3-master Redis Cluster.
 
 Time is simulated through the ``now`` argument, so nothing here sleeps
 longer than a TTL check and nothing asserts on elapsed time.
@@ -33,7 +34,7 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture(params=["sqlite", "redis", "cluster"])
+@pytest.fixture(params=["sqlite", "redis", "sentinel", "cluster"])
 def store_factory(request, tmp_path):
     """A function returning a fresh, opened Store with a unique key prefix."""
     counter = iter(range(1000))
@@ -44,6 +45,9 @@ def store_factory(request, tmp_path):
             url = f"sqlite://{tmp_path}/store.db"
         elif request.param == "redis":
             url = request.getfixturevalue("redis_server").url
+        elif request.param == "sentinel":
+            sentinel = request.getfixturevalue("redis_sentinel")
+            url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster/0"
         else:
             nodes = request.getfixturevalue("redis_cluster")
             url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
@@ -53,7 +57,8 @@ def store_factory(request, tmp_path):
 
     if request.param != "sqlite":
         # Resolve server fixtures outside the event loop.
-        request.getfixturevalue("redis_server" if request.param == "redis" else "redis_cluster")
+        request.getfixturevalue({"redis": "redis_server", "sentinel": "redis_sentinel",
+                                 "cluster": "redis_cluster"}[request.param])
     return make
 
 
