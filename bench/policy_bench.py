@@ -13,6 +13,7 @@ Targets, measured in the same run on the same machine:
   ceiling              an asyncio server answering DUNNO without any work
   smtpproxy/sqlite     greylisting + one rate-limit rule, SQLite store
   smtpproxy/redis      the same on a redis-server started here
+  ...+uvloop           the same with policy.event_loop = "uvloop" (when installed)
   postgrey             Debian's postgrey (--delay=1)
   policyd-rate-limit   Debian's policyd-rate-limit, limiting by client IP, sqlite
 
@@ -197,9 +198,9 @@ def start_null(work: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_ours(work: Path, store_url: str, name: str) -> tuple[subprocess.Popen, int]:
+def start_ours(work: Path, store_url: str, name: str, loop: str = "asyncio") -> tuple[subprocess.Popen, int]:
     port = free_port()
-    d = work / f"ours-{name}"
+    d = work / f"ours-{name}-{loop}"
     d.mkdir()
     cfg = d / "policy.toml"
     cfg.write_text(f"""
@@ -211,6 +212,7 @@ url = "{store_url}"
 [policy]
 listen = "127.0.0.1:{port}"
 hostname = "bench.example"
+event_loop = "{loop}"
 [policy.greylist]
 delay_s = 1.0
 trusted_networks = []
@@ -321,11 +323,22 @@ def main() -> int:
     os.chmod(work, 0o755)
     redis_proc = None
     targets: list[tuple[str, callable]] = [("ceiling", lambda: start_null(work))]
-    targets.append(("smtpproxy/sqlite", lambda: start_ours(work, f"sqlite://{work}/bench.db", "sqlite")))
+    try:
+        import uvloop  # noqa: F401
+        loops = ["asyncio", "uvloop"]
+    except ImportError:
+        loops = ["asyncio"]
+        print("uvloop not installed: smtpproxy measured on asyncio's loop only")
+    for loop in loops:
+        suffix = "" if loop == "asyncio" else "+uvloop"
+        targets.append((f"smtpproxy/sqlite{suffix}", lambda loop=loop: start_ours(
+            work, f"sqlite://{work}/bench-{loop}.db", "sqlite", loop)))
     if "redis-server" in available or shutil.which("redis-server"):
         redis_proc, redis_port = start_redis(work)
-        targets.append(("smtpproxy/redis",
-                        lambda: start_ours(work, f"redis://127.0.0.1:{redis_port}/0", "redis")))
+        for db, loop in enumerate(loops):
+            suffix = "" if loop == "asyncio" else "+uvloop"
+            targets.append((f"smtpproxy/redis{suffix}", lambda loop=loop, db=db: start_ours(
+                work, f"redis://127.0.0.1:{redis_port}/{db}", "redis", loop)))
     else:
         print("redis-server not available: smtpproxy/redis skipped")
     if "postgrey" in available:
@@ -357,7 +370,7 @@ def main() -> int:
                     results[(name, conc, "retry")] = asyncio.run(drive(port, reqs, conc))
                     for phase in ("first", "retry"):
                         r = results[(name, conc, phase)]
-                        print(f"  {name:20s} c={conc:<3d} {phase:5s} {r['rps']:8.0f} req/s  "
+                        print(f"  {name:24s} c={conc:<3d} {phase:5s} {r['rps']:8.0f} req/s  "
                               f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  {r['actions']}",
                               flush=True)
             finally:
@@ -367,12 +380,12 @@ def main() -> int:
             stop(redis_proc)
 
     print()
-    print(f"{'target':20s} {'conc':>4s} {'phase':6s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} "
+    print(f"{'target':24s} {'conc':>4s} {'phase':6s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} "
           f"{'vs postgrey':>11s}")
     for (name, conc, phase), r in results.items():
         base = results.get(("postgrey", conc, phase))
         ratio = f"{r['rps'] / base['rps']:10.2f}x" if base else "          -"
-        print(f"{name:20s} {conc:4d} {phase:6s} {r['rps']:8.0f} {r['p50_ms']:7.2f} "
+        print(f"{name:24s} {conc:4d} {phase:6s} {r['rps']:8.0f} {r['p50_ms']:7.2f} "
               f"{r['p99_ms']:7.2f} {ratio}")
     shutil.rmtree(work, ignore_errors=True)
     return 0

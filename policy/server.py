@@ -197,8 +197,9 @@ class PolicyService:
             await self.store.close()
             raise
         self._maps_task = loop.create_task(self._watch_maps())
-        logger.info("listening on %s, store %s", listen,
-                    self.cfg.store.url.rpartition("@")[2] or "sqlite (state_dir)")
+        logger.info("listening on %s, store %s, event loop %s", listen,
+                    self.cfg.store.url.rpartition("@")[2] or "sqlite (state_dir)",
+                    type(loop).__module__.split(".")[0])
 
     async def _watch_maps(self) -> None:
         loop = asyncio.get_running_loop()

@@ -285,3 +285,19 @@ def test_daemon_on_redis_cluster(daemon_factory, redis_cluster):
     answers = [d.ask(**rcpt(f"10.{i}.0.1", "bulk@c.example", f"r{i}@x.example", sasl_username="u"))
                for i in range(8)]
     assert sum(a.startswith("DEFER 4.7.1 Message rate limit") for a in answers) == 3
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])
+def test_event_loop_choice_serves_the_same_protocol(daemon_factory, tmp_path, loop):
+    """asyncio's own loop always works; auto uses uvloop exactly when it is installed."""
+    import importlib.util
+
+    d = daemon_factory(f"sqlite://{tmp_path}/l.db", greylist=FAST_GREYLIST,
+                       policy={"event_loop": loop})
+    with d.connect() as c:
+        assert c.ask(**rcpt()).startswith("DEFER_IF_PERMIT 4.7.1")
+        c.send(b"no equals sign\n\n")
+        assert c.read_reply() is None
+    assert d.ask(**rcpt(sasl_username="u")) == "DUNNO"
+    uses_uvloop = loop == "auto" and importlib.util.find_spec("uvloop") is not None
+    assert f"event loop {'uvloop' if uses_uvloop else 'asyncio'}" in d.log()
