@@ -2,7 +2,7 @@
 
 Two smtpd listeners: "port 25" (check_policy_service without context:
 greylisting) and "submission" (policy_context=submission: a per-sender
-rate limit, no greylisting). Accepted mail is relayed to smtp-sink. Clients
+recipient limit at RCPT and a message limit at END-OF-MESSAGE, no greylisting). Accepted mail is relayed to smtp-sink. Clients
 connect from distinct loopback addresses, and client_prefix_v4 = 32 keeps
 their greylist state apart.
 """
@@ -31,7 +31,9 @@ class Setup:
             greylist={"delay_s": DELAY_S, "client_prefix_v4": 32, "awl_deliveries": 2,
                       "awl_count_interval_s": 0.2},
             rules=[{"name": "sub", "key": ["sender"], "limits": ["2/1h"], "count": "recipients",
-                    "action": "REJECT", "policy_contexts": ["submission"]}],
+                    "action": "REJECT", "policy_contexts": ["submission"]},
+                   {"name": "msgs", "key": ["sender"], "limits": ["1/1h"],
+                    "count": "messages", "action": "HOLD", "policy_contexts": ["submission"]}],
         )
         self.port25, self.port587 = free_port(), free_port()
         policy = f"inet:127.0.0.1:{self.daemon.port}"
@@ -42,12 +44,15 @@ class Setup:
             submission_recipient_restrictions=(
                 f"check_policy_service {{ {policy}, policy_context=submission }}, "
                 "permit_mynetworks, reject_unauth_destination"),
+            submission_eod_restrictions=(
+                f"check_policy_service {{ {policy}, policy_context=submission }}"),
             smtpd_policy_service_try_limit="1",
         )
         self.postfix.add_service(f"127.0.0.1:{self.port25}")
         self.postfix.add_service(
             f"127.0.0.1:{self.port587}",
-            {"smtpd_recipient_restrictions": "$submission_recipient_restrictions"},
+            {"smtpd_recipient_restrictions": "$submission_recipient_restrictions",
+             "smtpd_end_of_data_restrictions": "$submission_eod_restrictions"},
         )
 
     def start(self):
@@ -143,3 +148,23 @@ def test_daemon_stopped_postfix_applies_its_default_action(setup):
         setup.daemon.start()
     [(code, msg)] = rcpt_attempt(setup.port25, "127.0.0.6", "s@six.example", ["bob@dest.example"])
     assert code == 450 and b"Greylisted" in msg
+
+
+
+def held_messages(setup: Setup) -> list:
+    hold = setup.postfix.queue / "hold"
+    return [p for p in hold.rglob("*") if p.is_file()] if hold.exists() else []
+
+
+def test_message_limit_at_end_of_data_holds_the_excess(setup):
+    # Counted per message at END-OF-MESSAGE ("msgs": 1/1h per sender, HOLD).
+    first = rcpt_attempt(setup.port587, "127.0.0.8", "batch@corp.example",
+                         ["a@dest.example"], b"Subject: batch one\r\n\r\nx\r\n")
+    assert [c for c, _ in first] == [250, 250], first
+    wait_until(lambda: sink_has(setup, b"batch one"), 30, "first message delivered")
+    assert held_messages(setup) == []
+    second = rcpt_attempt(setup.port587, "127.0.0.8", "batch@corp.example",
+                          ["a@dest.example"], b"Subject: batch two\r\n\r\nx\r\n")
+    assert [c for c, _ in second] == [250, 250], second  # accepted, but into the hold queue
+    wait_until(lambda: held_messages(setup), 30, "second message in the hold queue")
+    assert not sink_has(setup, b"batch two")
