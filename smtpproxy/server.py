@@ -141,21 +141,31 @@ class ProxySMTP(SMTP):
         return ProxySession(self.loop)
 
     async def _handle_client(self) -> None:
-        refusal = self.service.admit(self)
-        if refusal is not None:
-            await self.push(refusal)
-            assert self.transport is not None
-            self.transport.close()
-            return
-        await super()._handle_client()
+        try:
+            refusal = self.service.admit(self)
+            if refusal is not None:
+                await self.push(refusal)
+                return
+            await super()._handle_client()
+        finally:
+            # However the command loop ends (QUIT, EOF, an error while the
+            # client is already gone), the connection and its slot are freed.
+            if self.transport is not None:
+                self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        # aiosmtpd cancels the command loop on EOF but keeps the transport
+        # half-open; a client that closed its side is done with us.
+        super().eof_received()
+        return False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.service.sessions.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
         self.service.sessions.discard(self)
+        super().connection_lost(error)
         if self.in_transaction:
             self._log_transaction(size=None, verdict="aborted", reply="client disconnected")
             self.in_transaction = False

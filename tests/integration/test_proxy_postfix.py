@@ -38,10 +38,20 @@ def make_message(body: bytes, subject: str = "test", extra_headers: bytes = b"")
 
 
 def delivered_with(pipeline, msgid: str, timeout: float = 60):
+    """The sink's copies of the message, once complete: Postfix has removed it
+    from its queue and smtp-sink's dump file no longer grows."""
+    sizes: dict = {}
+
     def find():
-        pipeline_msgs = [m for m in pipeline.sink.messages() if msgid.encode() in m.message]
-        return pipeline_msgs if pipeline_msgs and pipeline.postfix.queue_is_empty() else None
-    return wait_until(find, timeout, f"delivery of {msgid}")
+        found = [m for m in pipeline.sink.messages() if msgid.encode() in m.message]
+        if not found or not pipeline.postfix.queue_is_empty():
+            return None
+        now = {m.path: m.path.stat().st_size for m in found}
+        stable = now == sizes
+        sizes.clear()
+        sizes.update(now)
+        return found if stable else None
+    return wait_until(find, timeout, f"delivery of {msgid}", interval=0.2)
 
 
 def split_added_headers(delivered: bytes, original_lf: bytes) -> list[bytes]:
