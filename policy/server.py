@@ -25,6 +25,7 @@ import collections
 import logging
 import os
 import socket
+import stat
 import time
 
 from policy import replies
@@ -41,7 +42,7 @@ MAX_PIPELINED = 32
 
 class PolicyConnection(asyncio.Protocol):
     __slots__ = ("service", "transport", "parser", "queue", "worker", "timer", "peer", "closed",
-                 "paused")
+                 "paused", "eof")
 
     def __init__(self, service: PolicyService):
         self.service = service
@@ -54,6 +55,7 @@ class PolicyConnection(asyncio.Protocol):
         self.peer = "?"
         self.closed = False
         self.paused = False
+        self.eof = False
 
     # -- asyncio callbacks
 
@@ -90,7 +92,8 @@ class PolicyConnection(asyncio.Protocol):
                 self.worker = asyncio.get_running_loop().create_task(self._work())
 
     def eof_received(self) -> bool:
-        # Answer what was asked, then close (Postfix half-closes rarely; tools do).
+        # Answer what was asked, then close (Postfix does not half-close; tools do).
+        self.eof = True
         if self.worker is None:
             self.close()
         return True
@@ -139,8 +142,8 @@ class PolicyConnection(asyncio.Protocol):
                     self.transport.resume_reading()
         finally:
             self.worker = None
-            if not self.closed and self.transport.is_closing():
-                self.closed = True
+            if self.eof and not self.closed:
+                self.close()
 
 
 class PolicyService:
@@ -184,8 +187,11 @@ class PolicyService:
         try:
             if listen.startswith("unix:"):
                 path = listen[len("unix:"):]
-                if os.path.exists(path):
-                    os.unlink(path)  # a stale socket from a previous run
+                try:
+                    if stat.S_ISSOCK(os.lstat(path).st_mode):
+                        os.unlink(path)  # a stale socket from a previous run
+                except FileNotFoundError:
+                    pass
                 self.server = await loop.create_unix_server(lambda: PolicyConnection(self), path)
                 os.chmod(path, int(self.cfg.policy.socket_mode, 8))
             else:

@@ -301,3 +301,17 @@ def test_event_loop_choice_serves_the_same_protocol(daemon_factory, tmp_path, lo
     assert d.ask(**rcpt(sasl_username="u")) == "DUNNO"
     uses_uvloop = loop == "auto" and importlib.util.find_spec("uvloop") is not None
     assert f"event loop {'uvloop' if uses_uvloop else 'asyncio'}" in d.log()
+
+
+def test_half_closed_client_gets_its_answers_then_close(daemon_factory, store_url):
+    import socket as socketlib
+
+    from policy.codec import format_request
+
+    d = daemon_factory(store_url)
+    with d.connect() as c:
+        req = {"request": "smtpd_access_policy", "protocol_state": "RCPT", **rcpt(sasl_username="u")}
+        c.send(format_request(req) * 3)
+        c.sock.shutdown(socketlib.SHUT_WR)
+        assert [c.read_reply() for _ in range(3)] == ["DUNNO"] * 3
+        assert c.read_reply() is None

@@ -114,3 +114,23 @@ def test_url_parsing(url, expected):
 def test_unix_url():
     c = FastRedis("unix:///run/redis/redis.sock?db=4")
     assert (c.unix_path, c.db) == ("/run/redis/redis.sock", 4)
+
+
+@pytest.mark.integration
+def test_reset_fails_pending_commands_and_next_command_uses_fresh_connection(redis_server):
+    async def go():
+        c = FastRedis(redis_server.url)
+        assert await c.ping()
+        await c.execute("SET", "resp:test", "before")
+        pending = asyncio.ensure_future(c.execute("SET", "resp:test", "lost?"))
+        await asyncio.sleep(0)
+        c.reset()  # what RedisStore does after a timeout
+        with pytest.raises(RedisConnectionError):
+            await pending
+        # The next command reconnects; its reply is its own.
+        assert await c.execute("ECHO", "mine") == b"mine"
+        results = await asyncio.gather(*(c.execute("ECHO", str(i)) for i in range(200)))
+        assert results == [str(i).encode() for i in range(200)]
+        await c.aclose()
+
+    asyncio.run(go())

@@ -82,6 +82,9 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.buf = b""
+        # Commands issued in this event-loop iteration, written together.
+        self.wbuf: list[bytes] = []
+        self.flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -114,6 +117,14 @@ class _Protocol(asyncio.Protocol):
         if self.client._proto is self:
             self.client._proto = None
 
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        data, self.wbuf = b"".join(self.wbuf), []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        else:
+            self.fail(RedisConnectionError("connection to redis closed"))
+
     def fail(self, exc: Exception) -> None:
         while self.waiters:
             fut = self.waiters.popleft()
@@ -141,8 +152,6 @@ class FastRedis:
         self.connect_timeout_s = connect_timeout_s
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
-        self._wbuf: list[bytes] = []
-        self._flush_scheduled = False
 
     # ------------------------------------------------------------ connection
 
@@ -197,21 +206,16 @@ class FastRedis:
 
     async def execute(self, *args: Any) -> Any:
         proto = await self._connection()
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        # The command and its waiter belong to one connection: a reset in
+        # between fails both together, never pairs a reply with another command.
         proto.waiters.append(fut)
-        self._wbuf.append(_encode(args))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush, proto)
+        proto.wbuf.append(_encode(args))
+        if not proto.flush_scheduled:
+            proto.flush_scheduled = True
+            loop.call_soon(proto.flush)
         return await fut
-
-    def _flush(self, proto: _Protocol) -> None:
-        self._flush_scheduled = False
-        data, self._wbuf = b"".join(self._wbuf), []
-        if proto.transport is not None and not proto.transport.is_closing():
-            proto.transport.write(data)
-        else:
-            proto.fail(RedisConnectionError("connection to redis closed"))
 
     # ------------------------------------------------------------ commands
 
