@@ -119,3 +119,19 @@ def test_xtext_roundtrip(text):
 
 def test_xtext_invalid_escape_left_alone():
     assert xtext_decode("a+zz") == "a+zz"
+
+
+def test_random_bytes_never_escape_as_anything_but_protocol_error():
+    import random
+
+    rng = random.Random(20261121)
+    alphabet = b"ab=\n\r\x00\xff+0 "
+    for _ in range(3000):
+        parser = RequestParser(max_line_bytes=32, max_attributes=8)
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 80)))
+        try:
+            for i in range(0, len(data), rng.randrange(1, 8)):
+                for req in parser.feed(data[i:i + 8]):
+                    assert isinstance(req, dict) and all(isinstance(v, str) for v in req.values())
+        except ProtocolError:
+            pass

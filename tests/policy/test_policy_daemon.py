@@ -62,6 +62,11 @@ def test_retry_from_neighbouring_address_and_new_bounce_tag_passes(daemon_factor
     assert d.ask(**rcpt("198.51.100.7", "prvs=1111111111=news@pool.example")).startswith("DEFER")
     time.sleep(1.2)
     assert d.ask(**rcpt("198.51.100.99", "prvs=2222222222=news@pool.example")).startswith("PREPEND")
+    # IPv6: the same /64 is the same client.
+    assert d.ask(**rcpt("2001:db8:1:2::25")).startswith("DEFER_IF_PERMIT")
+    time.sleep(1.2)
+    assert d.ask(**rcpt("2001:db8:1:2:ffff::26")).startswith("PREPEND")
+    assert d.ask(**rcpt("2001:db8:1:3::25")).startswith("DEFER_IF_PERMIT")
 
 
 def test_auto_whitelist_after_deliveries(daemon_factory, store_url):
