@@ -174,7 +174,10 @@ class PolicyService:
         try:
             await store.open()
         except StoreError as exc:
-            # Not fatal: requests get the default action until it is back.
+            if not store.reconnects:
+                raise OSError(f"store: {exc}") from exc
+            # Redis down at start is not fatal: requests get the default
+            # action until it is back.
             logger.error("store not available at start: %s", exc)
         return store
 

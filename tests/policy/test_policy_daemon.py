@@ -320,3 +320,13 @@ def test_half_closed_client_gets_its_answers_then_close(daemon_factory, store_ur
         c.sock.shutdown(socketlib.SHUT_WR)
         assert [c.read_reply() for _ in range(3)] == ["DUNNO"] * 3
         assert c.read_reply() is None
+
+
+def test_unusable_sqlite_path_refuses_to_start(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    d = PolicyDaemon(tmp_path / "bad", f"sqlite://{blocker}/sub/state.db")
+    with pytest.raises(RuntimeError, match="did not start"):
+        d.start()
+    assert d.proc.wait(10) == 1
+    assert "cannot start" in d.log()

@@ -80,6 +80,11 @@ class RateResult:
 class Store(abc.ABC):
     """The interface. Keys are str, values bytes (callers encode)."""
 
+    # True when a failed open() heals by itself (a network store reconnects on
+    # the next operation); False when it means a misconfiguration (a file
+    # that cannot be created), which a daemon should refuse to start with.
+    reconnects = False
+
     def __init__(self, cfg: StoreConfig):
         self.cfg = cfg
         self.prefix = cfg.key_prefix

@@ -169,6 +169,8 @@ def _ttl_s(ttl_s: float) -> int:
 
 
 class RedisStore(Store):
+    reconnects = True
+
     def __init__(self, cfg: StoreConfig, url: str):
         super().__init__(cfg)
         self.url = url
