@@ -1,10 +1,13 @@
 """SQLite store: the embedded default, one file in the state directory.
 
 sqlite3 blocks, so every call runs on one dedicated thread that owns the
-connection; the event loop only awaits a future. One thread also serialises
-this process's writes, and each decision is one ``BEGIN IMMEDIATE``
-transaction, so read-modify-write is atomic against other processes sharing
-the file too (they wait up to ``sqlite_busy_timeout_s`` for the lock).
+connection; the event loop only awaits a future. Calls issued in the same
+event-loop iteration go to the thread as one batch, and the batch's
+decisions are group-committed: one ``BEGIN IMMEDIATE`` transaction, each
+decision in its own SAVEPOINT. So every read-modify-write is atomic, also
+against other processes sharing the file (they wait up to
+``sqlite_busy_timeout_s`` for the write lock), and a commit is paid once per
+batch rather than once per decision.
 
 WAL with ``synchronous=NORMAL``: a commit does not wait for fsync, only
 checkpoints do. A power cut may lose the last moments of greylist state,
@@ -62,6 +65,7 @@ class SQLiteStore(Store):
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._purger: asyncio.Task | None = None
+        self._batch: list = []
 
     # ------------------------------------------------------------ plumbing
 
@@ -79,29 +83,108 @@ class SQLiteStore(Store):
         self._db = db
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) on the store thread (reads, set-up)."""
+        return await self._submit(fn, args, False)
+
+    async def _run_tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn(db) on the store thread as one atomic unit (see _run_batch)."""
+        return await self._submit(fn, (), True)
+
+    async def _submit(self, fn: Callable, args: tuple, tx: bool) -> Any:
         if self._executor is None:
             raise StoreError("store is not open")
         loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        self._batch.append((fn, args, tx, fut))
+        if len(self._batch) == 1:
+            loop.call_soon(self._dispatch, loop)
         try:
             async with asyncio.timeout(self.cfg.timeout_s):
-                return await loop.run_in_executor(self._executor, fn, *args)
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+                return await fut
         except TimeoutError:
             raise StoreError(f"sqlite {self.path}: timed out") from None
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run fn inside one write transaction (on the store thread)."""
-        db = self._db
-        assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(db)
-        except BaseException:
-            db.execute("ROLLBACK")
+        except StoreError:
             raise
-        db.execute("COMMIT")
-        return result
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+            # Locked or broken file, or an entry that does not parse.
+            raise StoreError(f"sqlite {self.path}: {exc!r}") from exc
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._batch = self._batch, []
+        if self._executor is None:
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(StoreError("store is closed"))
+            return
+        self._executor.submit(self._run_batch, batch, loop)
+
+    def _run_batch(self, batch: list, loop: asyncio.AbstractEventLoop) -> None:
+        """On the store thread: the calls of one event-loop iteration.
+
+        Group commit: the writing calls share one BEGIN IMMEDIATE ... COMMIT,
+        each inside its own SAVEPOINT, so each is atomic (an error rolls back
+        that call alone) and no other process can interleave (the write lock
+        is held throughout); a commit costs more than a decision, so this is
+        what lets SQLite keep up under concurrency. A failed BEGIN or COMMIT
+        fails every writing call of the batch.
+        """
+        db = self._db
+        results: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        written: list[int] = []
+        in_tx = False
+        tx_error: BaseException | None = None
+        for fn, args, tx, fut in batch:
+            if fut.cancelled():  # its caller timed out: do not run it late
+                continue
+            if not tx:
+                try:
+                    results.append((fut, fn(*args), None))
+                except Exception as exc:
+                    results.append((fut, None, exc))
+                continue
+            if tx_error is not None:
+                results.append((fut, None, tx_error))
+                continue
+            if not in_tx:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except Exception as exc:
+                    tx_error = exc
+                    results.append((fut, None, exc))
+                    continue
+                in_tx = True
+            db.execute("SAVEPOINT decision")
+            try:
+                value = fn(db)
+            except Exception as exc:
+                db.execute("ROLLBACK TO decision")
+                db.execute("RELEASE decision")
+                results.append((fut, None, exc))
+                continue
+            db.execute("RELEASE decision")
+            written.append(len(results))
+            results.append((fut, value, None))
+        if in_tx:
+            try:
+                db.execute("COMMIT")
+            except Exception as exc:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                for i in written:
+                    results[i] = (results[i][0], None, exc)
+        loop.call_soon_threadsafe(self._deliver, results)
+
+    @staticmethod
+    def _deliver(results: list) -> None:
+        for fut, value, exc in results:
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
 
     @staticmethod
     def _read(db: sqlite3.Connection, key: str, now: float) -> bytes | None:
@@ -154,7 +237,7 @@ class SQLiteStore(Store):
         def run(db: sqlite3.Connection) -> int:
             return db.execute("DELETE FROM kv WHERE exp <= ?", (when,)).rowcount
 
-        return await self._run(self._tx, run)
+        return await self._run_tx(run)
 
     async def close(self) -> None:
         if self._purger is not None:
@@ -180,7 +263,7 @@ class SQLiteStore(Store):
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         exp = time.time() + ttl_s
-        await self._run(self._tx, lambda db: self._write(db, key, bytes(value), exp))
+        await self._run_tx(lambda db: self._write(db, key, bytes(value), exp))
 
     async def incr(self, key: str, amount: int, ttl_s: float) -> int:
         now = time.time()
@@ -191,7 +274,7 @@ class SQLiteStore(Store):
             self._write(db, key, str(value).encode(), now + ttl_s)
             return value
 
-        return await self._run(self._tx, run)
+        return await self._run_tx(run)
 
     async def delete(self, key: str) -> bool:
         now = time.time()
@@ -199,7 +282,7 @@ class SQLiteStore(Store):
         def run(db: sqlite3.Connection) -> bool:
             return db.execute("DELETE FROM kv WHERE k = ? AND exp > ?", (key, now)).rowcount > 0
 
-        return await self._run(self._tx, run)
+        return await self._run_tx(run)
 
     async def ttl(self, key: str) -> float | None:
         now = time.time()
@@ -236,7 +319,7 @@ class SQLiteStore(Store):
 
     async def hset(self, key: str, fields: dict[str, float | int | str], ttl_s: float) -> None:
         exp = time.time() + ttl_s
-        await self._run(self._tx, lambda db: self._write_json(db, key, dict(fields), exp))
+        await self._run_tx(lambda db: self._write_json(db, key, dict(fields), exp))
 
     # ------------------------------------------------------------ decisions
 
@@ -284,7 +367,7 @@ class SQLiteStore(Store):
                 self._write_json(db, client_key, client, now + p.awl_ttl_s)
             return result
 
-        return await self._run(self._tx, run)
+        return await self._run_tx(run)
 
     async def rate_limit(
         self, key: str, limits: tuple[tuple[int, float], ...], cost: int, now: float
@@ -302,4 +385,4 @@ class SQLiteStore(Store):
                 self._write_json(db, key, bucket, now + max(horizon, 1.0))
             return result
 
-        return await self._run(self._tx, run)
+        return await self._run_tx(run)
