@@ -18,8 +18,8 @@ a limit of N per period P:
   together and all charged only if all allow; the reply's retry hint is the
   longest wait among the limits that refused.
 
-Each check is one store call (one Lua script on Redis, one transaction on
-SQLite), so it is exact when many Postfix processes and several hosts ask
+Each check is one store call (one Lua script on Redis, one savepoint in a
+group-committed transaction on SQLite), so it is exact when many Postfix processes and several hosts ask
 at once.
 
 Overrides map (``overrides_map``): ``KEY LIMIT[, LIMIT...]`` or ``KEY none``

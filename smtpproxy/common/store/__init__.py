@@ -5,7 +5,8 @@ tokens, reply Message-IDs) under string keys, each with a time to live, so
 nothing grows without bound. Backends:
 
 - ``sqlite.py``: a file on this host, the embedded default; every call runs
-  in one dedicated thread, one transaction per call.
+  in one dedicated thread; each decision atomic (a savepoint), decisions of
+  one event-loop iteration committed together.
 - ``redis.py``: standalone, Sentinel or Cluster, for several MX hosts; the
   decisions that read and write (greylist, rate limit) are Lua scripts, one
   round trip each, their keys sharing a hash tag so Cluster accepts them.
