@@ -19,8 +19,8 @@ a limit of N per period P:
   longest wait among the limits that refused.
 
 Each check is one store call (one Lua script on Redis, one savepoint in a
-group-committed transaction on SQLite), so it is exact when many Postfix processes and several hosts ask
-at once.
+group-committed transaction on SQLite), so it is exact when many Postfix
+processes and several hosts ask at once.
 
 Overrides map (``overrides_map``): ``KEY LIMIT[, LIMIT...]`` or ``KEY none``
 per line, KEY being the rule's key value (``alice@example.org`` or, for a
