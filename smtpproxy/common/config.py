@@ -350,8 +350,8 @@ class PolicyConfig:
     drain_timeout_s: float = 5.0
     # How often map files are checked for changes.
     map_check_interval_s: float = 5.0
-    # auto: uvloop when installed (pip install uvloop; about half the CPU per
-    # request), else asyncio's own loop; or force either.
+    # auto: uvloop when installed (about half the CPU per request), else
+    # asyncio's own loop; or force either.
     event_loop: str = "auto"
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     rate_limits: tuple[RateLimitRule, ...] = ()
