@@ -13,7 +13,7 @@ Targets, measured in the same run on the same machine:
   ceiling              an asyncio server answering DUNNO without any work
   smtpproxy/sqlite     greylisting + one rate-limit rule, SQLite store
   smtpproxy/redis      the same on a redis-server started here
-  ...+uvloop           the same with policy.event_loop = "uvloop" (when installed)
+(smtpproxy runs as shipped: on uvloop when installed; the bench says which.)
   postgrey             Debian's postgrey (--delay=1)
   policyd-rate-limit   Debian's policyd-rate-limit, limiting by client IP, sqlite
 
@@ -198,9 +198,9 @@ def start_null(work: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def start_ours(work: Path, store_url: str, name: str, loop: str = "asyncio") -> tuple[subprocess.Popen, int]:
+def start_ours(work: Path, store_url: str, name: str) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    d = work / f"ours-{name}-{loop}"
+    d = work / f"ours-{name}"
     d.mkdir()
     cfg = d / "policy.toml"
     cfg.write_text(f"""
@@ -212,7 +212,6 @@ url = "{store_url}"
 [policy]
 listen = "127.0.0.1:{port}"
 hostname = "bench.example"
-event_loop = "{loop}"
 [policy.greylist]
 delay_s = 1.0
 trusted_networks = []
@@ -323,22 +322,11 @@ def main() -> int:
     os.chmod(work, 0o755)
     redis_proc = None
     targets: list[tuple[str, callable]] = [("ceiling", lambda: start_null(work))]
-    try:
-        import uvloop  # noqa: F401
-        loops = ["asyncio", "uvloop"]
-    except ImportError:
-        loops = ["asyncio"]
-        print("uvloop not installed: smtpproxy measured on asyncio's loop only")
-    for loop in loops:
-        suffix = "" if loop == "asyncio" else "+uvloop"
-        targets.append((f"smtpproxy/sqlite{suffix}", lambda loop=loop: start_ours(
-            work, f"sqlite://{work}/bench-{loop}.db", "sqlite", loop)))
+    targets.append(("smtpproxy/sqlite", lambda: start_ours(work, f"sqlite://{work}/bench.db", "sqlite")))
     if "redis-server" in available or shutil.which("redis-server"):
         redis_proc, redis_port = start_redis(work)
-        for db, loop in enumerate(loops):
-            suffix = "" if loop == "asyncio" else "+uvloop"
-            targets.append((f"smtpproxy/redis{suffix}", lambda loop=loop, db=db: start_ours(
-                work, f"redis://127.0.0.1:{redis_port}/{db}", "redis", loop)))
+        targets.append(("smtpproxy/redis", lambda: start_ours(
+            work, f"redis://127.0.0.1:{redis_port}/0", "redis")))
     else:
         print("redis-server not available: smtpproxy/redis skipped")
     if "postgrey" in available:
@@ -353,8 +341,14 @@ def main() -> int:
         wanted = set(args.only.split(","))
         targets = [t for t in targets if t[0] in wanted]
 
+    try:
+        import uvloop  # noqa: F401
+        loop_name = "uvloop"
+    except ImportError:
+        loop_name = "asyncio"
     print(f"{args.triplets} unique triplets per run, persistent connections, "
-          f"{os.cpu_count()} CPUs, generator and servers on the same host", flush=True)
+          f"{os.cpu_count()} CPUs, generator and servers on the same host; "
+          f"smtpproxy-policy on {loop_name}", flush=True)
     results: dict[tuple[str, int, str], dict] = {}
     try:
         for name, start in targets:

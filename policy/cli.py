@@ -55,28 +55,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # the cyclic GC's full collections, which otherwise show up as latency spikes.
     gc.collect()
     gc.freeze()
-    try:
-        factory = _loop_factory(cfg.policy.event_loop)
-    except ImportError:
-        print(f"{PROGRAM}: policy.event_loop = \"uvloop\" but uvloop is not installed",
-              file=sys.stderr)
-        return 2
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(runtime.serve(PROGRAM, cfg, PolicyService, reload_config))
-
-
-def _loop_factory(choice: str):
-    """The event loop: uvloop (same asyncio API, a fraction of the overhead per
-    request) when chosen or, for "auto", when installed; else asyncio's own."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise
-        return None
-    return uvloop.new_event_loop
+    # uvloop when installed (runtime.run), asyncio's own loop otherwise.
+    return runtime.run(runtime.serve(PROGRAM, cfg, PolicyService, reload_config))
 
 
 def _cmd_configtest(args: argparse.Namespace) -> int:

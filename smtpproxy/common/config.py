@@ -350,9 +350,6 @@ class PolicyConfig:
     drain_timeout_s: float = 5.0
     # How often map files are checked for changes.
     map_check_interval_s: float = 5.0
-    # auto: uvloop when installed (about half the CPU per request), else
-    # asyncio's own loop; or force either.
-    event_loop: str = "auto"
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     rate_limits: tuple[RateLimitRule, ...] = ()
 
@@ -368,7 +365,6 @@ class PolicyConfig:
         if not 0 <= mode <= 0o777:
             raise ConfigError(path + "socket_mode", f"expected an octal mode such as 0660, got {self.socket_mode!r}")
         _check_choice(self, path, "default_action", POLICY_DEFAULT_ACTIONS)
-        _check_choice(self, path, "event_loop", ("auto", "asyncio", "uvloop"))
         _check_positive(
             self, path, "idle_timeout_s", "request_timeout_s", "decision_timeout_s",
             "max_line_bytes", "max_attributes", "max_connections", "drain_timeout_s",

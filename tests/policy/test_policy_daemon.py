@@ -292,19 +292,13 @@ def test_daemon_on_redis_cluster(daemon_factory, redis_cluster):
     assert sum(a.startswith("DEFER 4.7.1 Message rate limit") for a in answers) == 3
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "auto"])
-def test_event_loop_choice_serves_the_same_protocol(daemon_factory, tmp_path, loop):
-    """asyncio's own loop always works; auto uses uvloop exactly when it is installed."""
+def test_start_log_names_the_event_loop(daemon_factory, tmp_path):
+    """uvloop exactly when it is installed, asyncio's own loop otherwise."""
     import importlib.util
 
-    d = daemon_factory(f"sqlite://{tmp_path}/l.db", greylist=FAST_GREYLIST,
-                       policy={"event_loop": loop})
-    with d.connect() as c:
-        assert c.ask(**rcpt()).startswith("DEFER_IF_PERMIT 4.7.1")
-        c.send(b"no equals sign\n\n")
-        assert c.read_reply() is None
+    d = daemon_factory(f"sqlite://{tmp_path}/l.db")
     assert d.ask(**rcpt(sasl_username="u")) == "DUNNO"
-    uses_uvloop = loop == "auto" and importlib.util.find_spec("uvloop") is not None
+    uses_uvloop = importlib.util.find_spec("uvloop") is not None
     assert f"event loop {'uvloop' if uses_uvloop else 'asyncio'}" in d.log()
 
 
