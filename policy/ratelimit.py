@@ -75,6 +75,7 @@ class Overrides:
         self.path = path
         self.table: dict[str, tuple[tuple[int, float], ...]] = {}
         self._stamp: tuple | None = None
+        self._unreadable_logged = False
 
     def refresh(self) -> None:
         if not self.path:
@@ -87,10 +88,12 @@ class Overrides:
             with open(self.path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
         except OSError as exc:
-            if self._stamp is not False:
-                logger.warning("overrides map %s unreadable: %s", self.path, exc.strerror)
-                self._stamp = False  # type: ignore[assignment]
+            if not self._unreadable_logged:
+                logger.warning("overrides map %s unreadable (%s); keeping %d keys",
+                               self.path, exc.strerror, len(self.table))
+                self._unreadable_logged = True
             return
+        self._unreadable_logged = False
         table = {}
         for number, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()

@@ -239,6 +239,10 @@ def test_two_daemons_sharing_redis_see_the_same_state(daemon_factory, redis_serv
     answers = [a.ask(**rcpt("192.0.2.9")), b.ask(**rcpt("192.0.2.9")), a.ask(**rcpt("192.0.2.9"))]
     assert answers[:2] == ["DUNNO", "DUNNO"]
     assert answers[2].startswith("DEFER 4.7.1 Message rate limit exceeded")
+    # Every key the daemons wrote expires.
+    keys = redis_server.cli("-n", "14", "--scan").split()
+    assert len(keys) == 3  # triplet, client network, bucket
+    assert all(int(redis_server.cli("-n", "14", "ttl", k)) > 0 for k in keys)
 
 
 def test_redis_dead_answers_default_action_and_recovers(daemon_factory, tmp_path):
