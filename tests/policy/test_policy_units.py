@@ -153,3 +153,57 @@ def test_config_error_names_the_key(label, overrides, key):
 def test_example_config_loads():
     cfg = load("conf/policy.toml.example")
     assert cfg.policy.greylist.delay_s == 300.0
+
+
+class FakeStore:
+    """Records decisions; answers what the test tells it (unit tests only)."""
+
+    prefix = "t:"
+
+    def __init__(self, greylist_state="new", rate_allowed=True):
+        from smtpproxy.common.store import GreylistResult, RateResult
+
+        self.calls: list[str] = []
+        self.gl = GreylistResult(greylist_state, wait_s=300.0, delayed_s=320.0)
+        self.rl = RateResult(rate_allowed, 42.0, 0)
+
+    def key(self, tag, *parts):
+        return f"t:{{{tag}}}:" + ":".join(parts)
+
+    async def greylist(self, *args):
+        self.calls.append("greylist")
+        return self.gl
+
+    async def rate_limit(self, *args):
+        self.calls.append("rate_limit")
+        return self.rl
+
+
+DECISIONS = [
+    ("greylist_defer_charges_no_rate_limit", "new", True,
+     "DEFER_IF_PERMIT 4.7.1 Greylisted, please try again in 300 seconds", ["greylist"]),
+    ("passed_then_rate_limit_ok_prepends", "passed", True,
+     "PREPEND X-Greylist: delayed 320 seconds", ["greylist", "rate_limit"]),
+    ("passed_but_rate_limited_refusal_wins", "passed", False,
+     "DEFER 4.7.1 Message rate limit exceeded, try again in 42 seconds", ["greylist", "rate_limit"]),
+    ("known_and_allowed_is_dunno", "known", True, "DUNNO", ["greylist", "rate_limit"]),
+]
+
+
+@pytest.mark.parametrize("label,state,allowed,expected,calls", DECISIONS, ids=[d[0] for d in DECISIONS])
+def test_decision_order(label, state, allowed, expected, calls):
+    import asyncio
+
+    from policy.engine import Policy
+
+    cfg = load(None, {
+        "policy.greylist.trusted_networks": [], "policy.greylist.whitelist_client_maps": [],
+        "policy.rate_limits": [{"name": "c", "key": ["client_address"], "limits": ["5/1m"]}],
+    })
+    store = FakeStore(state, allowed)
+    policy = Policy(cfg, store, "mx.test")
+    req = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "client_address": "192.0.2.1",
+           "sender": "a@b.example", "recipient": "c@d.example"}
+    action = asyncio.run(policy.decide(req))
+    assert action.startswith(expected)
+    assert store.calls == calls
