@@ -328,3 +328,15 @@ def test_unusable_sqlite_path_refuses_to_start(tmp_path):
         d.start()
     assert d.proc.wait(10) == 1
     assert "cannot start" in d.log()
+
+
+def test_sighup_with_valid_file_applies_new_settings(daemon_factory, store_url):
+    d = daemon_factory(store_url, greylist={"delay_s": 3600.0})
+    assert d.ask(**rcpt("192.0.2.1")).endswith("try again in 3600 seconds")
+    d.config.write_text(d.config.read_text().replace("delay_s = 3600.0", "delay_s = 60.0"))
+    d.hup()
+    deadline = time.monotonic() + 10
+    while "configuration reloaded" not in d.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert d.ask(**rcpt("192.0.2.2")).endswith("try again in 60 seconds")
