@@ -6,6 +6,7 @@ Each test is named after the failure it pins. Short delays are configured
 
 from __future__ import annotations
 
+import re
 import socket
 import stat
 import time
@@ -53,7 +54,9 @@ def test_first_attempt_greylisted_retry_after_delay_accepted(daemon_factory, sto
         assert c.ask(**rcpt()).startswith("DEFER_IF_PERMIT")  # too early
         time.sleep(1.2)
         passed = c.ask(**rcpt())
-        assert passed.startswith("PREPEND X-Greylist: delayed 1 seconds by smtpproxy-policy at mx.test")
+        # At least the delay; more if this host is slow (no timing assertion).
+        assert re.match(r"PREPEND X-Greylist: delayed [1-9]\d* seconds by smtpproxy-policy at mx\.test; ",
+                        passed), passed
         assert c.ask(**rcpt()) == "DUNNO"
 
 
