@@ -87,6 +87,24 @@ def test_generic_values_roundtrip(store_factory):
     run(go())
 
 
+def test_batch_values_for_many_keys(store_factory):
+    async def go():
+        s = await store_factory()
+        try:
+            keys = [s.key(f"tok{i}", "n") for i in range(50)]  # many hash slots
+            assert await s.mget(keys) == [None] * 50
+            assert await s.incr_many({k: i for i, k in enumerate(keys)}, 60) == list(range(50))
+            assert await s.incr_many({keys[3]: 10, keys[4]: -1}, 60) == [13, 3]
+            values = await s.mget(keys)
+            assert values[3] == b"13" and values[4] == b"3" and values[0] == b"0"
+            assert (await s.ttl(keys[49])) > 0
+            assert await s.mget([]) == []
+        finally:
+            await s.close()
+
+    run(go())
+
+
 def test_expired_value_reads_absent(store_factory):
     async def go():
         s = await store_factory()

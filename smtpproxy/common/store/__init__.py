@@ -13,8 +13,9 @@ nothing grows without bound. Backends:
 
 The contract every backend keeps (``tests/policy/test_store_contract.py``):
 
-- generic values: ``get``/``set``/``incr``/``delete``/``ttl``; a key past its
-  TTL reads as absent;
+- generic values: ``get``/``set``/``incr``/``delete``/``ttl``, and the batch
+  forms ``mget``/``incr_many`` for callers with many keys (Bayes tokens); a
+  key past its TTL reads as absent;
 - ``greylist()`` and ``rate_limit()`` are atomic: concurrent callers, from
   this process or another host, never both see a fresh bucket;
 - time is passed in by the caller (``now``, Unix seconds), so every host and
@@ -113,6 +114,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def incr(self, key: str, amount: int, ttl_s: float) -> int:
         """Add ``amount`` (creating 0) and set the TTL; returns the new value."""
+
+    @abc.abstractmethod
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        """Many values in one call (Bayes token lookups); None where absent."""
+
+    @abc.abstractmethod
+    async def incr_many(self, amounts: dict[str, int], ttl_s: float) -> list[int]:
+        """``incr`` for many keys in one call (one round trip on standalone
+        Redis, one transaction on SQLite); each key is atomic on its own."""
 
     @abc.abstractmethod
     async def delete(self, key: str) -> bool:

@@ -288,6 +288,26 @@ class RedisStore(Store):
     async def incr(self, key: str, amount: int, ttl_s: float) -> int:
         return int(await self._call(lambda: self._incr(self.client, [key], [amount, _ttl_s(ttl_s)])))
 
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        if isinstance(self.client, RedisCluster):
+            # Keys in many slots: redis-py splits the call per node.
+            return await self._call(lambda: self.client.mget_nonatomic(keys))
+        return await self._call(lambda: self.client.mget(keys))
+
+    async def incr_many(self, amounts: dict[str, int], ttl_s: float) -> list[int]:
+        ttl = _ttl_s(ttl_s)
+
+        async def run() -> list[int]:
+            # Concurrent script calls: on our client they leave in one write
+            # (one round trip); on redis-py, one per key.
+            return list(await asyncio.gather(*(
+                self._incr(self.client, [key], [amount, ttl]) for key, amount in amounts.items()
+            )))
+
+        return [int(v) for v in await self._call(run)]
+
     async def delete(self, key: str) -> bool:
         return bool(await self._call(lambda: self.client.delete(key)))
 

@@ -228,6 +228,9 @@ class FastRedis:
     async def set(self, key: str, value: bytes, px: int) -> Any:
         return await self.execute("SET", key, value, "PX", px)
 
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        return await self.execute("MGET", *keys)
+
     async def delete(self, key: str) -> int:
         return await self.execute("DEL", key)
 

@@ -276,6 +276,29 @@ class SQLiteStore(Store):
 
         return await self._run_tx(run)
 
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        now = time.time()
+
+        def run() -> list[bytes | None]:
+            assert self._db is not None
+            return [self._read(self._db, key, now) for key in keys]
+
+        return await self._run(run)
+
+    async def incr_many(self, amounts: dict[str, int], ttl_s: float) -> list[int]:
+        now = time.time()
+
+        def run(db: sqlite3.Connection) -> list[int]:
+            out = []
+            for key, amount in amounts.items():
+                raw = self._read(db, key, now)
+                value = (int(raw) if raw is not None else 0) + amount
+                self._write(db, key, str(value).encode(), now + ttl_s)
+                out.append(value)
+            return out
+
+        return await self._run_tx(run)
+
     async def delete(self, key: str) -> bool:
         now = time.time()
 
