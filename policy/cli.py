@@ -1,6 +1,6 @@
 """smtpproxy-policy: run the daemon, and look after its state.
 
-  smtpproxy-policy run [-c FILE] [--listen HOST:PORT|unix:PATH] [--store URL]
+  smtpproxy-policy run [-c FILE] [--listen HOST:PORT|unix:PATH] [--store URL] [--state-dir DIR]
   smtpproxy-policy configtest [-c FILE]
   smtpproxy-policy greylist list [--limit N]
   smtpproxy-policy greylist show|delete CLIENT_ADDRESS SENDER RECIPIENT
@@ -35,7 +35,9 @@ PROGRAM = "smtpproxy-policy"
 
 
 def _config(args: argparse.Namespace) -> tuple[Config, callable]:
-    path = args.config
+    """Like smtpproxy's: -c, else $SMTPPROXY_CONFIG, else the default file if
+    it exists, else built-in defaults; flags on top."""
+    path = args.config or os.environ.get("SMTPPROXY_CONFIG") or None
     if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
         path = DEFAULT_CONFIG_PATH
     overrides = {}
@@ -43,6 +45,8 @@ def _config(args: argparse.Namespace) -> tuple[Config, callable]:
         overrides["policy.listen"] = args.listen
     if getattr(args, "store", None):
         overrides["store.url"] = args.store
+    if getattr(args, "state_dir", None):
+        overrides["state_dir"] = args.state_dir
     return load(path, overrides), lambda: load(path, overrides)
 
 
@@ -187,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", help=f"configuration file (default {DEFAULT_CONFIG_PATH} if present)")
+        p.add_argument("-c", "--config", help="configuration file (default $SMTPPROXY_CONFIG, "
+                       f"else {DEFAULT_CONFIG_PATH} if present)")
         p.add_argument("--store", help="store URL, overrides store.url")
+        p.add_argument("--state-dir", help="overrides state_dir (where the SQLite store lives)")
 
     p = sub.add_parser("run", help="run the daemon in the foreground")
     common(p)
