@@ -64,16 +64,13 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
 
 
 def _encode(args: tuple) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
+    parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        else:
-            data = str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+        kind = type(arg)
+        if kind is not bytes:
+            arg = arg.encode() if kind is str else str(arg).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(parts)
 
 
 class _Protocol(asyncio.Protocol):
