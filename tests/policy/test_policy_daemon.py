@@ -343,3 +343,27 @@ def test_sighup_with_valid_file_applies_new_settings(daemon_factory, store_url):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert d.ask(**rcpt("192.0.2.2")).endswith("try again in 60 seconds")
+
+
+def test_redis_hung_answers_default_action_then_recovers(daemon_factory, tmp_path):
+    import signal
+
+    server = start_redis(str(tmp_path / "hung"))
+    try:
+        d = daemon_factory(f"redis://127.0.0.1:{server.port}/0",
+                           store={"timeout_s": 0.3, "backoff_s": 0.2, "backoff_max_s": 0.4})
+        assert d.ask(**rcpt("192.0.2.1")).startswith("DEFER_IF_PERMIT 4.7.1")
+        server.proc.send_signal(signal.SIGSTOP)  # accepts nothing, answers nothing
+        try:
+            with d.connect(timeout_s=20) as c:
+                assert [c.ask(**rcpt(f"192.0.2.{i}")) for i in range(2, 6)] == ["DUNNO"] * 4
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while not d.ask(**rcpt("192.0.2.99")).startswith("DEFER_IF_PERMIT 4.7.1"):
+            assert time.monotonic() < deadline, "did not recover after redis resumed"
+            time.sleep(0.1)
+        # Replies that arrived late were never taken for another request's:
+        assert d.ask(**rcpt("192.0.2.1")).startswith("DEFER_IF_PERMIT 4.7.1")
+    finally:
+        server.stop()
