@@ -151,7 +151,7 @@ class PolicyService:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.hostname = cfg.policy.hostname or socket.getfqdn()
+        self.hostname = cfg.policy.hostname
         self.store: Store | None = None
         self.policy: Policy | None = None
         self.server: asyncio.AbstractServer | None = None
@@ -181,7 +181,14 @@ class PolicyService:
             logger.error("store not available at start: %s", exc)
         return store
 
+    async def _hostname(self, cfg: Config) -> str:
+        # getfqdn() may ask DNS: never on the event loop.
+        if cfg.policy.hostname:
+            return cfg.policy.hostname
+        return await asyncio.get_running_loop().run_in_executor(None, socket.getfqdn)
+
     async def start(self) -> None:
+        self.hostname = await self._hostname(self.cfg)
         self.store = await self._open_store(self.cfg)
         self.policy = Policy(self.cfg, self.store, self.hostname)
         loop = asyncio.get_running_loop()
@@ -228,8 +235,13 @@ class PolicyService:
         store = self.store
         if cfg.store != self.cfg.store or cfg.state_dir != self.cfg.state_dir:
             old_store, store = self.store, await self._open_store(cfg)
-        policy = Policy(cfg, store, cfg.policy.hostname or socket.getfqdn())
-        await asyncio.get_running_loop().run_in_executor(None, policy.refresh_maps)
+        try:
+            policy = Policy(cfg, store, await self._hostname(cfg))
+            await asyncio.get_running_loop().run_in_executor(None, policy.refresh_maps)
+        except BaseException:
+            if old_store is not None:  # keep running on the old store
+                await store.close()
+            raise
         self.cfg, self.store, self.policy = cfg, store, policy
         self.default = replies.default_action(cfg.policy.default_action)
         if old_store is not None:
