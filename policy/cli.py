@@ -24,6 +24,7 @@ import gc
 import os
 import sys
 import time
+from collections.abc import Callable
 
 from policy import greylist, ratelimit
 from smtpproxy.common import log as logsetup
@@ -34,7 +35,7 @@ from smtpproxy.common.store import Store, StoreError, open_store
 PROGRAM = "smtpproxy-policy"
 
 
-def _config(args: argparse.Namespace) -> tuple[Config, callable]:
+def _config(args: argparse.Namespace) -> tuple[Config, Callable[[], Config]]:
     """Like smtpproxy's: -c, else $SMTPPROXY_CONFIG, else the default file if
     it exists, else built-in defaults; flags on top."""
     path = args.config or os.environ.get("SMTPPROXY_CONFIG") or None
