@@ -79,10 +79,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-samples", type=int, default=300)
+    parser.add_argument("--unix-socket", action="store_true",
+                        help="Postfix reaches the proxy over a UNIX-domain socket instead of TCP")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp:
-        p = Pipeline(Path(tmp), proxy_extra="max_sessions = 500")
+        p = Pipeline(Path(tmp), proxy_extra="max_sessions = 500", unix_socket=args.unix_socket)
         p.start()
         try:
             # smtp-sink dumps every message; discard them instead for the benchmark.
@@ -109,7 +111,8 @@ def main() -> int:
         finally:
             p.stop()
 
-    print(f"proxy benchmark: {MESSAGE_SIZE // 1024} KB messages, best of {args.rounds} rounds")
+    print(f"proxy benchmark: {MESSAGE_SIZE // 1024} KB messages, best of {args.rounds} rounds, "
+          f"Postfix -> proxy over {'a UNIX-domain socket' if args.unix_socket else 'TCP'}")
     print(f"{'concurrency':>11} {'direct msg/s':>13} {'proxied msg/s':>14} {'ratio':>6}")
     for concurrency, best in results.items():
         ratio = best["proxied"] / best["direct"]

@@ -18,11 +18,14 @@ answered 250, so the sending Postfix keeps the message and retries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
+import stat
 
 from smtpproxy import replies
-from smtpproxy.common.config import Config, ListenerConfig, parse_hostport
+from smtpproxy.common.config import Config, ListenerConfig, parse_hostport, parse_socket_mode
 from smtpproxy.relay import Downstream, DownstreamPool
 from smtpproxy.scan.hook import NoScan, ScanHook
 from smtpproxy.server import ProxySMTP, client_allowed, listener_networks
@@ -80,7 +83,9 @@ class ProxyService:
         """None to serve the client, else the reply to send before closing."""
         listener = self._listeners.get(session.listener.name)
         networks = listener.networks if listener else listener_networks(self.cfg, session.listener)
-        if not client_allowed(session.peer_addr, networks):
+        # A UNIX-domain listener is guarded by its file mode, not by networks.
+        unix = session.listener.listen.startswith("unix:")
+        if not unix and not client_allowed(session.peer_addr, networks):
             logger.warning(
                 "%s: listener=%s client=%s refused: not in client_networks",
                 session.session_id, session.listener.name, session.peer_addr,
@@ -100,11 +105,18 @@ class ProxyService:
     # ---------------------------------------------------------------- listeners
 
     async def _bind(self, cfg: ListenerConfig) -> _Listener:
-        host, port = parse_hostport(cfg.listen)
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: self._new_session(cfg.name), host, port, reuse_address=True
-        )
+        if cfg.listen.startswith("unix:"):
+            path = cfg.listen[5:]
+            if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # left over from a previous run
+            server = await loop.create_unix_server(lambda: self._new_session(cfg.name), path)
+            os.chmod(path, parse_socket_mode(cfg.socket_mode))
+        else:
+            host, port = parse_hostport(cfg.listen)
+            server = await loop.create_server(
+                lambda: self._new_session(cfg.name), host, port, reuse_address=True
+            )
         logger.info(
             "listener %s on %s (profile %s) relays to %s",
             cfg.name, cfg.listen, cfg.profile, cfg.downstream,
@@ -129,6 +141,9 @@ class ProxyService:
         for name in names:
             listener = self._listeners.pop(name)
             listener.server.close()
+            if listener.cfg.listen.startswith("unix:"):
+                with contextlib.suppress(OSError):
+                    os.unlink(listener.cfg.listen[5:])
             logger.info("listener %s on %s closed", name, listener.cfg.listen)
 
     async def reload(self, cfg: Config) -> None:

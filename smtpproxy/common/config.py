@@ -62,6 +62,16 @@ def parse_networks(values: tuple[str, ...], key: str) -> tuple:
     return tuple(nets)
 
 
+def parse_socket_mode(value: str, key: str = "socket_mode") -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise ConfigError(key, f"expected an octal mode such as 0660, got {value!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise ConfigError(key, f"mode out of range: {value!r}")
+    return mode
+
+
 def _check_positive(obj: Any, path: str, *names: str) -> None:
     for name in names:
         if getattr(obj, name) <= 0:
@@ -95,7 +105,12 @@ class LogConfig:
 @dataclass(frozen=True)
 class ListenerConfig:
     name: str = "inbound"
+    # HOST:PORT, or unix:/path for a UNIX-domain socket (Postfix:
+    # smtpd_proxy_filter = unix:/path; cheaper than TCP, and reachable from a
+    # chrooted smtpd when the path is inside the Postfix queue directory).
     listen: str = "127.0.0.1:10025"
+    # Mode of a unix: socket; Postfix's smtpd runs as user postfix.
+    socket_mode: str = "0666"
     profile: str = "inbound"
     downstream: str = "127.0.0.1:10026"
     # Empty: use proxy.client_networks.
@@ -104,7 +119,12 @@ class ListenerConfig:
     def check(self, path: str) -> None:
         if not self.name:
             raise ConfigError(path + "name", "must not be empty")
-        parse_hostport(self.listen, path + "listen")
+        if self.listen.startswith("unix:"):
+            if not self.listen[5:].startswith("/"):
+                raise ConfigError(path + "listen", "unix: needs an absolute path")
+        else:
+            parse_hostport(self.listen, path + "listen")
+        parse_socket_mode(self.socket_mode, path + "socket_mode")
         parse_hostport(self.downstream, path + "downstream")
         _check_choice(self, path, "profile", PROFILES)
         parse_networks(self.client_networks, path + "client_networks")

@@ -227,3 +227,14 @@ def test_thousand_messages_over_twenty_connections_each_delivered_once(pipeline)
     assert len(new) == len(sent)
     assert set(counts) == set(sent)
     assert max(counts.values()) == 1
+
+
+def test_postfix_reaches_proxy_over_unix_socket(fresh_pipeline):
+    p = fresh_pipeline(unix_socket=True)
+    assert oct(p.proxy_socket.stat().st_mode & 0o777) == "0o666"
+    message, msgid = make_message(b"over a UNIX-domain socket\r\n")
+    assert send(p.inbound_port, "sender@example.org", ["rcpt@example.net"], message) == {}
+    (got,) = delivered_with(p, msgid)
+    split_added_headers(got.message, message.replace(b"\r\n", b"\n"))
+    # Admission by client_networks does not apply to a socket guarded by its mode.
+    assert "refused" not in p.proxy.log_text()

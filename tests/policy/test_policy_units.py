@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from policy.greylist import client_network, normalize_sender
@@ -151,7 +153,7 @@ def test_config_error_names_the_key(label, overrides, key):
 
 
 def test_example_config_loads():
-    cfg = load("conf/policy.toml.example")
+    cfg = load(str(Path(__file__).resolve().parents[2] / "conf" / "smtpproxy.toml"))
     assert cfg.policy.greylist.delay_s == 300.0
 
 

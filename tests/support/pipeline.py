@@ -71,8 +71,11 @@ class ProxyProcess:
 
 
 class Pipeline:
-    def __init__(self, base: Path, proxy_extra: str = "", listeners_extra: str = ""):
+    def __init__(self, base: Path, proxy_extra: str = "", listeners_extra: str = "",
+                 unix_socket: bool = False):
+        """``unix_socket``: Postfix reaches the proxy over a UNIX-domain socket."""
         self.base = Path(base)
+        self.unix_socket = unix_socket
         self.sink_port = free_port()
         self.inbound_port = free_port()        # before-filter smtpd
         self.speed_adjust_port = free_port()   # before-filter smtpd, speed_adjust
@@ -94,8 +97,10 @@ class Pipeline:
         )
         (self.base / "mail").mkdir(parents=True, exist_ok=True)
         shutil.chown(self.base / "mail", 65534, 65534)
+        self.proxy_socket = self.base / "proxy" / "smtpproxy.sock"
+        proxy_address = f"unix:{self.proxy_socket}" if unix_socket else f"127.0.0.1:{self.proxy_port}"
         before_filter = {
-            "smtpd_proxy_filter": f"127.0.0.1:{self.proxy_port}",
+            "smtpd_proxy_filter": proxy_address,
             "smtpd_client_connection_count_limit": "0",
         }
         self.postfix.add_service(f"127.0.0.1:{self.inbound_port}", before_filter)
@@ -130,7 +135,7 @@ hostname = "filter.example.test"
 {proxy_extra}
 [[proxy.listeners]]
 name = "inbound"
-listen = "127.0.0.1:{self.proxy_port}"
+listen = "{proxy_address}"
 profile = "inbound"
 downstream = "127.0.0.1:{self.reinject_port}"
 {listeners_extra}
@@ -140,7 +145,9 @@ downstream = "127.0.0.1:{self.reinject_port}"
     def start(self) -> None:
         self.sink.start()
         self.postfix.start()
-        self.proxy.start(self.proxy_port)
+        self.proxy.start(None if self.unix_socket else self.proxy_port)
+        if self.unix_socket:
+            wait_until(self.proxy_socket.exists, 20, "smtpproxy's socket")
         for port in (self.inbound_port, self.reinject_port, self.direct_port):
             wait_until(lambda port=port: port_open(port), 20, f"postfix port {port}")
 
