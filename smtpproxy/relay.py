@@ -145,8 +145,11 @@ class Downstream:
         With CHUNKING (Postfix has it) this is one ``BDAT n LAST`` write and
         one reply: no 354 round trip and no dot-stuffing. Otherwise DATA.
         """
+        if not self.connected:
+            self.close()
+            raise DownstreamError("connection lost before the message")
+        assert self._smtp is not None and self._smtp.protocol is not None
         if self.chunking:
-            assert self._smtp is not None and self._smtp.protocol is not None
             try:
                 self._smtp.protocol.write(b"BDAT %d LAST\r\n" % len(content) + content)
                 response = await self._smtp.protocol.read_response(timeout=self.reply_timeout_s)
@@ -159,6 +162,9 @@ class Downstream:
         if reply.code != 354:
             self.in_transaction = False
             return reply
+        if not self.connected:
+            self.close()
+            raise DownstreamError("connection lost after DATA")
         assert self._smtp is not None and self._smtp.protocol is not None
         try:
             self._smtp.protocol.write(dot_stuff(content))

@@ -6,9 +6,11 @@ would), with the real re-injection smtpd of a private Postfix behind it.
 
 from __future__ import annotations
 
+import re
 import signal
 import smtplib
 import socket
+import subprocess
 import time
 
 import pytest
@@ -163,3 +165,68 @@ def test_sigterm_drains_in_flight_transaction(fresh_pipeline):
     smtp.close()
     assert p.proxy.proc.wait(30) == 0
     wait_until(lambda: any(b"<drain@x>" in m.message for m in p.sink.messages()), 30, "delivery")
+
+
+def test_downstream_dying_mid_transaction_tempfails_and_queues_nothing(fresh_pipeline):
+    p = fresh_pipeline(proxy_extra="downstream_pool_size = 0")
+    with proxy_client(p) as smtp:
+        assert smtp.mail("dies@example.org")[0] == 250
+        assert smtp.rcpt("rcpt@example.net")[0] == 250
+        # Kill the re-injection smtpd that holds our transaction.
+        subprocess.run(["pkill", "-9", "-f", f"smtpd -n 127.0.0.1:{p.reinject_port}"], check=False)
+        code, text = smtp.data(b"Subject: lost downstream\r\nMessage-ID: <dies@x>\r\n\r\nbody\r\n")
+        assert code == 451 and text.startswith(b"4.3.0")
+        assert b"downstream" not in text.lower()  # details stay in our log
+    assert "failed at end of data" in p.proxy.log_text()
+    time.sleep(1)
+    assert p.postfix.queue_is_empty()
+    assert not any(b"<dies@x>" in m.message for m in p.sink.messages())
+
+
+def test_downstream_that_never_answers_times_out_to_451(fresh_pipeline):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections (kernel backlog) and never says a word
+    try:
+        p = fresh_pipeline(listeners_extra=f"""
+[[proxy.listeners]]
+name = "blackhole"
+listen = "127.0.0.1:{free_port()}"
+profile = "inbound"
+downstream = "127.0.0.1:{silent.getsockname()[1]}"
+""", proxy_extra="downstream_connect_timeout_s = 1.0")
+        port = int(re.search(r'name = "blackhole"\nlisten = "127.0.0.1:(\d+)"',
+                             p.proxy.config_text).group(1))
+        with proxy_client(p, port=port) as smtp:
+            start = time.monotonic()
+            code, text = smtp.mail("timeout@example.org")
+            assert code == 451 and text.startswith(b"4.3.0")
+            assert time.monotonic() - start < 10
+    finally:
+        silent.close()
+
+
+def test_client_stalling_in_data_gets_421_and_nothing_is_queued(fresh_pipeline):
+    p = fresh_pipeline(proxy_extra="data_timeout_s = 1.0")
+    with socket.create_connection(("127.0.0.1", p.proxy_port), timeout=10) as sock:
+        f = sock.makefile("rwb")
+
+        def command(line: bytes) -> bytes:
+            f.write(line + b"\r\n")
+            f.flush()
+            reply = f.readline()
+            while reply[3:4] == b"-":
+                reply = f.readline()
+            return reply
+
+        f.readline()
+        assert command(b"EHLO before-filter.example.test").startswith(b"250")
+        assert command(b"MAIL FROM:<stall@example.org>").startswith(b"250")
+        assert command(b"RCPT TO:<rcpt@example.net>").startswith(b"250")
+        assert command(b"DATA").startswith(b"354")
+        f.write(b"Subject: half a message\r\n")
+        f.flush()
+        assert f.readline().startswith(b"421 4.4.2")
+    assert "DATA timeout" in p.proxy.log_text()
+    time.sleep(1)
+    assert p.postfix.queue_is_empty() and p.sink.files() == []
