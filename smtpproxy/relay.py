@@ -145,33 +145,26 @@ class Downstream:
         With CHUNKING (Postfix has it) this is one ``BDAT n LAST`` write and
         one reply: no 354 round trip and no dot-stuffing. Otherwise DATA.
         """
-        if not self.connected:
-            self.close()
-            raise DownstreamError("connection lost before the message")
-        assert self._smtp is not None and self._smtp.protocol is not None
         if self.chunking:
-            try:
-                self._smtp.protocol.write(b"BDAT %d LAST\r\n" % len(content) + content)
-                response = await self._smtp.protocol.read_response(timeout=self.reply_timeout_s)
-            except _FAILURES as exc:
-                self.close()
-                raise DownstreamError(f"BDAT: {_describe(exc)}") from exc
-            self.in_transaction = False
-            return Reply(response.code, response.message)
+            return await self._final_reply(b"BDAT %d LAST\r\n" % len(content) + content, "BDAT")
         reply = await self._execute(b"DATA")
         if reply.code != 354:
             self.in_transaction = False
             return reply
+        return await self._final_reply(dot_stuff(content), "end of data")
+
+    async def _final_reply(self, payload: bytes, what: str) -> Reply:
+        """Write the message payload; the listener's reply ends the transaction."""
         if not self.connected:
             self.close()
-            raise DownstreamError("connection lost after DATA")
+            raise DownstreamError(f"{what}: connection lost")
         assert self._smtp is not None and self._smtp.protocol is not None
         try:
-            self._smtp.protocol.write(dot_stuff(content))
+            self._smtp.protocol.write(payload)
             response = await self._smtp.protocol.read_response(timeout=self.reply_timeout_s)
         except _FAILURES as exc:
             self.close()
-            raise DownstreamError(f"end of data: {_describe(exc)}") from exc
+            raise DownstreamError(f"{what}: {_describe(exc)}") from exc
         self.in_transaction = False
         return Reply(response.code, response.message)
 
@@ -223,6 +216,7 @@ class DownstreamPool:
                  max_age_s: float = 300.0, max_transactions: int = 1000):
         self._factory = factory
         self._idle: list[Downstream] = []
+        self._closing: set[asyncio.Task] = set()  # polite QUITs under way
         self.max_idle = max_idle
         self.idle_timeout_s = idle_timeout_s
         self.max_age_s = max_age_s
@@ -239,8 +233,13 @@ class DownstreamPool:
             d = self._idle.pop()
             if self._usable(d, now):
                 return d
-            asyncio.get_running_loop().create_task(d.quit())
+            self._retire(d)
         return None
+
+    def _retire(self, d: Downstream) -> None:
+        task = asyncio.get_running_loop().create_task(d.quit())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def connect(self) -> Downstream:
         d = self._factory()
@@ -254,7 +253,7 @@ class DownstreamPool:
         if not d.in_transaction and self._usable(d, d.idle_since) and len(self._idle) < self.max_idle:
             self._idle.append(d)
         elif d.connected and not d.in_transaction:
-            asyncio.get_running_loop().create_task(d.quit())
+            self._retire(d)
         else:
             d.close()
 
@@ -265,7 +264,7 @@ class DownstreamPool:
             if self._usable(d, now):
                 keep.append(d)
             else:
-                asyncio.get_running_loop().create_task(d.quit())
+                self._retire(d)
         self._idle = keep
 
     def close(self) -> None:
