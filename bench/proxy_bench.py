@@ -81,6 +81,8 @@ def main() -> int:
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--unix-socket", action="store_true",
                         help="Postfix reaches the proxy over a UNIX-domain socket instead of TCP")
+    parser.add_argument("--speed-adjust", action="store_true",
+                        help="measure the before-filter port with smtpd_proxy_options=speed_adjust")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp:
@@ -100,19 +102,22 @@ def main() -> int:
                 n = args.messages if concurrency > 1 else max(200, args.messages // 4)
                 best = {"direct": 0.0, "proxied": 0.0}
                 for _ in range(args.rounds):
-                    for name, port in (("direct", p.direct_port), ("proxied", p.inbound_port)):
+                    proxied_port = p.speed_adjust_port if args.speed_adjust else p.inbound_port
+                    for name, port in (("direct", p.direct_port), ("proxied", proxied_port)):
                         rate = smtp_source(port, n, concurrency)
                         best[name] = max(best[name], rate)
                         drain(p)
                 results[concurrency] = best
             lat_direct = latencies(p.direct_port, args.latency_samples)
-            lat_proxy = latencies(p.inbound_port, args.latency_samples)
+            lat_proxy = latencies(p.speed_adjust_port if args.speed_adjust else p.inbound_port,
+                                  args.latency_samples)
             rss = peak_rss_mb(p.proxy.proc.pid)
         finally:
             p.stop()
 
     print(f"proxy benchmark: {MESSAGE_SIZE // 1024} KB messages, best of {args.rounds} rounds, "
-          f"Postfix -> proxy over {'a UNIX-domain socket' if args.unix_socket else 'TCP'}")
+          f"Postfix -> proxy over {'a UNIX-domain socket' if args.unix_socket else 'TCP'}"
+          f"{', speed_adjust' if args.speed_adjust else ''}")
     print(f"{'concurrency':>11} {'direct msg/s':>13} {'proxied msg/s':>14} {'ratio':>6}")
     for concurrency, best in results.items():
         ratio = best["proxied"] / best["direct"]
