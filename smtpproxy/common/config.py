@@ -397,6 +397,67 @@ class PolicyConfig:
             names.add(rule.name)
 
 
+SCAN_ACTIONS = ("no action", "greylist", "add header", "rewrite subject", "soft reject", "reject")
+
+
+@dataclass(frozen=True)
+class ActionsConfig:
+    """Score thresholds, as in rspamd; 0 turns an action off."""
+
+    greylist: float = 4.0
+    add_header: float = 6.0
+    rewrite_subject: float = 0.0
+    reject: float = 15.0
+
+    def check(self, path: str) -> None:
+        for name in ("greylist", "add_header", "rewrite_subject", "reject"):
+            if getattr(self, name) < 0:
+                raise ConfigError(path + name, "must be 0 (off) or a positive score")
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    # Score every message at end-of-data; false: the proxy passes mail unscanned.
+    enabled: bool = True
+    # authserv-id of our Authentication-Results; empty: proxy.hostname or the FQDN.
+    authserv_id: str = ""
+    # Default scores and descriptions of every symbol: empty = the file shipped
+    # with the program (smtpproxy/scan/symbols.toml).
+    symbols_file: str = ""
+    # Per-symbol score overrides, e.g. { MISSING_MID = 1.0 }.
+    scores: dict[str, float] = field(default_factory=dict)
+    # Each check's own time limit, and the whole scan's (well under
+    # proxy.scan_timeout_s, which is under Postfix's smtpd_proxy_timeout).
+    check_timeout_s: float = 10.0
+    budget_s: float = 20.0
+    # What a DNS failure during a check leads to: soft reject (451, the
+    # sender retries) or ignore (the *_DNSFAIL symbols only count their score).
+    dns_failure_action: str = "soft reject"
+    reject_reply: str = "550 5.7.1 Message rejected as spam"
+    soft_reject_reply: str = "451 4.7.1 Try again later"
+    greylist_reply: str = "451 4.7.1 Greylisted, please try again later"
+    # Greylisting by message (body hash + envelope), so a pool that retries
+    # from another address passes: the retry is accepted after this delay ...
+    greylist_delay_s: float = 300.0
+    # ... and only within this window after the first attempt.
+    greylist_window_s: float = 86_400.0
+    # {subject} is the original subject.
+    rewrite_subject_pattern: str = "[SPAM] {subject}"
+    actions: ActionsConfig = field(default_factory=ActionsConfig)
+
+    def check(self, path: str) -> None:
+        _check_positive(self, path, "check_timeout_s", "budget_s", "greylist_delay_s",
+                        "greylist_window_s")
+        _check_choice(self, path, "dns_failure_action", ("soft reject", "ignore"))
+        for name in ("reject_reply", "soft_reject_reply", "greylist_reply"):
+            reply = getattr(self, name)
+            first = {"reject_reply": "5", "soft_reject_reply": "4", "greylist_reply": "4"}[name]
+            if not (len(reply) > 4 and reply[:3].isdigit() and reply[0] == first and reply[3] == " "):
+                raise ConfigError(path + name, f"expected an SMTP reply such as {first}xx x.y.z text")
+        if "{subject}" not in self.rewrite_subject_pattern:
+            raise ConfigError(path + "rewrite_subject_pattern", "must contain {subject}")
+
+
 @dataclass(frozen=True)
 class Config:
     # Where state lives (SQLite store, maps we write). systemd's
@@ -406,6 +467,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
 
     def check(self, path: str) -> None:
         if not self.state_dir:
@@ -433,6 +495,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, f"expected a table, got {type(value).__name__}")
         return build(tp, value, key + ".")
     origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {type(value).__name__}")
+        _key_tp, value_tp = typing.get_args(tp)
+        return {k: _convert(value_tp, v, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         if not isinstance(value, list):
             raise ConfigError(key, f"expected an array, got {type(value).__name__}")
@@ -512,6 +579,8 @@ def _toml_value(value: Any) -> str:
         return f'"{escaped}"'
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(type(value))
 
 

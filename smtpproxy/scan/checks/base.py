@@ -1,0 +1,61 @@
+"""What a check is: a table of the symbols it may emit, and one coroutine that returns hits.
+
+A check never scores (scores live in config, see smtpproxy/scan/symbols.toml)
+and never raises for DNS or content problems: a DNS failure is a symbol of
+its own (``*_DNSFAIL`` / ``*_TEMPFAIL``), malformed content is a symbol too.
+An exception escaping ``run`` is a bug; the engine logs it and reports the
+check's ``<NAME>_ERROR``-style failure without crashing the scan.
+
+Checks run concurrently, each under its own timeout. A check that needs the
+results of others (DMARC needs SPF and DKIM) names them in ``after``; the
+engine runs it once they are done and hands it their hits in
+``ctx.results``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from smtpproxy.common.dns import Resolver
+    from smtpproxy.scan.hook import ClientInfo
+    from smtpproxy.scan.message import Message
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A symbol a check found, with the evidence (``options``) for the reader."""
+
+    symbol: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass
+class CheckContext:
+    """Everything a check may look at for one message."""
+
+    message: Message
+    client: ClientInfo
+    mail_from: str  # envelope sender, "" for the null sender
+    rcpt_tos: list[str]
+    profile: str  # inbound / outbound
+    resolver: Resolver | None
+    # Hits of the checks named in ``after``, by check name.
+    results: dict[str, list[Hit]] = field(default_factory=dict)
+    # Checks may leave structured facts here for later checks and for the
+    # Authentication-Results header, e.g. facts["spf"] = {"result": "pass", "domain": ...}.
+    facts: dict[str, dict] = field(default_factory=dict)
+
+
+class Check(Protocol):
+    # Short lowercase name: "spf", "dkim", "dmarc", "headers", ...
+    name: ClassVar[str]
+    # Every symbol this check may emit (iterating gives the names; a dict of
+    # name -> note is fine too). Scores and descriptions live in symbols.toml.
+    symbols: ClassVar[Collection[str]]
+    # Names of checks whose results this one needs.
+    after: ClassVar[tuple[str, ...]]
+
+    async def run(self, ctx: CheckContext) -> list[Hit]: ...

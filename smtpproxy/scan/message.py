@@ -1,0 +1,218 @@
+"""The message model: each message is parsed once, and every check reads the result.
+
+The raw bytes are kept untouched (DKIM and ARC need them). Parsing never
+raises: whatever the email package or our own decoding finds wrong is
+collected in ``defects`` and becomes a symbol (MIME_BAD and friends), not an
+exception. Text is decoded with the declared charset when Python knows it,
+else as UTF-8 and then Latin-1, always with replacement, so every charset in
+the corpora yields a string.
+"""
+
+from __future__ import annotations
+
+import email
+import email.header
+import email.policy
+import email.utils
+import html
+import re
+from dataclasses import dataclass, field
+from email.message import Message as EmailMessage
+from functools import cached_property
+
+# Bounds that keep a hostile message from costing more than it is worth.
+MAX_PARTS = 200
+MAX_TEXT_CHARS = 512 * 1024
+MAX_URLS = 500
+
+URL_RE = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]+""")
+HREF_RE = re.compile(r"""(?i)\bhref\s*=\s*["']?([^"'\s>]+)""")
+TAG_RE = re.compile(r"(?s)<(script|style)\b.*?</\1\s*>|<[^>]*>")
+SPACE_RE = re.compile(r"[ \t\r\f\v]+")
+
+
+@dataclass
+class Part:
+    content_type: str
+    charset: str | None
+    filename: str | None
+    disposition: str | None
+    size: int
+
+    @property
+    def is_attachment(self) -> bool:
+        return self.disposition == "attachment" or bool(self.filename)
+
+
+@dataclass
+class Message:
+    raw: bytes
+    headers: list[tuple[str, str]]
+    parts: list[Part] = field(default_factory=list)
+    text_parts: list[str] = field(default_factory=list)
+    html_parts: list[str] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- headers
+
+    def header(self, name: str) -> str | None:
+        """The first field called ``name`` (case-insensitive), decoded."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [value for key, value in self.headers if key.lower() == lname]
+
+    @cached_property
+    def from_address(self) -> str:
+        """The address of the (first) From: field, lower-cased; "" if none parses."""
+        value = self.header("From")
+        if not value:
+            return ""
+        _, addr = email.utils.parseaddr(value)
+        return addr.strip().lower()
+
+    @cached_property
+    def from_domain(self) -> str:
+        return self.from_address.rpartition("@")[2] if "@" in self.from_address else ""
+
+    @cached_property
+    def subject(self) -> str:
+        return self.header("Subject") or ""
+
+    # ---------------------------------------------------------------- body
+
+    @cached_property
+    def html_text(self) -> str:
+        """The HTML parts as plain text (tags dropped, entities decoded)."""
+        return "\n".join(html_to_text(h) for h in self.html_parts)
+
+    @cached_property
+    def visible_text(self) -> str:
+        """What a reader sees: the text parts, or the HTML rendered to text."""
+        if self.text_parts:
+            return "\n".join(self.text_parts)
+        return self.html_text
+
+    @cached_property
+    def urls(self) -> list[str]:
+        found: list[str] = []
+        seen: set[str] = set()
+        for source in (*self.text_parts, *self.html_parts):
+            for url in (*URL_RE.findall(source), *HREF_RE.findall(source)):
+                url = url.rstrip(".,;:!?")
+                if url not in seen and not url.lower().startswith(("mailto:", "#", "cid:")):
+                    seen.add(url)
+                    found.append(url)
+                    if len(found) >= MAX_URLS:
+                        return found
+        return found
+
+    @cached_property
+    def url_domains(self) -> list[str]:
+        domains: list[str] = []
+        for url in self.urls:
+            host = re.sub(r"(?i)^(?:https?://)?", "", url).split("/", 1)[0]
+            host = host.rsplit("@", 1)[-1].split(":", 1)[0].strip(".").lower()
+            if host and host not in domains:
+                domains.append(host)
+        return domains
+
+    @property
+    def attachments(self) -> list[Part]:
+        return [p for p in self.parts if p.is_attachment]
+
+
+def html_to_text(markup: str) -> str:
+    text = TAG_RE.sub(" ", markup)
+    return SPACE_RE.sub(" ", html.unescape(text)).strip()
+
+
+def decode_header_value(value: str) -> str:
+    """RFC 2047 words to text; undecodable bytes become U+FFFD, never an exception."""
+    if "=?" not in value:
+        return value
+    try:
+        chunks = email.header.decode_header(value)
+    except Exception:
+        return value
+    out = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, bytes):
+            out.append(decode_bytes(chunk, charset))
+        else:
+            out.append(chunk)
+    return "".join(out)
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    if charset:
+        try:
+            return data.decode(charset, errors="replace")
+        except LookupError:
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _header_text(value) -> str:
+    if isinstance(value, email.header.Header):
+        return decode_header_value(str(value))
+    text = str(value)
+    # compat32 hands 8-bit header bytes back as surrogate escapes.
+    if any("\udc80" <= c <= "\udcff" for c in text):
+        text = decode_bytes(text.encode("utf-8", "surrogateescape"), None)
+    return decode_header_value(text)
+
+
+def parse(raw: bytes) -> Message:
+    """Parse ``raw`` once; never raises."""
+    # An mbox "From " line (corpora) is not a header.
+    body = raw[raw.find(b"\n") + 1:] if raw.startswith(b"From ") else raw
+    try:
+        em = email.message_from_bytes(body, policy=email.policy.compat32)
+    except Exception as exc:  # the parser is lenient; this is belt and braces
+        return Message(raw=raw, headers=[], defects=[f"unparseable: {type(exc).__name__}"])
+    headers = []
+    for name, value in em.items():
+        headers.append((str(name), _header_text(value).replace("\r", "").replace("\n", " ")))
+    msg = Message(raw=raw, headers=headers)
+    msg.defects.extend(type(d).__name__ for d in em.defects)
+    for i, part in enumerate(em.walk()):
+        if i >= MAX_PARTS:
+            msg.defects.append("TooManyParts")
+            break
+        _add_part(msg, part)
+    return msg
+
+
+def _add_part(msg: Message, part: EmailMessage) -> None:
+    msg.defects.extend(type(d).__name__ for d in part.defects)
+    if part.is_multipart():
+        return
+    ctype = part.get_content_type()
+    try:
+        payload = part.get_payload(decode=True) or b""
+    except Exception:
+        payload = b""
+        msg.defects.append("UndecodablePayload")
+    try:
+        filename = part.get_filename()
+    except Exception:
+        filename = None
+    if filename is not None:
+        filename = _header_text(filename)
+    disposition = part.get_content_disposition()
+    charset = part.get_content_charset()
+    msg.parts.append(Part(ctype, charset, filename, disposition, len(payload)))
+    if disposition == "attachment" or filename:
+        return
+    if ctype in ("text/plain", "text/html"):
+        text = decode_bytes(payload[: MAX_TEXT_CHARS * 4], charset)[:MAX_TEXT_CHARS]
+        (msg.text_parts if ctype == "text/plain" else msg.html_parts).append(text)
