@@ -458,6 +458,54 @@ class ScanConfig:
             raise ConfigError(path + "rewrite_subject_pattern", "must contain {subject}")
 
 
+def parse_nameserver(value: str, key: str = "") -> tuple[str, int]:
+    """'192.0.2.53', '192.0.2.53:5353', '::1', '[::1]:5353' -> (address, port).
+
+    An IP address, never a host name: resolving the resolver's own name would
+    need a resolver.
+    """
+    if value.startswith("[") or (value.count(":") == 1):
+        host, port = parse_hostport(value, key)
+    else:
+        host, port = value, 53
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(key, f"expected an IP address, [IPV6]:PORT or IP:PORT, got {value!r}") from None
+    return host, port
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """The one async resolver every check (and one day the policy daemon) uses."""
+
+    # "" = the nameservers of /etc/resolv.conf; else one "IP", "IP:PORT" or "[IPV6]:PORT".
+    nameserver: str = ""
+    # Per lookup, retries and TCP fallback included; beyond it: a temporary DNS error.
+    timeout_s: float = 5.0
+    # UDP tries within timeout_s before giving up.
+    attempts: int = 2
+    # Answers kept (positive and negative), least recently used dropped first; 0: no cache.
+    cache_size: int = 10_000
+    # Upper bounds on how long an answer is kept, whatever its TTL says. A
+    # negative answer (NXDOMAIN/NODATA) lives for its SOA-derived TTL (RFC 2308)
+    # up to cache_negative_ttl_s.
+    cache_max_ttl_s: float = 86_400.0
+    cache_negative_ttl_s: float = 900.0
+    # EDNS0 UDP payload size advertised (1232: the DNS flag day 2020 value).
+    edns_payload_bytes: int = 1232
+
+    def check(self, path: str) -> None:
+        if self.nameserver:
+            parse_nameserver(self.nameserver, path + "nameserver")
+        _check_positive(self, path, "timeout_s", "attempts")
+        for name in ("cache_size", "cache_max_ttl_s", "cache_negative_ttl_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(path + name, "must be 0 or more")
+        if not 512 <= self.edns_payload_bytes <= 65535:
+            raise ConfigError(path + "edns_payload_bytes", "must be 512..65535")
+
+
 @dataclass(frozen=True)
 class Config:
     # Where state lives (SQLite store, maps we write). systemd's
@@ -468,6 +516,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
 
     def check(self, path: str) -> None:
         if not self.state_dir:

@@ -1,0 +1,228 @@
+"""The one asynchronous DNS resolver: dnspython's stub resolver behind a bounded TTL cache.
+
+Contract:
+
+- ``await resolver.query(name, rdtype)`` returns the answer's rdata as a
+  list. A name that does not exist (NXDOMAIN), has no data of that type
+  (NODATA) or cannot exist (an empty or over-long label) gives ``[]``.
+- A timeout, SERVFAIL, REFUSED or an unreachable server raises
+  ``DnsTempError``: the caller's "try again later" (``*_DNSFAIL`` symbols).
+  Nothing else escapes for a DNS problem.
+- Helpers return plain values: ``txt`` (each record's character-strings
+  joined, as bytes), ``a``/``aaaa`` (address text), ``mx`` ((preference,
+  exchange) sorted), ``ptr`` (host names for an IP address).
+- Answers are cached for their TTL (capped by ``cache_max_ttl_s``);
+  NXDOMAIN/NODATA for the RFC 2308 negative TTL from the SOA in the authority
+  section (capped by ``cache_negative_ttl_s``). The cache is an LRU of at
+  most ``cache_size`` entries. Temporary errors are never cached, so the
+  next message asks again.
+- Concurrent queries for the same (name, type) share one lookup.
+- Nothing blocks the event loop once the Resolver exists. Construct it at
+  startup: reading /etc/resolv.conf is a (small) file read. One Resolver per
+  event loop.
+
+Names are always absolute (no search list): mail names are fully qualified.
+Free of mail-content imports, so the policy daemon can use it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.name
+import dns.nameserver
+import dns.rcode
+import dns.rdata
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+from smtpproxy.common.config import DnsConfig, parse_nameserver
+
+__all__ = ["DnsTempError", "Resolver"]
+
+# resolv.conf without a nameserver line means the local host to the C library;
+# we do the same instead of refusing to start.
+_FALLBACK_NAMESERVER = "127.0.0.1"
+
+
+class DnsTempError(Exception):
+    """The answer is unknown for now (timeout, SERVFAIL, REFUSED, network error)."""
+
+    def __init__(self, name: str, rdtype: str, reason: str):
+        super().__init__(f"{name}/{rdtype}: {reason}")
+        self.name = name
+        self.rdtype = rdtype
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class _Entry:
+    expires: float
+    rdatas: tuple[dns.rdata.Rdata, ...]
+
+
+class Resolver:
+    """Async stub resolver with a TTL cache; see the module docstring for the contract."""
+
+    def __init__(self, config: DnsConfig | None = None, *,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config = config = config or DnsConfig()
+        # The clock is injectable so cache expiry can be tested without sleeping.
+        self._clock = clock
+        if config.nameserver:
+            host, port = parse_nameserver(config.nameserver, "dns.nameserver")
+            res = dns.asyncresolver.Resolver(configure=False)
+            res.nameservers = [dns.nameserver.Do53Nameserver(host, port)]
+        else:
+            try:
+                res = dns.asyncresolver.Resolver(configure=True)
+            except dns.resolver.NoResolverConfiguration:
+                res = dns.asyncresolver.Resolver(configure=False)
+                res.nameservers = [_FALLBACK_NAMESERVER]
+        res.lifetime = config.timeout_s
+        # Per-try timeout: lost UDP datagrams get config.attempts chances
+        # within the lifetime instead of one long wait.
+        res.timeout = config.timeout_s / config.attempts
+        res.use_edns(0, 0, config.edns_payload_bytes)
+        res.cache = None  # ours below: bounded, with negative caching we control
+        self._res = res
+        self._cache: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
+        self._inflight: dict[tuple[str, int], asyncio.Task] = {}
+        # Counters for tests and the log.
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def timeout_s(self) -> float:
+        return self.config.timeout_s
+
+    def cache_clear(self) -> None:
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    # ------------------------------------------------------------ the lookup
+
+    async def query(self, name: str, rdtype: str | int) -> list[dns.rdata.Rdata]:
+        """The rdata of ``name``/``rdtype``; [] for NXDOMAIN/NODATA; DnsTempError otherwise."""
+        rtype = dns.rdatatype.RdataType.make(rdtype)
+        try:
+            qname = dns.name.from_text(name.rstrip(".") + ".") if name.strip(".") else None
+        except (dns.exception.DNSException, UnicodeError, ValueError):
+            qname = None  # a label over 63 octets, an empty label, bad IDNA
+        if qname is None:
+            return []  # a name that cannot exist has no records
+        key = (qname.to_text().lower(), int(rtype))
+        entry = self._cache.get(key)
+        if entry is not None:
+            if entry.expires > self._clock():
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return list(entry.rdatas)
+            del self._cache[key]
+        task = self._inflight.get(key)
+        if task is None:
+            self.misses += 1
+            task = asyncio.ensure_future(self._fetch(qname, rtype, key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda t, key=key: self._done(key, t))
+        # Shielded: one caller giving up (its check timed out) must not
+        # cancel the lookup others are waiting for.
+        return list(await asyncio.shield(task))
+
+    def _done(self, key: tuple[str, int], task: asyncio.Task) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: no "never retrieved" noise when all waiters left
+
+    async def _fetch(self, qname: dns.name.Name, rtype: dns.rdatatype.RdataType,
+                     key: tuple[str, int]) -> tuple[dns.rdata.Rdata, ...]:
+        type_text = dns.rdatatype.to_text(rtype)
+        name_text = qname.to_text(omit_final_dot=True)
+        try:
+            answer = await self._res.resolve(qname, rtype, search=False,
+                                             raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN as exc:
+            self._store(key, (), self._negative_ttl(exc.responses().get(qname)))
+            return ()
+        except dns.resolver.YXDOMAIN:
+            return ()  # a DNAME substitution overflowed: no such name
+        except dns.exception.Timeout:
+            raise DnsTempError(name_text, type_text, "timeout") from None
+        except dns.resolver.NoNameservers as exc:
+            raise DnsTempError(name_text, type_text, _servfail_reason(exc)) from None
+        except (dns.exception.DNSException, OSError) as exc:
+            raise DnsTempError(name_text, type_text, f"{type(exc).__name__}: {exc}") from None
+        if answer.rrset is None:  # NODATA
+            self._store(key, (), self._negative_ttl(answer.response))
+            return ()
+        rdatas = tuple(answer.rrset)
+        ttl = min(answer.chaining_result.minimum_ttl, self.config.cache_max_ttl_s)
+        self._store(key, rdatas, ttl)
+        return rdatas
+
+    def _negative_ttl(self, response: dns.message.Message | None) -> float:
+        ttl = self.config.cache_negative_ttl_s
+        if response is not None:
+            try:
+                ttl = min(ttl, response.resolve_chaining().minimum_ttl)
+            except dns.exception.DNSException:
+                pass  # a malformed answer: keep the configured bound
+        return ttl
+
+    def _store(self, key: tuple[str, int], rdatas: tuple, ttl: float) -> None:
+        if self.config.cache_size <= 0 or ttl <= 0:
+            return
+        self._cache[key] = _Entry(self._clock() + ttl, rdatas)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)
+
+    # ------------------------------------------------------------ helpers
+
+    async def txt(self, name: str) -> list[bytes]:
+        """TXT records, each one's character-strings joined (RFC 7208 3.3, RFC 6376 3.6.2.2)."""
+        return [b"".join(r.strings) for r in await self.query(name, "TXT")]
+
+    async def a(self, name: str) -> list[str]:
+        return [r.address for r in await self.query(name, "A")]
+
+    async def aaaa(self, name: str) -> list[str]:
+        return [r.address for r in await self.query(name, "AAAA")]
+
+    async def mx(self, name: str) -> list[tuple[int, str]]:
+        """(preference, exchange without the final dot), most preferred first."""
+        records = await self.query(name, "MX")
+        return sorted((r.preference, r.exchange.to_text(omit_final_dot=True)) for r in records)
+
+    async def ptr(self, address: str) -> list[str]:
+        """Host names for an IP address (not validated against A/AAAA: callers do that)."""
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return []
+        name = dns.reversename.from_address(address).to_text()
+        return [r.target.to_text(omit_final_dot=True) for r in await self.query(name, "PTR")]
+
+
+def _servfail_reason(exc: dns.resolver.NoNameservers) -> str:
+    # dnspython lists (server, tcp, port, error, response) per try; a bad
+    # rcode is given as its text ("SERVFAIL", "REFUSED"): report that.
+    for entry in exc.kwargs.get("errors") or []:
+        err = entry[3]
+        if isinstance(err, str):
+            return err
+        if isinstance(err, dns.rcode.Rcode):
+            return dns.rcode.to_text(err)
+    return "no nameserver answered"

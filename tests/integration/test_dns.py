@@ -1,0 +1,295 @@
+"""The test DNS server on the wire, and the Resolver (cache, negative caching, temp errors) against it.
+
+The server half is a table of labelled queries sent with dnspython's own
+query functions over UDP and TCP, so it is checked independently of our
+resolver. The resolver half counts the questions that reach the server to
+tell a cache hit from a lookup; time is an injected clock, never a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from smtpproxy.common.config import DnsConfig
+from smtpproxy.common.dns import DnsTempError, Resolver
+from tests.support.dns_server import DnsTestServer
+
+pytestmark = pytest.mark.integration
+
+RECORDS = {
+    "example.test": [("A", "192.0.2.1"), ("AAAA", "2001:db8::1"), ("MX", "10 mx.example.test."),
+                     ("MX", "5 mx0.example.test."), ("TXT", ["v=spf1 ", "-all"], 120)],
+    "www.example.test": [("CNAME", "example.test.")],
+    "dangling.example.test": [("CNAME", "nowhere.example.test.")],
+    "deep.sub.example.test": [("A", "192.0.2.7")],  # sub.example.test: empty non-terminal
+    "big.example.test": [("TXT", f"record {i:02d} " + "x" * 100) for i in range(20)],
+    "1.2.0.192.in-addr.arpa": [("PTR", "host.example.test.")],
+}
+
+ZONE = """\
+$TTL 600
+@       IN SOA ns.zone.test. hostmaster.zone.test. 1 3600 600 86400 30
+@       IN NS  ns.zone.test.
+ns      IN A   192.0.2.53
+text    IN TXT "one" "two"
+"""
+
+
+@pytest.fixture(scope="module")
+def server():
+    with DnsTestServer(RECORDS, zone_text=ZONE, origin="zone.test", negative_ttl=60) as srv:
+        srv.drop("slow.example.test")
+        srv.drop("example.test", "SPF")
+        srv.servfail("broken.example.test")
+        yield srv
+
+
+def ask(server, name, rdtype, *, tcp=False, edns=True):
+    query = dns.message.make_query(name, rdtype, use_edns=0 if edns else False)
+    send = dns.query.tcp if tcp else dns.query.udp
+    return send(query, server.host, port=server.port, timeout=2)
+
+
+def answer_texts(response):
+    return sorted(rd.to_text() for rrset in response.answer for rd in rrset)
+
+
+@pytest.mark.parametrize("label, name, rdtype, tcp, rcode, answers", [
+    ("a record", "example.test", "A", False, "NOERROR", ["192.0.2.1"]),
+    ("a record over tcp", "example.test", "A", True, "NOERROR", ["192.0.2.1"]),
+    ("name case is ignored", "EXAMPLE.Test", "A", False, "NOERROR", ["192.0.2.1"]),
+    ("mx set", "example.test", "MX", False, "NOERROR", ["10 mx.example.test.", "5 mx0.example.test."]),
+    ("txt character-strings kept", "example.test", "TXT", False, "NOERROR", ['"v=spf1 " "-all"']),
+    ("cname followed in the data", "www.example.test", "A", False, "NOERROR",
+     ["192.0.2.1", "example.test."]),
+    ("cname to nothing", "dangling.example.test", "A", False, "NXDOMAIN", ["nowhere.example.test."]),
+    ("nodata", "example.test", "PTR", False, "NOERROR", []),
+    ("empty non-terminal is nodata", "sub.example.test", "A", False, "NOERROR", []),
+    ("nxdomain", "missing.example.test", "A", False, "NXDOMAIN", []),
+    ("zone text", "text.zone.test", "TXT", False, "NOERROR", ['"one" "two"']),
+    ("zone text nxdomain", "nope.zone.test", "A", False, "NXDOMAIN", []),
+    ("servfail", "broken.example.test", "A", False, "SERVFAIL", []),
+    ("servfail over tcp", "broken.example.test", "A", True, "SERVFAIL", []),
+])
+def test_server_answers(server, label, name, rdtype, tcp, rcode, answers):
+    response = ask(server, name, rdtype, tcp=tcp)
+    assert dns.rcode.to_text(response.rcode()) == rcode, label
+    assert answer_texts(response) == sorted(answers), label
+    assert response.flags & dns.flags.AA
+    if rcode in ("NXDOMAIN", "NOERROR") and not answers:
+        (soa,) = response.authority  # RFC 2308: negative answers carry the SOA
+        assert soa.rdtype == dns.rdatatype.SOA
+    assert server.errors == []
+
+
+def test_negative_answer_soa_from_the_zone(server):
+    (soa,) = ask(server, "nope.zone.test", "A").authority
+    assert soa.name.to_text() == "zone.test." and soa[0].minimum == 30
+
+
+@pytest.mark.parametrize("edns, expected", [(True, 0), (False, -1)])
+def test_server_echoes_edns_only_when_asked(server, edns, expected):
+    assert ask(server, "example.test", "A", edns=edns).edns == expected
+
+
+def test_server_truncates_large_udp_answers(server):
+    udp = ask(server, "big.example.test", "TXT", edns=False)
+    assert udp.flags & dns.flags.TC and not udp.answer
+    assert len(answer_texts(ask(server, "big.example.test", "TXT", tcp=True))) == 20
+
+
+@pytest.mark.parametrize("name, rdtype, tcp", [
+    ("slow.example.test", "A", False),
+    ("slow.example.test", "A", True),
+    ("example.test", "SPF", False),  # a drop rule for one type only
+])
+def test_server_drops(server, name, rdtype, tcp):
+    with pytest.raises(dns.exception.Timeout):
+        query = dns.message.make_query(name, rdtype)
+        (dns.query.tcp if tcp else dns.query.udp)(query, server.host, port=server.port, timeout=0.3)
+
+
+# ---------------------------------------------------------------- the Resolver
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_resolver(server, clock=None, **kwargs):
+    cfg = DnsConfig(nameserver=server.nameserver, timeout_s=kwargs.pop("timeout_s", 0.3),
+                    attempts=1, **kwargs)
+    return Resolver(cfg, clock=clock or Clock())
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_helpers_return_plain_values(server):
+    async def go():
+        r = make_resolver(server)
+        assert await r.a("example.test") == ["192.0.2.1"]
+        assert await r.aaaa("example.test") == ["2001:db8::1"]
+        assert await r.mx("example.test") == [(5, "mx0.example.test"), (10, "mx.example.test")]
+        assert await r.txt("example.test") == [b"v=spf1 -all"]
+        assert await r.ptr("192.0.2.1") == ["host.example.test"]
+        assert await r.a("www.example.test") == ["192.0.2.1"]
+        assert len(await r.txt("big.example.test")) == 20  # via TCP after TC
+    run(go())
+
+
+@pytest.mark.parametrize("name", ["missing.example.test", "sub.example.test", "dangling.example.test"])
+def test_nxdomain_and_nodata_are_empty(server, name):
+    assert run(make_resolver(server).a(name)) == []
+
+
+@pytest.mark.parametrize("name", ["a..example.test", "x" * 64 + ".example.test", "", "."])
+def test_impossible_names_are_empty_without_a_query(server, name):
+    before = len(server.queries)
+    assert run(make_resolver(server).query(name, "TXT")) == []
+    assert len(server.queries) == before
+
+
+def test_answers_cached_for_their_ttl(server):
+    clock = Clock()
+
+    async def go():
+        r = make_resolver(server, clock)
+        start = server.count("example.test", "TXT")
+        await r.txt("example.test")             # TTL 120
+        clock.now += 119
+        await r.txt("example.test")
+        assert server.count("example.test", "TXT") == start + 1
+        clock.now += 2
+        await r.txt("example.test")
+        assert server.count("example.test", "TXT") == start + 2
+    run(go())
+
+
+def test_ttl_capped_by_cache_max_ttl(server):
+    clock = Clock()
+
+    async def go():
+        r = make_resolver(server, clock, cache_max_ttl_s=10.0)
+        start = server.count("example.test", "A")
+        await r.a("example.test")               # TTL 300, capped to 10
+        clock.now += 11
+        await r.a("example.test")
+        assert server.count("example.test", "A") == start + 2
+    run(go())
+
+
+@pytest.mark.parametrize("name, rdtype", [("missing.example.test", "A"),   # NXDOMAIN
+                                          ("example.test", "PTR")])         # NODATA
+def test_negative_answers_cached_for_the_soa_ttl(server, name, rdtype):
+    clock = Clock()
+
+    async def go():
+        r = make_resolver(server, clock)
+        start = server.count(name, rdtype)
+        assert await r.query(name, rdtype) == []
+        clock.now += 59                          # the SOA says 60
+        assert await r.query(name, rdtype) == []
+        assert server.count(name, rdtype) == start + 1
+        clock.now += 2
+        await r.query(name, rdtype)
+        assert server.count(name, rdtype) == start + 2
+    run(go())
+
+
+def test_negative_ttl_capped_by_config(server):
+    clock = Clock()
+
+    async def go():
+        r = make_resolver(server, clock, cache_negative_ttl_s=5.0)
+        start = server.count("missing.example.test", "A")
+        await r.a("missing.example.test")
+        clock.now += 6
+        await r.a("missing.example.test")
+        assert server.count("missing.example.test", "A") == start + 2
+    run(go())
+
+
+@pytest.mark.parametrize("name, reason", [("slow.example.test", "timeout"),
+                                          ("broken.example.test", "SERVFAIL")])
+def test_temp_errors_raise_and_are_not_cached(server, name, reason):
+    async def go():
+        r = make_resolver(server)
+        start = server.count(name, "A")
+        for _ in range(2):
+            with pytest.raises(DnsTempError) as err:
+                await r.a(name)
+            assert err.value.reason == reason
+        assert server.count(name, "A") >= start + 2
+        assert len(r) == 0
+    run(go())
+
+
+def test_unreachable_nameserver_is_a_temp_error():
+    # A port nobody listens on: ICMP port unreachable or a timeout, both temporary.
+    with DnsTestServer() as srv:
+        nameserver = srv.nameserver
+    r = Resolver(DnsConfig(nameserver=nameserver, timeout_s=0.3, attempts=1))
+    with pytest.raises(DnsTempError):
+        run(r.a("example.test"))
+
+
+def test_cache_is_bounded_lru(server):
+    async def go():
+        r = make_resolver(server, cache_size=2)
+        await r.a("example.test")
+        await r.aaaa("example.test")
+        await r.a("example.test")                # example.test/A is now the most recent
+        await r.mx("example.test")               # evicts AAAA
+        assert len(r) == 2
+        start = server.count("example.test", "AAAA")
+        await r.aaaa("example.test")
+        assert server.count("example.test", "AAAA") == start + 1
+        start = server.count("example.test", "MX")
+        await r.mx("example.test")
+        assert server.count("example.test", "MX") == start
+    run(go())
+
+
+def test_cache_size_zero_caches_nothing(server):
+    async def go():
+        r = make_resolver(server, cache_size=0)
+        start = server.count("example.test", "A")
+        await r.a("example.test")
+        await r.a("example.test")
+        assert server.count("example.test", "A") == start + 2 and len(r) == 0
+    run(go())
+
+
+def test_concurrent_identical_queries_share_one_lookup(server):
+    async def go():
+        r = make_resolver(server)
+        start = server.count("deep.sub.example.test", "A")
+        results = await asyncio.gather(*(r.a("deep.sub.example.test") for _ in range(10)))
+        assert results == [["192.0.2.7"]] * 10
+        assert server.count("deep.sub.example.test", "A") == start + 1
+    run(go())
+
+
+def test_a_cancelled_caller_does_not_cancel_the_shared_lookup(server):
+    async def go():
+        r = make_resolver(server, timeout_s=1.0)
+        first = asyncio.ensure_future(r.a("deep.sub.example.test"))
+        second = asyncio.ensure_future(r.a("deep.sub.example.test"))
+        await asyncio.sleep(0)
+        first.cancel()
+        assert await second == ["192.0.2.7"]
+    run(go())
