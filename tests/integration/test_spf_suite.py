@@ -113,9 +113,7 @@ def dns_server():
 
 @pytest.fixture(scope="module")
 def spf_check():
-    check = SpfCheck()
-    yield check
-    check.close()
+    return SpfCheck()
 
 
 async def _run(check: SpfCheck, nameserver: str, case: dict):

@@ -200,7 +200,7 @@ class SpfCheck:
     def __init__(self, max_threads: int = 8):
         # pyspf blocks its thread while a lookup is answered on the loop; the
         # pool bounds how many evaluations run at once (the rest queue).
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_threads, thread_name_prefix="spf")
+        self._pool = _shared_pool(max_threads)
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         ip = _client_ip(ctx.client.addr)
@@ -240,8 +240,19 @@ class SpfCheck:
                     "explanation": f"SPF evaluation failed: {type(exc).__name__}",
                     "mechanism": "", "problem": f"internal error: {type(exc).__name__}: {exc}"}
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _shared_pool(size: int) -> concurrent.futures.ThreadPoolExecutor:
+    # Shared per size, not per instance: a configuration reload builds new
+    # checks, and a pool per instance would leave its idle threads behind.
+    with _pools_lock:
+        pool = _pools.get(size)
+        if pool is None:
+            pool = _pools[size] = concurrent.futures.ThreadPoolExecutor(
+                size, thread_name_prefix=f"spf{size}")
+        return pool
 
 
 def _client_ip(addr: str | None) -> str | None:
