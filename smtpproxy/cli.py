@@ -77,7 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_configtest(args: argparse.Namespace) -> int:
-    load_with_flags(args)
+    cfg = load_with_flags(args)
+    if cfg.scan.enabled:
+        from smtpproxy.scan.setup import build_engine
+
+        build_engine(cfg)  # the symbols table and every check's symbols
     print(f"{config_path(args.config) or '(built-in defaults)'}: configuration OK")
     return 0
 

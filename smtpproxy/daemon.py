@@ -43,7 +43,12 @@ class _Listener:
 class ProxyService:
     def __init__(self, cfg: Config, hook: ScanHook | None = None):
         self.cfg = cfg
+        # A hook given here (tests) is kept; otherwise start() builds the
+        # scoring engine when scan.enabled, and reload() rebuilds it.
+        self._fixed_hook = hook is not None
         self.hook: ScanHook = hook or NoScan()
+        self._store = None
+        self._resolver = None
         self.sessions: set[ProxySMTP] = set()
         self._listeners: dict[str, _Listener] = {}
         self._stopping = False
@@ -128,7 +133,25 @@ class ProxyService:
         # the next session without rebinding the socket.
         return ProxySMTP(self, self._listeners[name].cfg, self.hostname)
 
+    async def _build_hook(self, cfg: Config) -> ScanHook:
+        """The scoring engine for ``cfg``; raises ConfigError for a bad symbols table."""
+        if self._fixed_hook:
+            return self.hook
+        if not cfg.scan.enabled:
+            return NoScan()
+        from smtpproxy.scan.setup import build_hook
+
+        if self._store is None:
+            from smtpproxy.common.store import open_store
+
+            store = open_store(cfg.store, cfg.state_dir)
+            await store.open()
+            self._store = store
+        hook, self._resolver = build_hook(cfg, self._store, self._resolver, self.hostname)
+        return hook
+
     async def start(self) -> None:
+        self.hook = await self._build_hook(self.cfg)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
             for cfg in self.cfg.proxy.listeners:
@@ -148,6 +171,7 @@ class ProxyService:
 
     async def reload(self, cfg: Config) -> None:
         old = self._listeners
+        self.hook = await self._build_hook(cfg)  # a bad table raises: the old config stays
         self.cfg = cfg
         self.hostname = cfg.proxy.hostname or socket.getfqdn()
         # Pools are rebuilt with the new settings; sessions holding a
@@ -191,6 +215,8 @@ class ProxyService:
         if self._expiry is not None:
             self._expiry.cancel()
         self._close_pools()
+        if self._store is not None:
+            await self._store.close()
 
 
 async def _say_goodbye(session: ProxySMTP) -> None:

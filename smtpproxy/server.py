@@ -514,7 +514,8 @@ class ProxySMTP(SMTP):
         if self.cfg.proxy.trace_header:
             added.insert(0, ("X-Smtpproxy", f"{self.hostname}; id={self.session_id}; "
                                             f"profile={self.listener.profile}"))
-        content = prepend_headers(remove_headers(content, verdict.remove_headers), added)
+        content = prepend_headers(
+            remove_headers(content, verdict.remove_headers, verdict.remove_matching), added)
         assert self.downstream is not None
         try:
             reply = await self.downstream.send_message(content)

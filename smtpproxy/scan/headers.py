@@ -7,6 +7,8 @@ headers" promise of the proxy.
 
 from __future__ import annotations
 
+import re
+
 
 def header_block_end(content: bytes) -> int:
     """Offset just past the CRLF that ends the last header line (0: no headers)."""
@@ -16,23 +18,32 @@ def header_block_end(content: bytes) -> int:
     return len(content) if end < 0 else end + 2
 
 
-def remove_headers(content: bytes, names: list[str]) -> bytes:
-    """Drop every field named in ``names`` (case-insensitive), with its folded lines."""
-    if not names:
+def remove_headers(content: bytes, names: list[str],
+                   matching: list[tuple[str, re.Pattern[bytes]]] = ()) -> bytes:
+    """Drop every field named in ``names`` (case-insensitive), with its folded
+    lines, and every field named in ``matching`` whose unfolded value matches
+    the pattern (e.g. Authentication-Results of our own authserv-id)."""
+    if not names and not matching:
         return content
     wanted = {n.lower().encode() for n in names}
+    conditional = [(n.lower().encode(), pattern) for n, pattern in matching]
     end = header_block_end(content)
-    kept: list[bytes] = []
-    dropping = False
+    fields: list[list[bytes]] = []
     for line in content[:end].split(b"\r\n")[:-1] if end else []:
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept = []
+    for lines in fields:
+        name, _, first = lines[0].partition(b":")
+        name = name.strip().lower()
+        if name in wanted:
             continue
-        name = line.split(b":", 1)[0].strip().lower()
-        dropping = name in wanted
-        if not dropping:
-            kept.append(line)
+        value = b" ".join([first, *lines[1:]]).strip()
+        if any(name == n and pattern.search(value) for n, pattern in conditional):
+            continue
+        kept.extend(lines)
     head = b"".join(line + b"\r\n" for line in kept)
     return head + content[end:]
 

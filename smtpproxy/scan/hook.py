@@ -12,6 +12,7 @@ everything unchanged.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -49,6 +50,8 @@ class Verdict:
     reply: str = ""
     add_headers: list[tuple[str, str]] = field(default_factory=list)
     remove_headers: list[str] = field(default_factory=list)
+    # (header name, pattern on its unfolded value): removed when it matches.
+    remove_matching: list[tuple[str, re.Pattern[bytes]]] = field(default_factory=list)
     # One short phrase for the proxy's log line (score, action, symbols).
     summary: str = ""
 

@@ -72,8 +72,10 @@ class ProxyProcess:
 
 class Pipeline:
     def __init__(self, base: Path, proxy_extra: str = "", listeners_extra: str = "",
-                 unix_socket: bool = False):
-        """``unix_socket``: Postfix reaches the proxy over a UNIX-domain socket."""
+                 unix_socket: bool = False, scan: bool = False, extra_config: str = ""):
+        """``unix_socket``: Postfix reaches the proxy over a UNIX-domain socket.
+        ``scan``: score messages (off by default: most tests are about the proxy
+        itself); ``extra_config``: TOML appended to the proxy's file."""
         self.base = Path(base)
         self.unix_socket = unix_socket
         self.sink_port = free_port()
@@ -139,6 +141,9 @@ listen = "{proxy_address}"
 profile = "inbound"
 downstream = "127.0.0.1:{self.reinject_port}"
 {listeners_extra}
+[scan]
+enabled = {"true" if scan else "false"}
+{extra_config}
 """,
         )
 

@@ -1,0 +1,179 @@
+"""The scoring engine: run the checks, score their symbols, pick the action.
+
+Model (rspamd's, see DESIGN.md "Scoring"): checks report symbols with
+options; scores come from the symbols table (symbols.toml plus
+``[scan] scores`` overrides); the sum picks an action by threshold
+(no action < greylist < add header < rewrite subject < reject), unless a
+symbol forces one (GTUBE forces reject). Temporary DNS trouble
+(``*_DNSFAIL``/``*_TEMPFAIL``) leads to soft reject when
+``scan.dns_failure_action`` says so.
+
+Checks run concurrently, each under ``scan.check_timeout_s`` and all within
+``scan.budget_s``; a check that names others in ``after`` starts when they
+are done. A check that times out or raises yields CHECK_TIMEOUT or
+CHECK_ERROR (with its name as option) and the scan goes on: one broken
+check never loses a message or crashes the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+
+from smtpproxy.common.config import SCAN_ACTIONS, ConfigError, ScanConfig
+from smtpproxy.scan.checks.base import Check, CheckContext, Hit
+
+logger = logging.getLogger("smtpproxy.scan")
+
+ENGINE_SYMBOLS = ("CHECK_TIMEOUT", "CHECK_ERROR")
+
+
+@dataclass(frozen=True)
+class SymbolDef:
+    score: float
+    description: str
+    force_action: str | None = None
+
+
+def load_symbols(cfg: ScanConfig) -> dict[str, SymbolDef]:
+    """The symbols table: the file (shipped or configured) plus score overrides."""
+    try:
+        if cfg.symbols_file:
+            with open(cfg.symbols_file, "rb") as f:
+                data = tomllib.load(f)
+        else:
+            data = tomllib.loads(
+                resources.files("smtpproxy.scan").joinpath("symbols.toml").read_text()
+            )
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("scan.symbols_file", f"cannot load the symbols table: {exc}") from None
+    table: dict[str, SymbolDef] = {}
+    for name, entry in data.items():
+        key = f"{cfg.symbols_file or 'symbols.toml'}: {name}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("score"), int | float):
+            raise ConfigError(key, "needs a numeric score")
+        force = entry.get("force_action")
+        if force is not None and force not in SCAN_ACTIONS:
+            raise ConfigError(key, f"force_action must be one of {', '.join(SCAN_ACTIONS)}")
+        table[name] = SymbolDef(float(entry["score"]), str(entry.get("description", "")), force)
+    for name, score in cfg.scores.items():
+        if name not in table:
+            raise ConfigError(f"scan.scores.{name}", "no such symbol")
+        table[name] = SymbolDef(score, table[name].description, table[name].force_action)
+    return table
+
+
+@dataclass
+class SymbolResult:
+    name: str
+    score: float
+    options: tuple[str, ...]
+
+
+@dataclass
+class ScanResult:
+    score: float
+    required_score: float  # the reject threshold, as rspamd reports it
+    action: str
+    symbols: dict[str, SymbolResult]
+    forced_by: str | None = None
+    facts: dict[str, dict] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        """One line for the log: score, action and every symbol with its options."""
+        parts = [f"score={self.score:.2f}/{self.required_score:.2f}", f"action={self.action}"]
+        if self.forced_by:
+            parts.append(f"forced_by={self.forced_by}")
+        parts.append("symbols=" + ",".join(
+            f"{s.name}({s.score:.2f})" + (f"[{';'.join(s.options)}]" if s.options else "")
+            for s in sorted(self.symbols.values(), key=lambda s: s.name)
+        ))
+        return " ".join(parts)
+
+
+class Engine:
+    def __init__(self, cfg: ScanConfig, checks: list[Check], symbols: dict[str, SymbolDef] | None = None):
+        self.cfg = cfg
+        self.checks = checks
+        self.symbols = symbols if symbols is not None else load_symbols(cfg)
+        emitted = {name for check in checks for name in check.symbols} | set(ENGINE_SYMBOLS)
+        missing = sorted(emitted - set(self.symbols))
+        if missing:
+            raise ConfigError("scan.symbols_file", f"no score for symbols {', '.join(missing)}")
+        names = {c.name for c in checks}
+        for check in checks:
+            unknown = set(check.after) - names
+            if unknown:
+                raise ConfigError("scan", f"check {check.name} waits for unknown {sorted(unknown)}")
+
+    async def scan(self, ctx: CheckContext) -> ScanResult:
+        started = time.monotonic()
+        hits: list[Hit] = []
+        done: dict[str, asyncio.Future] = {}
+        loop = asyncio.get_running_loop()
+        for check in self.checks:
+            done[check.name] = loop.create_future()
+
+        async def run_one(check: Check) -> None:
+            try:
+                for name in check.after:
+                    await done[name]
+                    ctx.results[name] = done[name].result()
+                async with asyncio.timeout(self.cfg.check_timeout_s):
+                    found = await check.run(ctx)
+            except TimeoutError:
+                found = [Hit("CHECK_TIMEOUT", (check.name,))]
+            except Exception:
+                logger.exception("check %s failed", check.name)
+                found = [Hit("CHECK_ERROR", (check.name,))]
+            done[check.name].set_result(found)
+            hits.extend(found)
+
+        tasks = [loop.create_task(run_one(check)) for check in self.checks]
+        _, pending = await asyncio.wait(tasks, timeout=self.cfg.budget_s)
+        for task in pending:
+            task.cancel()
+        for check in self.checks:
+            if not done[check.name].done():
+                hits.append(Hit("CHECK_TIMEOUT", (check.name, "budget")))
+                done[check.name].cancel()
+        result = self._score(hits)
+        result.facts = ctx.facts
+        result.elapsed_s = time.monotonic() - started
+        return result
+
+    def _score(self, hits: list[Hit]) -> ScanResult:
+        symbols: dict[str, SymbolResult] = {}
+        forced = None
+        for hit in hits:
+            definition = self.symbols[hit.symbol]  # checked at start-up
+            if hit.symbol in symbols:  # a symbol found twice keeps all evidence, counts once
+                symbols[hit.symbol].options += hit.options
+                continue
+            symbols[hit.symbol] = SymbolResult(hit.symbol, definition.score, hit.options)
+            if definition.force_action and forced is None:
+                forced = hit.symbol
+        score = round(sum(s.score for s in symbols.values()), 2)
+        thresholds = self.cfg.actions
+        if forced:
+            action = self.symbols[forced].force_action or "reject"
+        elif thresholds.reject and score >= thresholds.reject:
+            action = "reject"
+        elif self.cfg.dns_failure_action == "soft reject" and any(
+            name.endswith(("_DNSFAIL", "_TEMPFAIL")) for name in symbols
+        ):
+            action = "soft reject"
+        elif thresholds.rewrite_subject and score >= thresholds.rewrite_subject:
+            action = "rewrite subject"
+        elif thresholds.add_header and score >= thresholds.add_header:
+            action = "add header"
+        elif thresholds.greylist and score >= thresholds.greylist:
+            action = "greylist"
+        else:
+            action = "no action"
+        return ScanResult(score, thresholds.reject, action, symbols, forced)
