@@ -3,6 +3,8 @@
     smtpproxy run [-c FILE] [--listen HOST:PORT] [--downstream HOST:PORT] [--state-dir DIR]
     smtpproxy configtest [-c FILE]
     smtpproxy configdump [-c FILE]
+    smtpproxy scan [-c FILE] [--ip IP] [--helo NAME] [--from ADDR] [--rcpt ADDR ...]
+                   [--dns HOST:PORT] [--json] FILE|DIR|-
 
 Without -c, $SMTPPROXY_CONFIG or /etc/smtpproxy/smtpproxy.toml is read when
 it exists; otherwise the built-in defaults apply (listen 127.0.0.1:10025,
@@ -91,6 +93,74 @@ def cmd_configdump(args: argparse.Namespace) -> int:
     return 0
 
 
+def _message_files(target: str) -> list[str]:
+    if target == "-":
+        return ["-"]
+    if os.path.isdir(target):
+        return sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(target) for name in names
+        )
+    return [target]
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from smtpproxy.scan.checks.base import CheckContext
+    from smtpproxy.scan.hook import ClientInfo
+    from smtpproxy.scan.message import parse
+    from smtpproxy.scan.setup import build_engine, make_resolver
+
+    overrides: dict[str, Any] = {"log.level": "error"}
+    if args.dns:
+        overrides["dns.nameserver"] = args.dns
+    if args.state_dir:
+        overrides["state_dir"] = args.state_dir
+    cfg = config_mod.load(config_path(args.config), overrides)
+    logsetup.setup(cfg.log, PROGRAM)
+    engine = build_engine(cfg)
+    client = ClientInfo(addr=args.ip, helo=args.helo, name=None)
+
+    async def scan_all() -> int:
+        resolver = make_resolver(cfg)
+        status = 0
+        for path in args.files:
+            for name in _message_files(path):
+                try:
+                    raw = sys.stdin.buffer.read() if name == "-" else open(name, "rb").read()
+                except OSError as exc:
+                    print(f"{PROGRAM}: {name}: {exc.strerror}", file=sys.stderr)
+                    status = 1
+                    continue
+                started = time.monotonic()
+                ctx = CheckContext(message=parse(raw), client=client, mail_from=args.sender or "",
+                                   rcpt_tos=list(args.rcpt or []), profile=args.profile,
+                                   resolver=resolver)
+                result = await engine.scan(ctx)
+                elapsed = time.monotonic() - started
+                symbols = sorted(result.symbols.values(), key=lambda s: s.name)
+                if args.json:
+                    print(json.dumps({
+                        "file": name, "action": result.action, "score": result.score,
+                        "required_score": result.required_score,
+                        "symbols": {s.name: {"score": s.score, "options": list(s.options)}
+                                    for s in symbols},
+                    }, ensure_ascii=False), flush=True)
+                    continue
+                print(f"Results for file: {name} ({elapsed:.3f} seconds)")
+                print(f"Action: {result.action}")
+                print(f"Score: {result.score:.2f} / {result.required_score:.2f}")
+                for s in symbols:
+                    options = f"[{', '.join(s.options)}]" if s.options else ""
+                    print(f"Symbol: {s.name} ({s.score:.2f}){options}")
+                print(flush=True)
+        return status
+
+    return run(scan_all())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description="Before-queue content filter for Postfix")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -107,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = with_config(sub.add_parser("configtest", help="validate a configuration and exit"))
     test.set_defaults(func=cmd_configtest)
+
+    scan = with_config(sub.add_parser("scan", help="score messages and print why, rspamc-style"))
+    scan.add_argument("--state-dir", metavar="DIR", help="state directory")
+    scan.add_argument("--ip", metavar="IP", help="client address (as XFORWARD ADDR)")
+    scan.add_argument("--helo", metavar="NAME", help="client HELO name")
+    scan.add_argument("--from", dest="sender", metavar="ADDR", help="envelope sender")
+    scan.add_argument("--rcpt", metavar="ADDR", nargs="+", help="envelope recipients")
+    scan.add_argument("--profile", default="inbound", choices=("inbound", "outbound"))
+    scan.add_argument("--dns", metavar="HOST:PORT", help="nameserver to ask")
+    scan.add_argument("--json", action="store_true", help="one JSON object per message")
+    scan.add_argument("files", nargs="+", metavar="FILE|DIR|-")
+    scan.set_defaults(func=cmd_scan)
 
     dump = with_config(sub.add_parser("configdump", help="print the effective configuration"))
     dump.add_argument("--state-dir", metavar="DIR", help="state directory")

@@ -55,7 +55,7 @@ def _option(text: str) -> str:
 def spamd_result(result: ScanResult) -> str:
     """rspamd's X-Spamd-Result: verdict, score / required, then one symbol per folded line."""
     spam = result.action in ("reject", "rewrite subject", "add header")
-    lines = [f"default: {spam}; [{result.score:.2f} / {result.required_score:.2f}]"]
+    lines = [f"default: {spam} [{result.score:.2f} / {result.required_score:.2f}]"]
     for sym in sorted(result.symbols.values(), key=lambda s: (-abs(s.score), s.name)):
         lines.append(f"{sym.name}({sym.score:.2f})[{', '.join(_option(o) for o in sym.options)}]")
     return ";\r\n\t".join(lines)

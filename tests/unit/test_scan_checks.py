@@ -1,0 +1,130 @@
+"""The offline checks, as tables of labelled messages."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+
+import pytest
+
+from smtpproxy.scan.checks.base import CheckContext
+from smtpproxy.scan.checks.gtube import GTUBE, GtubeCheck
+from smtpproxy.scan.checks.headers import HeadersCheck
+from smtpproxy.scan.checks.mime import MimeCheck
+from smtpproxy.scan.hook import ClientInfo
+from smtpproxy.scan.message import parse
+
+NOW = 1_800_000_000.0
+DATE = email.utils.formatdate(NOW)
+GOOD = (f"From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: Lunch on Friday\r\n"
+        f"Date: {DATE}\r\nMessage-ID: <1@example.org>\r\nReceived: from a by b\r\n\r\nHello Bob\r\n")
+
+
+def run(check, raw: bytes | str, mail_from="alice@example.org", helo="mail.example.org"):
+    if isinstance(raw, str):
+        raw = raw.encode()
+    ctx = CheckContext(message=parse(raw), client=ClientInfo(addr="192.0.2.1", helo=helo),
+                       mail_from=mail_from, rcpt_tos=["bob@example.net"], profile="inbound",
+                       resolver=None)
+    return {hit.symbol: hit.options for hit in asyncio.run(check.run(ctx))}
+
+
+def without(header: str) -> str:
+    return "".join(line + "\r\n" for line in GOOD.split("\r\n")[:-1]
+                   if not line.startswith(header + ":"))
+
+
+HEADER_CASES = [
+    ("clean message", GOOD, {}, {}),
+    ("no Message-ID", without("Message-ID"), {}, {"MISSING_MID": ()}),
+    ("no Date", without("Date"), {}, {"MISSING_DATE": ()}),
+    ("garbage Date", GOOD.replace(DATE, "yesterday-ish"), {}, {"INVALID_DATE": ()}),
+    ("date a day ahead", GOOD.replace(DATE, email.utils.formatdate(NOW + 86400)), {},
+     {"DATE_IN_FUTURE": ("24h",)}),
+    ("date a month old", GOOD.replace(DATE, email.utils.formatdate(NOW - 30 * 86400)), {},
+     {"DATE_IN_PAST": ("30d",)}),
+    ("no From", without("From"), {}, {"MISSING_FROM": ()}),
+    ("two From", "From: x@example.org\r\n" + GOOD, {"mail_from": "x@example.org"},
+     {"MULTIPLE_FROM": ("2",)}),
+    ("no To", without("To"), {}, {"MISSING_TO": ()}),
+    ("no Subject", without("Subject"), {}, {"MISSING_SUBJECT": ()}),
+    ("capital subject", GOOD.replace("Lunch on Friday", "FREE MONEY FOR YOU NOW!!!"), {},
+     {"SUBJ_ALL_CAPS": ()}),
+    ("short capital subject is fine", GOOD.replace("Lunch on Friday", "RE: FYI"), {}, {}),
+    ("envelope differs from From", GOOD, {"mail_from": "bounce@lists.example.com"},
+     {"FORGED_SENDER": ("alice@example.org", "bounce@lists.example.com")}),
+    ("null sender is not forged", GOOD, {"mail_from": ""}, {}),
+    ("HELO bare IP", GOOD, {"helo": "[192.0.2.1]"}, {"HELO_BAREIP": ("[192.0.2.1]",)}),
+    ("HELO one label", GOOD, {"helo": "localhost"}, {"HELO_NOT_FQDN": ("localhost",)}),
+    ("no Received", without("Received"), {}, {"RCVD_COUNT_ZERO": ()}),
+    ("many Received", "Received: x\r\n" * 12 + GOOD, {}, {"RCVD_COUNT_MANY": ("13",)}),
+]
+
+
+@pytest.mark.parametrize("label, raw, kwargs, expected", HEADER_CASES, ids=[c[0] for c in HEADER_CASES])
+def test_headers_check(label, raw, kwargs, expected):
+    assert run(HeadersCheck(clock=lambda: NOW), raw, **kwargs) == expected
+
+
+class Multipart:
+    """multipart/KIND built from parts; ``format`` keeps the table readable."""
+
+    @staticmethod
+    def format(kind: str, parts: list[str]) -> str:
+        return ("From: a@example.org\r\nTo: b@example.net\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+                f'Content-Type: multipart/{kind}; boundary="b"\r\n\r\n--b\r\n'
+                + "\r\n--b\r\n".join(parts) + "\r\n--b--\r\n")
+
+
+MULTIPART = Multipart
+
+
+def part(ctype: str, body: str, filename: str | None = None) -> list[str]:
+    disp = f'Content-Disposition: attachment; filename="{filename}"\r\n' if filename else ""
+    return [f"Content-Type: {ctype}\r\n{disp}\r\n{body}"]
+
+
+MIME_CASES = [
+    ("text only", MULTIPART.format(kind="mixed", parts=part("text/plain", "hello there")), {}),
+    ("html only", MULTIPART.format(kind="mixed", parts=part("text/html", "<p>hello</p>")),
+     {"MIME_HTML_ONLY": ()}),
+    ("alternatives agree", MULTIPART.format(kind="alternative", parts=(
+        part("text/plain", "Meeting moved to three o'clock tomorrow")
+        + part("text/html", "<p>Meeting moved to <b>three</b> o'clock tomorrow</p>"))), {}),
+    ("alternatives differ", MULTIPART.format(kind="alternative", parts=(
+        part("text/plain", "Meeting moved to three o'clock tomorrow")
+        + part("text/html", "<p>Cheap pills, best prices, order online today</p>"))),
+     {"R_PARTS_DIFFER": ("100%",)}),
+    ("executable attachment", MULTIPART.format(kind="mixed", parts=(
+        part("text/plain", "see attached") + part("application/octet-stream", "TVqQ", "setup.exe"))),
+     {"MIME_BAD_ATTACHMENT": ("setup.exe",)}),
+    ("disguised double extension", MULTIPART.format(kind="mixed", parts=(
+        part("text/plain", "invoice") + part("application/octet-stream", "TVqQ", "invoice.pdf.exe"))),
+     {"MIME_BAD_ATTACHMENT": ("invoice.pdf.exe",), "MIME_DOUBLE_BAD_EXTENSION": ("invoice.pdf.exe",)}),
+    ("harmless attachment", MULTIPART.format(kind="mixed", parts=(
+        part("text/plain", "report") + part("application/pdf", "JVBE", "report.pdf"))), {}),
+    ("missing closing boundary",
+     "From: a@example.org\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n"
+     "Content-Type: text/plain\r\n\r\ncut off\r\n",
+     {"MIME_BAD": ("CloseBoundaryNotFoundDefect",)}),
+]
+
+
+@pytest.mark.parametrize("label, raw, expected", MIME_CASES, ids=[c[0] for c in MIME_CASES])
+def test_mime_check(label, raw, expected):
+    assert run(MimeCheck(), raw) == expected
+
+
+def test_gtube_found_in_body_only_when_present():
+    assert run(GtubeCheck(), GOOD) == {}
+    assert run(GtubeCheck(), GOOD.encode() + GTUBE + b"\r\n") == {"GTUBE": ()}
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"\r\n", b"no headers at all", b"\xff\xfe\x00garbage\r\n\r\n\x00",
+    b"Subject: =?bogus-charset?B?AAAA?=\r\n\r\nx", b"Content-Type: multipart/mixed\r\n\r\nno boundary",
+    b"From: \"unterminated <x@\r\nDate: Mon, 99 Foo 2024 99:99:99 +9999\r\n\r\n",
+])
+def test_malformed_input_never_raises(raw):
+    for check in (HeadersCheck(), MimeCheck(), GtubeCheck()):
+        run(check, raw)
