@@ -131,7 +131,9 @@ class Resolver:
                 return list(entry.rdatas)
             del self._cache[key]
         task = self._inflight.get(key)
-        if task is None:
+        # A lookup left over from another event loop (one that was closed
+        # mid-lookup, e.g. a CLI run per file) can never finish here.
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
             self.misses += 1
             task = asyncio.ensure_future(self._fetch(qname, rtype, key))
             self._inflight[key] = task

@@ -293,3 +293,15 @@ def test_a_cancelled_caller_does_not_cancel_the_shared_lookup(server):
         first.cancel()
         assert await second == ["192.0.2.7"]
     run(go())
+
+
+
+
+def test_a_lookup_stranded_on_a_closed_loop_is_not_awaited(server):
+    # White-box: a lookup still in flight when its loop was closed (a caller
+    # that closed its loop without finishing) must not capture later callers.
+    r = make_resolver(server)
+    dead = asyncio.new_event_loop()
+    r._inflight[("deep.sub.example.test.", 1)] = dead.create_future()
+    dead.close()
+    assert run(asyncio.wait_for(r.a("deep.sub.example.test"), 10)) == ["192.0.2.7"]
