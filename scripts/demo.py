@@ -15,15 +15,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.dns_server import DnsTestServer  # noqa: E402
 from tests.support.pipeline import Pipeline  # noqa: E402
 
 
 def main() -> int:
+    # A local DNS server answers the checks' lookups (the sender's SPF record),
+    # so the demo needs no network.
+    dns = DnsTestServer({"example.org": [("TXT", "v=spf1 ip4:127.0.0.2 -all")]}).start()
     with tempfile.TemporaryDirectory(prefix="smtpproxy-demo-") as tmp:
-        p = Pipeline(Path(tmp))
+        p = Pipeline(Path(tmp), scan=True, extra_config=f'[dns]\nnameserver = "{dns.nameserver}"\n')
         print(f"==> starting a private Postfix (before-filter smtpd on 127.0.0.1:{p.inbound_port},"
               f" re-injection smtpd on 127.0.0.1:{p.reinject_port}),")
-        print(f"    smtpproxy on 127.0.0.1:{p.proxy_port} and a sink on 127.0.0.1:{p.sink_port}")
+        print(f"    smtpproxy on 127.0.0.1:{p.proxy_port} (scoring on, DNS from {dns.nameserver})"
+              f" and a sink on 127.0.0.1:{p.sink_port}")
         p.start()
         try:
             message = (b"From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\n"
@@ -48,6 +53,7 @@ def main() -> int:
             print("    " + delivered.message.decode("utf-8", "replace").replace("\n", "\n    "))
         finally:
             p.stop()
+            dns.stop()
     print("==> stopped; nothing was left running")
     return 0
 
