@@ -416,6 +416,31 @@ class ActionsConfig:
 
 
 @dataclass(frozen=True)
+class DkimVerifyConfig:
+    """DKIM verification (scan/checks/dkim.py)."""
+
+
+@dataclass(frozen=True)
+class ArcVerifyConfig:
+    """ARC verification (scan/checks/arc.py)."""
+
+
+@dataclass(frozen=True)
+class DmarcConfig:
+    """DMARC (scan/checks/dmarc.py)."""
+
+
+@dataclass(frozen=True)
+class DnsblConfig:
+    """DNSBL for the client address and URIBL/DBL for domains (scan/checks/dnsbl.py)."""
+
+
+@dataclass(frozen=True)
+class MultimapConfig:
+    """Administrator-defined maps (scan/checks/multimap.py)."""
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     # Score every message at end-of-data; false: the proxy passes mail unscanned.
     enabled: bool = True
@@ -444,6 +469,11 @@ class ScanConfig:
     # {subject} is the original subject.
     rewrite_subject_pattern: str = "[SPAM] {subject}"
     actions: ActionsConfig = field(default_factory=ActionsConfig)
+    dkim: DkimVerifyConfig = field(default_factory=DkimVerifyConfig)
+    arc: ArcVerifyConfig = field(default_factory=ArcVerifyConfig)
+    dmarc: DmarcConfig = field(default_factory=DmarcConfig)
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    multimap: MultimapConfig = field(default_factory=MultimapConfig)
 
     def check(self, path: str) -> None:
         _check_positive(self, path, "check_timeout_s", "budget_s", "greylist_delay_s",

@@ -20,7 +20,7 @@ def make_resolver(cfg: Config):
 
 def build_engine(cfg: Config) -> Engine:
     """Raises ConfigError (naming the key) when the symbols table is unusable."""
-    return Engine(cfg.scan, all_checks())
+    return Engine(cfg.scan, all_checks(cfg))
 
 
 def build_hook(cfg: Config, store: Store | None, resolver, hostname: str):

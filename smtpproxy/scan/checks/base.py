@@ -10,6 +10,11 @@ Checks run concurrently, each under its own timeout. A check that needs the
 results of others (DMARC needs SPF and DKIM) names them in ``after``; the
 engine runs it once they are done and hands it their hits in
 ``ctx.results``.
+
+A check that needs settings takes the whole Config as its only constructor
+argument (``DkimCheck(cfg)``, reading ``cfg.scan.dkim``); it is built at
+start-up and again on reload, so it reads files and compiles patterns there,
+never per message.
 """
 
 from __future__ import annotations
