@@ -419,15 +419,52 @@ class ActionsConfig:
 class DkimVerifyConfig:
     """DKIM verification (scan/checks/dkim.py)."""
 
+    # RSA keys shorter than this are refused (permerror); RFC 8301 forbids
+    # accepting anything under 1024, so that is the floor.
+    min_rsa_key_bits: int = 1024
+    # Signatures verified per message (topmost first); the rest are ignored,
+    # so a message stuffed with signatures cannot cost unbounded lookups.
+    max_signatures: int = 10
+
+    def check(self, path: str) -> None:
+        if self.min_rsa_key_bits < 1024:
+            raise ConfigError(path + "min_rsa_key_bits", "must be at least 1024 (RFC 8301)")
+        _check_positive(self, path, "max_signatures")
+
 
 @dataclass(frozen=True)
 class ArcVerifyConfig:
     """ARC verification (scan/checks/arc.py)."""
 
+    # RSA keys of ARC-Seal / ARC-Message-Signature shorter than this fail the chain.
+    min_rsa_key_bits: int = 1024
+
+    def check(self, path: str) -> None:
+        if self.min_rsa_key_bits < 1024:
+            raise ConfigError(path + "min_rsa_key_bits", "must be at least 1024 (RFC 8301)")
+
 
 @dataclass(frozen=True)
 class DmarcConfig:
     """DMARC (scan/checks/dmarc.py)."""
+
+    # The public suffix list, for organisational domains: Debian's package
+    # "publicsuffix" keeps this file current.
+    public_suffix_list: str = "/usr/share/publicsuffix/public_suffix_list.dat"
+    # Forwarders (mailing lists, ...) whose ARC seal we trust: when the chain
+    # passes and its newest ARC-Seal has d= one of these (or a subdomain), a
+    # DMARC failure is not enforced (RFC 7489 6.7 local policy, RFC 8617 7.2).
+    trusted_arc_sealers: tuple[str, ...] = ()
+    # RFC 9091: with no record at the organisational domain, use the public
+    # suffix's record if it says psd=y.
+    psd: bool = True
+
+    def check(self, path: str) -> None:
+        if not self.public_suffix_list:
+            raise ConfigError(path + "public_suffix_list", "must name the public suffix list file")
+        for i, domain in enumerate(self.trusted_arc_sealers):
+            if not domain.strip(".") or any(c in domain for c in " @/;,"):
+                raise ConfigError(f"{path}trusted_arc_sealers[{i}]", f"not a domain name: {domain!r}")
 
 
 @dataclass(frozen=True)
