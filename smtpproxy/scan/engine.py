@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -39,8 +40,10 @@ class SymbolDef:
     force_action: str | None = None
 
 
-def load_symbols(cfg: ScanConfig) -> dict[str, SymbolDef]:
-    """The symbols table: the file (shipped or configured) plus score overrides."""
+def load_symbols(cfg: ScanConfig, defined: Mapping[str, SymbolDef] | None = None) -> dict[str, SymbolDef]:
+    """The symbols table: the file (shipped or configured), the symbols checks
+    define from their own configuration (``defined``, see check_symbol_defs),
+    then the score overrides."""
     try:
         if cfg.symbols_file:
             with open(cfg.symbols_file, "rb") as f:
@@ -60,11 +63,42 @@ def load_symbols(cfg: ScanConfig) -> dict[str, SymbolDef]:
         if force is not None and force not in SCAN_ACTIONS:
             raise ConfigError(key, f"force_action must be one of {', '.join(SCAN_ACTIONS)}")
         table[name] = SymbolDef(float(entry["score"]), str(entry.get("description", "")), force)
+    for name, definition in (defined or {}).items():
+        if name in table:
+            raise ConfigError(f"{cfg.symbols_file or 'symbols.toml'}: {name}",
+                              "also defined in a check's configuration (a multimap map, "
+                              "a DNSBL zone's scores): keep one definition")
+        table[name] = definition
     for name, score in cfg.scores.items():
         if name not in table:
             raise ConfigError(f"scan.scores.{name}", "no such symbol")
         table[name] = SymbolDef(score, table[name].description, table[name].force_action)
     return table
+
+
+def check_symbol_defs(checks: list[Check]) -> dict[str, SymbolDef]:
+    """Symbols whose score comes with a check's own configuration.
+
+    A check may have an optional ``symbol_defs()`` returning {name:
+    SymbolDef}: administrator-named symbols (multimap maps, added DNSBL
+    zones) carry their score, description and forced action in the check's
+    config section rather than in the symbols table.
+    """
+    defined: dict[str, SymbolDef] = {}
+    owner: dict[str, str] = {}
+    for check in checks:
+        symbol_defs = getattr(check, "symbol_defs", None)
+        if symbol_defs is None:
+            continue
+        for name, definition in symbol_defs().items():
+            if name in defined:
+                raise ConfigError(f"scan.{check.name}", f"symbol {name} is also defined by {owner[name]}")
+            if definition.force_action is not None and definition.force_action not in SCAN_ACTIONS:
+                raise ConfigError(f"scan.{check.name}", f"{name}: force_action must be one of "
+                                  f"{', '.join(SCAN_ACTIONS)}")
+            defined[name] = definition
+            owner[name] = check.name
+    return defined
 
 
 @dataclass
@@ -100,7 +134,9 @@ class Engine:
     def __init__(self, cfg: ScanConfig, checks: list[Check], symbols: dict[str, SymbolDef] | None = None):
         self.cfg = cfg
         self.checks = checks
-        self.symbols = symbols if symbols is not None else load_symbols(cfg)
+        defined = check_symbol_defs(checks)
+        # An explicit table (tests) is completed with the checks' own definitions.
+        self.symbols = load_symbols(cfg, defined) if symbols is None else {**defined, **symbols}
         emitted = {name for check in checks for name in check.symbols} | set(ENGINE_SYMBOLS)
         missing = sorted(emitted - set(self.symbols))
         if missing:

@@ -15,6 +15,11 @@ A check that needs settings takes the whole Config as its only constructor
 argument (``DkimCheck(cfg)``, reading ``cfg.scan.dkim``); it is built at
 start-up and again on reload, so it reads files and compiles patterns there,
 never per message.
+
+Symbols an administrator names in a check's config (multimap maps, added
+DNSBL zones) carry their score there: such a check has an optional
+``symbol_defs()`` returning {name: engine.SymbolDef}, which the engine adds
+to the symbols table (a name defined twice is a ConfigError).
 """
 
 from __future__ import annotations
