@@ -467,14 +467,209 @@ class DmarcConfig:
                 raise ConfigError(f"{path}trusted_arc_sealers[{i}]", f"not a domain name: {domain!r}")
 
 
+DNSBL_KINDS = ("ip", "domain")
+_SYMBOL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+
+
+def _check_symbol(name: str, key: str) -> None:
+    if not name or not set(name) <= _SYMBOL_CHARS or not name[0].isalpha():
+        raise ConfigError(key, f"a symbol is a word of capitals, digits and _, got {name!r}")
+
+
+def _check_ipv4(text: str, key: str) -> None:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ConfigError(key, f"expected an IPv4 address such as 127.0.0.2, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class DnsblZone:
+    """One DNS list: where to ask, what to ask about, what its answers mean."""
+
+    # The list's DNS zone, e.g. "zen.spamhaus.org".
+    zone: str = ""
+    # "ip": the client address (reversed octets; IPv6 reversed nibbles).
+    # "domain": domains of the message's URLs, the envelope sender and From.
+    kind: str = "ip"
+    # ip lists: which address families the list serves.
+    ipv4: bool = True
+    ipv6: bool = False
+    # domain lists: which domains to ask about.
+    urls: bool = True
+    envelope_sender: bool = True
+    header_from: bool = True
+    # domain lists: also ask about URLs written with an IPv4 address (reversed octets).
+    url_ips: bool = False
+    # domain lists: ask for the registrable domain (public suffix + one label,
+    # www.shop.example.co.uk -> example.co.uk) rather than the full host name.
+    registrable_domain: bool = True
+    # Answer -> symbol: { SYMBOL = ["127.0.0.2", ...] } ...
+    returncodes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # ... and/or bitmask lists (URIBL, SURBL): { SYMBOL = 2 } when the last
+    # octet of the answer has that bit set.
+    bits: dict[str, int] = field(default_factory=dict)
+    # Answers meaning "query refused" (besides 127.255.255.0/24, always so):
+    # reported as RBL_BLOCKED / URIBL_BLOCKED, never as a listing.
+    blocked_codes: tuple[str, ...] = ()
+    # Scores of this zone's symbols that are not in the symbols table (a list
+    # you add): { MY_RBL = 3.0 }.
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def check(self, path: str) -> None:
+        labels = self.zone.rstrip(".").split(".")
+        if len(labels) < 2 or not all(labels):
+            raise ConfigError(path + "zone", f"expected a DNS zone such as zen.spamhaus.org, got {self.zone!r}")
+        _check_choice(self, path, "kind", DNSBL_KINDS)
+        if not self.returncodes and not self.bits:
+            raise ConfigError(path + "returncodes", "returncodes or bits must map answers to symbols")
+        for symbol, codes in self.returncodes.items():
+            _check_symbol(symbol, f"{path}returncodes.{symbol}")
+            for i, code in enumerate(codes):
+                _check_ipv4(code, f"{path}returncodes.{symbol}[{i}]")
+        for symbol, bit in self.bits.items():
+            _check_symbol(symbol, f"{path}bits.{symbol}")
+            if not 0 < bit < 256:
+                raise ConfigError(f"{path}bits.{symbol}", "must be a bit value of the last octet (1..255)")
+        for i, code in enumerate(self.blocked_codes):
+            _check_ipv4(code, f"{path}blocked_codes[{i}]")
+        for symbol in self.scores:
+            if symbol not in self.returncodes and symbol not in self.bits:
+                raise ConfigError(f"{path}scores.{symbol}", "not a symbol of this zone")
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.returncodes, *self.bits)))
+
+
+# Well-known public lists. Their free use is for low volumes: Spamhaus's
+# public mirrors answer only non-commercial sites under its usage limits and
+# refuse queries that come through large public resolvers (8.8.8.8 and the
+# like: the answer is 127.255.255.254, reported as RBL_BLOCKED); URIBL and
+# SURBL likewise. Large sites need their own access (a data feed or a paid
+# DQS key: replace the zone names).
+DEFAULT_DNSBL_ZONES = (
+    DnsblZone(zone="zen.spamhaus.org", kind="ip", ipv6=True, returncodes={
+        "RBL_SPAMHAUS_SBL": ("127.0.0.2",),
+        "RBL_SPAMHAUS_CSS": ("127.0.0.3",),
+        "RBL_SPAMHAUS_XBL": ("127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7"),
+        "RBL_SPAMHAUS_DROP": ("127.0.0.9",),
+        "RBL_SPAMHAUS_PBL": ("127.0.0.10", "127.0.0.11"),
+    }),
+    DnsblZone(zone="bl.spamcop.net", kind="ip", returncodes={"RBL_SPAMCOP": ("127.0.0.2",)}),
+    # The DBL answers 127.0.1.255 to a query for an IP address.
+    DnsblZone(zone="dbl.spamhaus.org", kind="domain", blocked_codes=("127.0.1.255",), returncodes={
+        "DBL_SPAM": ("127.0.1.2",),
+        "DBL_PHISH": ("127.0.1.4",),
+        "DBL_MALWARE": ("127.0.1.5",),
+        "DBL_BOTNET": ("127.0.1.6",),
+        "DBL_ABUSE": ("127.0.1.102",),
+        "DBL_ABUSE_REDIR": ("127.0.1.103",),
+        "DBL_ABUSE_PHISH": ("127.0.1.104",),
+        "DBL_ABUSE_MALWARE": ("127.0.1.105",),
+        "DBL_ABUSE_BOTNET": ("127.0.1.106",),
+    }),
+    # URIBL answers 127.0.0.1 when it refuses the query.
+    DnsblZone(zone="multi.uribl.com", kind="domain", blocked_codes=("127.0.0.1",), bits={
+        "URIBL_BLACK": 2, "URIBL_GREY": 4, "URIBL_RED": 8,
+    }),
+    DnsblZone(zone="multi.surbl.org", kind="domain", url_ips=True, bits={
+        "PH_SURBL_MULTI": 8, "MW_SURBL_MULTI": 16, "ABUSE_SURBL": 64, "CRACKED_SURBL": 128,
+    }),
+)
+
+
 @dataclass(frozen=True)
 class DnsblConfig:
     """DNSBL for the client address and URIBL/DBL for domains (scan/checks/dnsbl.py)."""
+
+    enabled: bool = True
+    # Listener profiles checked: submission clients (outbound) are often on
+    # dynamic addresses that policy lists (Spamhaus PBL) name on purpose.
+    profiles: tuple[str, ...] = ("inbound",)
+    # Client addresses never looked up: no public list knows them, and asking
+    # tells the list's operator about internal hosts.
+    exclude_networks: tuple[str, ...] = (
+        "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+        "100.64.0.0/10", "::1/128", "fc00::/7", "fe80::/10",
+    )
+    # Domains (and their subdomains) never looked up, e.g. your own.
+    exclude_domains: tuple[str, ...] = ()
+    # At most this many distinct domains per message are asked about, per domain
+    # list (sender and From first, then URLs in order of appearance).
+    max_domains: int = 20
+    # The Public Suffix List, for registrable domains (Debian: package publicsuffix).
+    # Missing: the last two labels are taken.
+    public_suffix_file: str = "/usr/share/publicsuffix/public_suffix_list.dat"
+    zones: tuple[DnsblZone, ...] = DEFAULT_DNSBL_ZONES
+
+    def check(self, path: str) -> None:
+        for i, profile in enumerate(self.profiles):
+            if profile not in PROFILES:
+                raise ConfigError(f"{path}profiles[{i}]", f"must be one of {', '.join(PROFILES)}")
+        parse_networks(self.exclude_networks, path + "exclude_networks")
+        _check_positive(self, path, "max_domains")
+        zones = set()
+        for i, zone in enumerate(self.zones):
+            if zone.zone.lower() in zones:
+                raise ConfigError(f"{path}zones[{i}].zone", f"zone {zone.zone} listed twice")
+            zones.add(zone.zone.lower())
+
+
+# What a multimap map is matched against (docs/dnsbl-multimap.md).
+MULTIMAP_TYPES = ("ip", "sender", "from", "rcpt", "helo", "header", "body", "url", "attachment")
+
+
+@dataclass(frozen=True)
+class MultimapMap:
+    """One administrator-defined map: a plain file whose entries give one symbol."""
+
+    # ip (client address/CIDR), sender (envelope sender), from (From address),
+    # rcpt (any envelope recipient), helo, header (regexes on header `header`),
+    # body (regexes on the visible text), url (URL host names), attachment (file names).
+    type: str = "ip"
+    # The map file; re-read when it changes (at most every map_check_interval_s).
+    file: str = ""
+    # The symbol a match gives, with its score and description.
+    symbol: str = ""
+    score: float = 0.0
+    description: str = ""
+    # Optionally force an action whatever the score: one of the scan actions
+    # ("reject", "soft reject", "rewrite subject", "add header", "greylist", "no action").
+    action: str = ""
+    # type = "header": the header field whose values are searched.
+    header: str = ""
+
+    def check(self, path: str) -> None:
+        _check_choice(self, path, "type", MULTIMAP_TYPES)
+        if not self.file:
+            raise ConfigError(path + "file", "a map needs a file")
+        _check_symbol(self.symbol, path + "symbol")
+        if self.action and self.action not in SCAN_ACTIONS:
+            raise ConfigError(path + "action", f"must be empty or one of {', '.join(SCAN_ACTIONS)}")
+        if self.type == "header" and not self.header:
+            raise ConfigError(path + "header", "a header map names its header field")
+        if self.type != "header" and self.header:
+            raise ConfigError(path + "header", "only for type = \"header\"")
 
 
 @dataclass(frozen=True)
 class MultimapConfig:
     """Administrator-defined maps (scan/checks/multimap.py)."""
+
+    # How often (at most) the map files are checked for changes, off the hot path.
+    map_check_interval_s: float = 5.0
+    # A larger map file is refused (the previous contents are kept, and logged).
+    max_file_bytes: int = 16_777_216
+    maps: tuple[MultimapMap, ...] = ()
+
+    def check(self, path: str) -> None:
+        _check_positive(self, path, "map_check_interval_s", "max_file_bytes")
+        seen = set()
+        for i, m in enumerate(self.maps):
+            if m.symbol in seen:
+                raise ConfigError(f"{path}maps[{i}].symbol", f"symbol {m.symbol} used by two maps")
+            seen.add(m.symbol)
 
 
 @dataclass(frozen=True)
