@@ -20,6 +20,7 @@ no-op one. Figures are printed as ratios against the direct path.
 from __future__ import annotations
 
 import argparse
+import email.utils
 import smtplib
 import statistics
 import subprocess
@@ -30,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.support.dns_server import DnsTestServer  # noqa: E402
 from tests.support.pipeline import Pipeline  # noqa: E402
 from tests.support.postfix import wait_until  # noqa: E402
 
@@ -41,6 +43,7 @@ def smtp_source(port: int, messages: int, concurrency: int) -> float:
     start = time.perf_counter()
     subprocess.run(
         ["smtp-source", "-s", str(concurrency), "-m", str(messages), "-l", str(MESSAGE_SIZE),
+         "-S", "benchmark message", "-M", "client.example.org",
          "-f", "bench@example.org", "-t", "sink@example.net", f"127.0.0.1:{port}"],
         check=True, timeout=600, stdout=subprocess.DEVNULL,
     )
@@ -48,11 +51,13 @@ def smtp_source(port: int, messages: int, concurrency: int) -> float:
 
 
 def latencies(port: int, count: int) -> list[float]:
-    body = b"Subject: latency\r\n\r\n" + (b"x" * 78 + b"\r\n") * (MESSAGE_SIZE // 80)
     out = []
-    for _ in range(count):
+    for i in range(count):
+        body = (f"From: bench@example.org\r\nTo: sink@example.net\r\nSubject: latency\r\n"
+                f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{i}.{time.time()}@example.org>\r\n"
+                f"\r\n").encode() + (b"x" * 78 + b"\r\n") * (MESSAGE_SIZE // 80)
         start = time.perf_counter()
-        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30, local_hostname="client.example.org") as smtp:
             smtp.sendmail("bench@example.org", ["sink@example.net"], body)
         out.append(time.perf_counter() - start)
     return out
@@ -81,12 +86,17 @@ def main() -> int:
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--unix-socket", action="store_true",
                         help="Postfix reaches the proxy over a UNIX-domain socket instead of TCP")
+    parser.add_argument("--scan", action="store_true",
+                        help="score every message (all checks on; DNS answered by a local server)")
     parser.add_argument("--speed-adjust", action="store_true",
                         help="measure the before-filter port with smtpd_proxy_options=speed_adjust")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp:
-        p = Pipeline(Path(tmp), proxy_extra="max_sessions = 500", unix_socket=args.unix_socket)
+        dns = DnsTestServer({}).start() if args.scan else None
+        dns_config = f'[dns]\nnameserver = "{dns.nameserver}"\n' if dns else ""
+        p = Pipeline(Path(tmp), proxy_extra="max_sessions = 500", unix_socket=args.unix_socket,
+                     scan=args.scan, extra_config=dns_config)
         p.start()
         try:
             # smtp-sink dumps every message; discard them instead for the benchmark.
@@ -114,10 +124,12 @@ def main() -> int:
             rss = peak_rss_mb(p.proxy.proc.pid)
         finally:
             p.stop()
+            if dns:
+                dns.stop()
 
     print(f"proxy benchmark: {MESSAGE_SIZE // 1024} KB messages, best of {args.rounds} rounds, "
           f"Postfix -> proxy over {'a UNIX-domain socket' if args.unix_socket else 'TCP'}"
-          f"{', speed_adjust' if args.speed_adjust else ''}")
+          f"{', speed_adjust' if args.speed_adjust else ''}{', scanning on' if args.scan else ''}")
     print(f"{'concurrency':>11} {'direct msg/s':>13} {'proxied msg/s':>14} {'ratio':>6}")
     for concurrency, best in results.items():
         ratio = best["proxied"] / best["direct"]

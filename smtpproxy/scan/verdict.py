@@ -69,16 +69,26 @@ def authentication_results(authserv_id: str, facts: dict[str, dict]) -> str:
         identity = {"helo": "smtp_helo"}.get(spf.get("identity", ""), "smtp_mailfrom")
         results.append(authres.SPFAuthenticationResult(
             result=spf["result"], **{identity: spf.get("domain") or None}))
+    if "dkim" in facts and not facts["dkim"].get("signatures"):
+        results.append(authres.DKIMAuthenticationResult(result="none"))
     for dkim in facts.get("dkim", {}).get("signatures", []):
         results.append(authres.DKIMAuthenticationResult(
-            result=dkim["result"], header_d=dkim.get("domain"), header_s=dkim.get("selector")))
+            result=dkim["result"], header_d=dkim.get("domain"), header_s=dkim.get("selector"),
+            header_a=dkim.get("algorithm") or None))
     dmarc = facts.get("dmarc")
     if dmarc:
+        # policy.dmarc: the policy the domain asked for (p=, sp= or np=).
         results.append(authres.dmarc.DMARCAuthenticationResult(
-            result=dmarc["result"], header_from=dmarc.get("domain")))
+            result=dmarc["result"], header_from=dmarc.get("domain") or None,
+            policy=dmarc.get("policy") or None))
     arc = facts.get("arc")
     if arc:
-        results.append(authres.arc.ARCAuthenticationResult(result=arc["result"]))
+        # RFC 8617 10.1: header.oldest-pass is not computed; the newest seal and signature are named.
+        results.append(authres.arc.ARCAuthenticationResult(
+            result=arc["result"], header_as_d=arc.get("as_domain") or None,
+            header_as_s=arc.get("as_selector") or None,
+            header_ams_d=arc.get("ams_domain") or None,
+            header_ams_s=arc.get("ams_selector") or None))
     header = authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results)
     return str(header).split(":", 1)[1].strip()
 

@@ -45,6 +45,7 @@ from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.checks.dkimdns import (
     DnsTemporary,
     TxtBridge,
+    reason_text,
     run_in_pool,
     shared_pool,
     strip_mbox_line,
@@ -88,7 +89,7 @@ def verify_signature(d: dkim.DKIM, idx: int, bridge: TxtBridge, min_rsa_key_bits
            "selector": _text(tags.get(b"s")), "algorithm": _text(tags.get(b"a")), "reason": ""}
 
     def done(result: str, reason: str = "") -> dict:
-        out["result"], out["reason"] = result, reason
+        out["result"], out["reason"] = result, reason_text(reason)
         return out
 
     try:

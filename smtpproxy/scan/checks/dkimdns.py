@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -112,6 +113,14 @@ def shared_pool(kind: str, size: int = POOL_THREADS) -> concurrent.futures.Threa
             pool = _pools[(kind, size)] = concurrent.futures.ThreadPoolExecutor(
                 size, thread_name_prefix=f"{kind}{size}")
         return pool
+
+
+_BYTES_REPR = re.compile(r"""b'([^']*)'""")
+
+
+def reason_text(exc: object) -> str:
+    """dkimpy's messages quote values as Python bytes (b'rsa-sha1'): plain text for the evidence."""
+    return _BYTES_REPR.sub(r"\1", str(exc))
 
 
 def strip_mbox_line(raw: bytes) -> bytes:
