@@ -1,0 +1,307 @@
+"""DMARC (RFC 7489, with RFC 9091's np= and PSD records) for the From domain.
+
+Contract: ``DmarcCheck(cfg).run(ctx)`` runs after spf, dkim and arc, reads
+their facts (``ctx.facts["spf"]``, ``["dkim"]["signatures"]``, ``["arc"]``),
+returns exactly one hit and leaves ``ctx.facts["dmarc"] = {"result",
+"domain", "policy", "reason", ...}`` for Authentication-Results; result is
+pass, fail, none, temperror or permerror (RFC 7489 11.2).
+It never raises for DNS or record problems.
+
+    DMARC_POLICY_ALLOW       aligned SPF or DKIM pass (options: domain, how);
+                             also a failure a trusted ARC sealer vouches for
+    DMARC_POLICY_REJECT      fail, policy reject
+    DMARC_POLICY_QUARANTINE  fail, policy quarantine (or reject sampled down by pct)
+    DMARC_POLICY_SOFTFAIL    fail, policy none (or quarantine sampled down by pct)
+    DMARC_NA                 no record, a record without a valid p= and no
+                             rua= (RFC 7489 6.6.3: no DMARC processing), or no
+                             From domain to check
+    DMARC_BAD_POLICY         the record is broken (permerror)
+    DMARC_DNSFAIL            DNS failed for now (temperror)
+
+Evaluation:
+
+- Author domains: every address of every From field. A message with
+  several From domains is evaluated for each and the worst result counts
+  (RFC 7489 6.6.1). No From domain at all: permerror, DMARC_NA.
+- Policy discovery (RFC 7489 6.6.3): ``_dmarc.<From domain>``, else
+  ``_dmarc.<organisational domain>`` (public suffix list), else with
+  ``scan.dmarc.psd`` the public suffix's own record when it has ``psd=y``
+  (RFC 9091). Several v=DMARC1 records at one name: no policy.
+- Which tag applies: the From domain itself is the record's domain (or, for
+  a PSD record, the organisational domain right below it): ``p``. Otherwise
+  ``sp`` (default ``p``), and ``np`` (default ``sp``) when the From domain
+  does not exist: NXDOMAIN or NODATA for A, AAAA and MX (RFC 9091 2.1).
+- Alignment: a DKIM signature that passed with d= equal to the From domain
+  (adkim=s) or with the same organisational domain (adkim=r, the default);
+  SPF passed for a domain aligned the same way under aspf.
+- pct (RFC 7489 6.6.4): a failing message outside the sample gets the next
+  milder policy (reject -> quarantine -> none).
+- A trusted ARC sealer (``scan.dmarc.trusted_arc_sealers``): on a failure,
+  when the ARC chain passed and its newest seal's d= is one of them (or a
+  subdomain), the failure is not enforced (RFC 7489 6.7, RFC 8617 7.2): the
+  result stays "fail" (with the override in the facts) and the hit is
+  DMARC_POLICY_ALLOW with option ``arc=<sealer>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import email.utils
+import random
+from typing import TYPE_CHECKING, ClassVar
+
+from smtpproxy.common.config import Config, ConfigError
+from smtpproxy.common.dns import DnsTempError
+from smtpproxy.scan.checks.base import CheckContext, Hit
+from smtpproxy.scan.checks.dkimdns import strip_mbox_line
+from smtpproxy.scan.psl import PublicSuffixList
+
+if TYPE_CHECKING:
+    from smtpproxy.common.dns import Resolver
+
+POLICIES = ("none", "quarantine", "reject")
+POLICY_SYMBOLS = {"reject": "DMARC_POLICY_REJECT", "quarantine": "DMARC_POLICY_QUARANTINE",
+                  "none": "DMARC_POLICY_SOFTFAIL"}
+# Worst first: what a message with several From domains gets.
+_SEVERITY = {"temperror": 0, "fail": 1, "permerror": 2, "none": 3, "pass": 4}
+
+
+class RecordError(Exception):
+    """A DMARC record that is broken: permerror."""
+
+
+class NoPolicy(Exception):
+    """A record without a usable p= and without rua=: no DMARC processing."""
+
+
+def parse_record(text: str) -> dict[str, str]:
+    """The tags of a v=DMARC1 record, validated (RFC 7489 6.3, RFC 9091 np, DMARCbis psd).
+
+    Raises RecordError for a syntax error or a bad value of a known tag and
+    NoPolicy for a record with no valid p= and no rua=. Unknown tags are
+    ignored. A p= that is missing or invalid, with rua= present, reads as
+    p=none (RFC 7489 6.6.3).
+    """
+    tags: dict[str, str] = {}
+    parts = [p.strip() for p in text.split(";") if p.strip()]
+    if not parts:
+        raise RecordError("empty record")
+    for i, part in enumerate(parts):
+        name, sep, value = part.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not sep or not name:
+            raise RecordError(f"missing tag or value: {part!r}")
+        if i == 0 and (name != "v" or value != "DMARC1"):
+            raise RecordError("v=DMARC1 must come first")
+        tags.setdefault(name, value)
+    for name in ("sp", "np"):
+        if name in tags and tags[name].lower() not in POLICIES:
+            raise RecordError(f"bad {name}={tags[name]}")
+    for name in ("adkim", "aspf"):
+        if name in tags and tags[name].lower() not in ("r", "s"):
+            raise RecordError(f"bad {name}={tags[name]}")
+    if "pct" in tags:
+        if not tags["pct"].isdigit() or int(tags["pct"]) > 100:
+            raise RecordError(f"bad pct={tags['pct']}")
+    if "ri" in tags and not tags["ri"].isdigit():
+        raise RecordError(f"bad ri={tags['ri']}")
+    if "psd" in tags and tags["psd"].lower() not in ("y", "n", "u"):
+        raise RecordError(f"bad psd={tags['psd']}")
+    if tags.get("p", "").lower() not in POLICIES:
+        if not tags.get("rua"):
+            raise NoPolicy("no valid p= and no rua=" if "p" in tags else "no p= tag")
+        tags["p"] = "none"
+    return {k: (v.lower() if k in ("p", "sp", "np", "adkim", "aspf", "psd") else v)
+            for k, v in tags.items()}
+
+
+def author_domains(raw: bytes) -> list[str]:
+    """The domains of every address in every From field, in order, without repeats."""
+    try:
+        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+            strip_mbox_line(raw))
+        values = [str(v) for v in headers.get_all("From") or []]
+    except Exception:
+        return []
+    domains: list[str] = []
+    for _name, addr in email.utils.getaddresses(values):
+        domain = addr.rpartition("@")[2].strip().strip(".").lower() if "@" in addr else ""
+        domain = domain.rstrip(">").strip()
+        if domain and domain not in domains:
+            domains.append(domain)
+    return domains
+
+
+class DmarcCheck:
+    name: ClassVar[str] = "dmarc"
+    symbols: ClassVar[dict[str, str]] = {
+        "DMARC_POLICY_ALLOW": "DMARC: aligned SPF or DKIM pass (or a trusted ARC sealer)",
+        "DMARC_POLICY_REJECT": "DMARC: fail, the domain asks to reject",
+        "DMARC_POLICY_QUARANTINE": "DMARC: fail, the domain asks to quarantine",
+        "DMARC_POLICY_SOFTFAIL": "DMARC: fail, the domain's policy is none",
+        "DMARC_NA": "DMARC: no policy for the From domain, or no From domain",
+        "DMARC_BAD_POLICY": "DMARC: broken DMARC record",
+        "DMARC_DNSFAIL": "DMARC: temporary DNS failure",
+    }
+    after: ClassVar[tuple[str, ...]] = ("spf", "dkim", "arc")
+
+    def __init__(self, cfg: Config | None = None):
+        self.cfg = (cfg or Config()).scan.dmarc
+        try:
+            self.psl = PublicSuffixList.load(self.cfg.public_suffix_list)
+        except OSError as exc:
+            raise ConfigError("scan.dmarc.public_suffix_list",
+                              f"cannot read {self.cfg.public_suffix_list}: {exc.strerror} "
+                              "(install Debian's publicsuffix package)") from None
+        self.trusted = tuple(d.lower().strip(".") for d in self.cfg.trusted_arc_sealers)
+        # pct sampling; tests replace it to pin the draw.
+        self.random = random.random
+
+    async def run(self, ctx: CheckContext) -> list[Hit]:
+        domains = author_domains(ctx.message.raw)
+        if not domains:
+            ctx.facts["dmarc"] = {"result": "permerror", "domain": "", "policy": "",
+                                  "reason": "no From domain"}
+            return [Hit("DMARC_NA", ("no From domain",))]
+        if ctx.resolver is None:
+            ctx.facts["dmarc"] = {"result": "none", "domain": domains[0], "policy": "",
+                                  "reason": "no resolver"}
+            return [Hit("DMARC_NA", (domains[0], "no resolver"))]
+        outcomes = [await self.evaluate(ctx, ctx.resolver, d) for d in domains]
+        worst = min(outcomes, key=lambda o: _SEVERITY[o["result"]])
+        hit = worst.pop("hit")
+        ctx.facts["dmarc"] = worst
+        return [hit]
+
+    # ------------------------------------------------------------ one domain
+
+    async def evaluate(self, ctx: CheckContext, resolver: Resolver, domain: str) -> dict:
+        out = {"result": "none", "domain": domain, "policy": "", "reason": "", "record_domain": ""}
+        try:
+            found = await self.discover(resolver, domain)
+        except DnsTempError as exc:
+            out.update(result="temperror", reason=f"DNS {exc.reason} for {exc.name}")
+            out["hit"] = Hit("DMARC_DNSFAIL", (domain, out["reason"]))
+            return out
+        except RecordError as exc:
+            out.update(result="permerror", reason=str(exc))
+            out["hit"] = Hit("DMARC_BAD_POLICY", (domain, str(exc)))
+            return out
+        except NoPolicy as exc:
+            out["reason"] = str(exc)
+            out["hit"] = Hit("DMARC_NA", (domain, str(exc)))
+            return out
+        if found is None:
+            out["reason"] = "no DMARC record"
+            out["hit"] = Hit("DMARC_NA", (domain,))
+            return out
+        record_domain, tags, org, is_psd = found
+        out["record_domain"] = record_domain
+        aligned = self.aligned(ctx, domain, tags)
+        if aligned:
+            out.update(result="pass", policy=tags["p"], reason=aligned)
+            out["hit"] = Hit("DMARC_POLICY_ALLOW", (domain, aligned))
+            return out
+        # Which policy the domain asked for.
+        own = org if is_psd else record_domain
+        try:
+            if domain == own:
+                policy = tags["p"]
+            else:
+                policy = tags.get("sp", tags["p"])
+                if "np" in tags and not await self.exists(resolver, domain):
+                    policy = tags["np"]
+        except DnsTempError as exc:
+            out.update(result="temperror", reason=f"DNS {exc.reason} for {exc.name}")
+            out["hit"] = Hit("DMARC_DNSFAIL", (domain, out["reason"]))
+            return out
+        out.update(result="fail", policy=policy, reason="no aligned SPF or DKIM pass")
+        applied = policy
+        pct = int(tags.get("pct", "100"))
+        if pct < 100 and self.random() * 100 >= pct:
+            applied = POLICIES[max(0, POLICIES.index(policy) - 1)]
+            out["sampled_out"] = f"pct={pct}"
+        out["applied"] = applied
+        sealer = self.trusted_sealer(ctx)
+        if sealer:
+            out["override"] = f"arc={sealer}"
+            out["hit"] = Hit("DMARC_POLICY_ALLOW", (domain, f"arc={sealer}", f"policy={policy}"))
+            return out
+        options = [domain, f"policy={policy}"]
+        if applied != policy:
+            options.append(f"applied={applied} (pct={pct})")
+        out["hit"] = Hit(POLICY_SYMBOLS[applied], tuple(options))
+        return out
+
+    async def discover(self, resolver: Resolver, domain: str):
+        """(record domain, tags, organisational domain, is PSD record) or None."""
+        org = self.psl.organizational_domain(domain)
+        tags = await self._record(resolver, domain)
+        if tags is not None:
+            return domain, tags, org, False
+        if org != domain:
+            tags = await self._record(resolver, org)
+            if tags is not None:
+                return org, tags, org, False
+        if self.cfg.psd:
+            suffix = self.psl.public_suffix(org)
+            if suffix and suffix != org:
+                try:
+                    tags = await self._record(resolver, suffix)
+                except (RecordError, NoPolicy):
+                    tags = None  # a PSD's broken record is not the author's problem
+                if tags is not None and tags.get("psd") == "y":
+                    return suffix, tags, org, True
+        return None
+
+    async def _record(self, resolver: Resolver, domain: str) -> dict[str, str] | None:
+        texts = []
+        for txt in await resolver.txt(f"_dmarc.{domain}"):
+            text = txt.decode("utf-8", "replace").strip()
+            # Records are selected by their v=DMARC1 start (RFC 7489 6.6.3 step 3).
+            if text.replace(" ", "").upper().startswith("V=DMARC1"):
+                texts.append(text)
+        if len(texts) != 1:
+            return None  # none, or several: no policy
+        return parse_record(texts[0])
+
+    async def exists(self, resolver: Resolver, domain: str) -> bool:
+        """RFC 9091 2.1: a domain exists when it has an A, AAAA or MX record."""
+        answers = await asyncio.gather(resolver.query(domain, "A"), resolver.query(domain, "AAAA"),
+                                       resolver.query(domain, "MX"))
+        return any(answers)
+
+    # ------------------------------------------------------------ alignment
+
+    def _aligned(self, identifier: str, domain: str, mode: str) -> bool:
+        identifier = identifier.lower().strip(".")
+        if not identifier:
+            return False
+        if mode == "s":
+            return identifier == domain
+        return self.psl.organizational_domain(identifier) == self.psl.organizational_domain(domain)
+
+    def aligned(self, ctx: CheckContext, domain: str, tags: dict[str, str]) -> str:
+        """How the message aligns ("dkim=d", "spf=d"), or "" when it does not."""
+        for sig in ctx.facts.get("dkim", {}).get("signatures", []):
+            if sig.get("result") == "pass" and self._aligned(sig.get("domain", ""), domain,
+                                                             tags.get("adkim", "r")):
+                return f"dkim={sig['domain'].lower()}"
+        spf = ctx.facts.get("spf") or {}
+        if spf.get("result") == "pass" and self._aligned(spf.get("domain", ""), domain,
+                                                         tags.get("aspf", "r")):
+            return f"spf={spf['domain'].lower()}"
+        return ""
+
+    def trusted_sealer(self, ctx: CheckContext) -> str:
+        arc = ctx.facts.get("arc") or {}
+        if arc.get("result") != "pass" or not self.trusted:
+            return ""
+        sealers = arc.get("sealers") or []
+        newest = sealers[0].lower().strip(".") if sealers else ""
+        for trusted in self.trusted:
+            if newest == trusted or newest.endswith("." + trusted):
+                return newest
+        return ""
