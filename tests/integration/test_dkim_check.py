@@ -257,3 +257,77 @@ def test_every_signature_is_verified_up_to_the_limit(server):
         dkim=Config().scan.dkim.__class__(max_signatures=2))))
     hits, sigs = verify(server, check, raw)
     assert [s["result"] for s in sigs] == ["pass", "pass"]
+
+
+# ---------------------------------------------------------------- SpamAssassin messages, cancellation
+
+SA = Path(__file__).resolve().parents[3] / "shared" / "corpora" / "spamassassin-t-data"
+
+
+def _sa_messages():
+    if not SA.exists():
+        return []
+    return sorted([*SA.glob("dkim/*.msg"), *SA.glob("dkim/arc/*.eml"), *SA.glob("nice/dmarc/*.eml"),
+                   *SA.glob("spam/dmarc/*.eml")])
+
+
+def test_spamassassin_auth_messages(server):
+    """SpamAssassin's DKIM/ARC/DMARC messages: their keys live only in the live
+    sa-test.spamassassin.org zone (and several are 512-768-bit, which RFC 8301
+    refuses), so offline no "pass" case can pass. What holds offline: every
+    message is checked without an exception, none of the test-fail-* messages
+    verifies, and test-fail-01 carries no signature."""
+    from smtpproxy.scan.checks.arc import ArcCheck
+    from smtpproxy.scan.checks.dmarc import DmarcCheck
+    paths = _sa_messages()
+    assert len(paths) >= 40
+
+    async def go():
+        resolver = Resolver(DnsConfig(nameserver=server.nameserver, timeout_s=0.5, attempts=1))
+        checks = [DkimCheck(Config()), ArcCheck(Config()), DmarcCheck(Config())]
+        out = {}
+        for path in paths:
+            ctx = CheckContext(message=parse(path.read_bytes()),
+                               client=ClientInfo(addr="192.0.2.1", helo="x"), mail_from="",
+                               rcpt_tos=[], profile="inbound", resolver=resolver)
+            for c in checks:
+                await c.run(ctx)
+            out[path.name] = ctx.facts
+        return out
+    facts = asyncio.run(go())
+    for name, f in facts.items():
+        if name.startswith("test-fail-"):
+            assert all(s["result"] != "pass" for s in f["dkim"]["signatures"]), name
+    assert facts["test-fail-01.msg"]["dkim"]["signatures"] == []
+
+
+def test_cancelled_check_frees_its_thread(server):
+    """A check cancelled by the engine's timeout abandons its key lookup, and the
+    worker thread serves the next message (the pool is bounded)."""
+    raw = sign((DKIMPY / "test.message").read_bytes(), "slow", "example.com",
+               (DKIMPY / "test.private").read_bytes())
+    good = sign((DKIMPY / "test.message").read_bytes(), "test", "example.com",
+                (DKIMPY / "test.private").read_bytes())
+    check = DkimCheck(Config())
+
+    async def go():
+        # A long resolver timeout: only the cancellation can end the first verification.
+        slow = Resolver(DnsConfig(nameserver=server.nameserver, timeout_s=30.0, attempts=1))
+        fast = Resolver(DnsConfig(nameserver=server.nameserver, timeout_s=0.5, attempts=1))
+
+        def ctx(message, resolver):
+            return CheckContext(message=parse(message), client=ClientInfo(addr="192.0.2.1", helo="x"),
+                                mail_from="", rcpt_tos=[], profile="inbound", resolver=resolver)
+        before = server.count("slow._domainkey.example.com", "TXT")
+        pending = [asyncio.ensure_future(check.run(ctx(raw, slow))) for _ in range(8)]
+        for _ in range(1000):  # until a worker is blocked in the lookup (bounded)
+            if server.count("slow._domainkey.example.com", "TXT") > before:
+                break
+            await asyncio.sleep(0.01)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        c = ctx(good, fast)
+        return await check.run(c), c.facts["dkim"]["signatures"]
+    hits, sigs = asyncio.run(go())
+    assert [s["result"] for s in sigs] == ["pass"]
