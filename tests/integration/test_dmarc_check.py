@@ -293,6 +293,31 @@ def test_dns_trouble_is_dnsfail(dns, psl_file, domain, reason):
     assert facts["result"] == "temperror"
 
 
+@pytest.mark.parametrize("label, dkim, spf, reason", [
+    ("aligned dkim key lookup failed", [("reject.test", "temperror")], None, "dkim=reject.test temperror"),
+    ("aligned spf temperror", [], ("reject.test", "temperror"), "spf=reject.test temperror"),
+])
+def test_aligned_temperror_is_not_enforced(dns, psl_file, label, dkim, spf, reason):
+    hits, facts = run_dmarc(dns, dmarc_check(psl_file), "reject.test", dkim, spf)
+    assert hits == [Hit("DMARC_DNSFAIL", ("reject.test", reason))]
+    assert facts["result"] == "temperror"
+
+
+def test_unaligned_temperror_still_fails(dns, psl_file):
+    hits, facts = run_dmarc(dns, dmarc_check(psl_file), "reject.test", [("other.test", "temperror")])
+    assert hits[0].symbol == "DMARC_POLICY_REJECT"
+
+
+def test_signed_message_without_dkim_facts_is_not_enforced(dns, psl_file):
+    raw = b"DKIM-Signature: v=1; d=reject.test\r\nFrom: a@reject.test\r\n\r\nbody\r\n"
+
+    async def go():
+        resolver = Resolver(DnsConfig(nameserver=dns.nameserver, timeout_s=0.3, attempts=1))
+        ctx = make_context(raw, resolver)  # the DKIM check timed out: no facts
+        return await dmarc_check(psl_file).run(ctx)
+    assert asyncio.run(go()) == [Hit("DMARC_DNSFAIL", ("reject.test", "dkim not evaluated"))]
+
+
 def test_worst_of_several_from_domains(dns, psl_file):
     raw = b"From: a@none.test, b@reject.test\r\n\r\nbody\r\n"
 

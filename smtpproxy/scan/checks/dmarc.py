@@ -34,6 +34,10 @@ Evaluation:
 - Alignment: a DKIM signature that passed with d= equal to the From domain
   (adkim=s) or with the same organisational domain (adkim=r, the default);
   SPF passed for a domain aligned the same way under aspf.
+- No aligned pass, but an aligned DKIM signature or SPF result is
+  temperror, or the DKIM check did not run on a signed message (its
+  timeout): temperror, DMARC_DNSFAIL, so the engine's DNS-failure policy
+  (soft reject) applies instead of enforcing a failure that may not be one.
 - pct (RFC 7489 6.6.4): a failing message outside the sample gets the next
   milder policy (reject -> quarantine -> none).
 - A trusted ARC sealer (``scan.dmarc.trusted_arc_sealers``): on a failure,
@@ -204,6 +208,12 @@ class DmarcCheck:
             out.update(result="pass", policy=tags["p"], reason=aligned)
             out["hit"] = Hit("DMARC_POLICY_ALLOW", (domain, aligned))
             return out
+        unsettled = self.unsettled(ctx, domain, tags)
+        if unsettled:
+            # An aligned pass may yet come: not a failure to enforce (RFC 7489 6.6.2).
+            out.update(result="temperror", policy=tags["p"], reason=unsettled)
+            out["hit"] = Hit("DMARC_DNSFAIL", (domain, unsettled))
+            return out
         # Which policy the domain asked for.
         own = org if is_psd else record_domain
         try:
@@ -293,6 +303,21 @@ class DmarcCheck:
         if spf.get("result") == "pass" and self._aligned(spf.get("domain", ""), domain,
                                                          tags.get("aspf", "r")):
             return f"spf={spf['domain'].lower()}"
+        return ""
+
+    def unsettled(self, ctx: CheckContext, domain: str, tags: dict[str, str]) -> str:
+        """Why an aligned pass is still possible: a temporary error, or DKIM not evaluated."""
+        if "dkim" not in ctx.facts and any(k.lower() == "dkim-signature"
+                                           for k, _ in ctx.message.headers):
+            return "dkim not evaluated"
+        for sig in ctx.facts.get("dkim", {}).get("signatures", []):
+            if sig.get("result") == "temperror" and self._aligned(
+                    sig.get("domain", ""), domain, tags.get("adkim", "r")):
+                return f"dkim={sig['domain'].lower()} temperror"
+        spf = ctx.facts.get("spf") or {}
+        if spf.get("result") == "temperror" and self._aligned(spf.get("domain", ""), domain,
+                                                              tags.get("aspf", "r")):
+            return f"spf={spf['domain'].lower()} temperror"
         return ""
 
     def trusted_sealer(self, ctx: CheckContext) -> str:
