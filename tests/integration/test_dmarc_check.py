@@ -344,3 +344,51 @@ def test_missing_public_suffix_list_names_the_key(tmp_path):
     with pytest.raises(ConfigError) as err:
         dmarc_check(str(tmp_path / "nope.dat"))
     assert err.value.key == "scan.dmarc.public_suffix_list"
+
+
+# ---------------------------------------------------------------- through the engine
+
+ENGINE_RECORDS = {
+    "test._domainkey.example.com": [("TXT", (AUTHHEADERS.parent.parent / "dkim" / "dkimpy" / "test.txt")
+                                     .read_text().strip() if AUTHHEADERS.exists() else "")],
+    "_dmarc.example.com": [("TXT", "v=DMARC1; p=reject")],
+    "example.com": [("TXT", "v=spf1 ip4:192.0.2.0/24 -all"), ("A", "192.0.2.1")],
+}
+
+
+@pytest.mark.parametrize("label, signed, addr, symbols, ar", [
+    ("signed, SPF pass: DKIM and DMARC pass", True, "192.0.2.7",
+     {"R_DKIM_ALLOW", "DMARC_POLICY_ALLOW", "ARC_NA", "R_SPF_ALLOW"},
+     ["dkim=pass header.d=example.com", "dmarc=pass header.from=example.com policy.dmarc=reject",
+      "arc=none"]),
+    ("unsigned, SPF fail: DMARC reject", False, "198.51.100.1",
+     {"R_DKIM_NA", "DMARC_POLICY_REJECT", "ARC_NA", "R_SPF_FAIL"},
+     ["dkim=none", "dmarc=fail header.from=example.com policy.dmarc=reject"]),
+])
+def test_through_the_engine(label, signed, addr, symbols, ar):
+    import dkim as dkimpy
+
+    from smtpproxy.scan.checks import all_checks
+    from smtpproxy.scan.engine import Engine
+    from smtpproxy.scan.verdict import authentication_results
+
+    raw = (b"From: Test <test@example.com>\r\nTo: x@example.net\r\nSubject: hello\r\n"
+           b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\nHello.\r\n")
+    if signed:
+        key = (AUTHHEADERS.parent.parent / "dkim" / "dkimpy" / "test.private").read_bytes()
+        raw = dkimpy.sign(raw, b"test", b"example.com", key) + raw
+    with DnsTestServer(ENGINE_RECORDS) as server:
+        cfg = Config()
+        engine = Engine(cfg.scan, all_checks(cfg))
+
+        async def go():
+            resolver = Resolver(DnsConfig(nameserver=server.nameserver, timeout_s=0.5, attempts=1))
+            ctx = CheckContext(message=parse(raw), client=ClientInfo(addr=addr, helo="mail.example.com"),
+                               mail_from="bounce@example.com", rcpt_tos=["x@example.net"],
+                               profile="inbound", resolver=resolver)
+            return await engine.scan(ctx)
+        result = asyncio.run(go())
+    assert symbols <= set(result.symbols), result.summary()
+    value = authentication_results("mx.example.net", result.facts)
+    for part in ar:
+        assert part in value, value

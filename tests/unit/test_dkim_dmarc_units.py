@@ -187,6 +187,7 @@ def test_record_errors(record):
     ("From: a@example.com\r\nFrom: b@example.net\r\n", ["example.com", "example.net"]),
     ("From: =?UTF-8?Q?a=2C_b?= <a@example.com>\r\n", ["example.com"]),
     ("From: undisclosed\r\n", []),
+    ("From: jürgen@bücher.example\r\n", ["xn--bcher-kva.example"]),
     ("Subject: none\r\n", []),
 ])
 def test_author_domains(header, domains):

@@ -60,6 +60,7 @@ from smtpproxy.common.config import Config, ConfigError
 from smtpproxy.common.dns import DnsTempError
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.checks.dkimdns import strip_mbox_line
+from smtpproxy.scan.headers import header_block_end
 from smtpproxy.scan.psl import PublicSuffixList
 
 if TYPE_CHECKING:
@@ -121,18 +122,31 @@ def parse_record(text: str) -> dict[str, str]:
             for k, v in tags.items()}
 
 
+def _a_label(domain: str) -> str:
+    """An internationalised domain (SMTPUTF8) in the A-label form DNS and the PSL rules use."""
+    if domain.isascii():
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
 def author_domains(raw: bytes) -> list[str]:
     """The domains of every address in every From field, in order, without repeats."""
     try:
-        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-            strip_mbox_line(raw))
+        # Raw UTF-8 header bytes (SMTPUTF8, RFC 6532) decoded as such; the
+        # encoded words stay encoded, so a comma inside one cannot split an address.
+        raw = strip_mbox_line(raw)
+        text = raw[:header_block_end(raw)].decode("utf-8", "replace")
+        headers = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(text)
         values = [str(v) for v in headers.get_all("From") or []]
     except Exception:
         return []
     domains: list[str] = []
     for _name, addr in email.utils.getaddresses(values):
         domain = addr.rpartition("@")[2].strip().strip(".").lower() if "@" in addr else ""
-        domain = domain.rstrip(">").strip()
+        domain = _a_label(domain.rstrip(">").strip())
         if domain and domain not in domains:
             domains.append(domain)
     return domains
