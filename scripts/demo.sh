@@ -4,7 +4,7 @@
 # Installs what it needs (Debian's postfix, the Python virtualenv) idempotently.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-ensure_debs postfix
+ensure_debs postfix publicsuffix
 ensure_venv
 cd "$ROOT"
 exec "$VENV/bin/python" scripts/demo.py
