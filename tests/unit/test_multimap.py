@@ -12,11 +12,12 @@ from smtpproxy.common import config
 from smtpproxy.common.config import ConfigError
 from smtpproxy.scan.checks import all_checks
 from smtpproxy.scan.checks.base import CheckContext, Hit
-from smtpproxy.scan.checks.dnsbl import PublicSuffixList, client_address, reversed_name
+from smtpproxy.scan.checks.dnsbl import client_address, public_suffix_list, reversed_name
 from smtpproxy.scan.checks.multimap import MultimapCheck, address_matches, compile_map, name_matches
 from smtpproxy.scan.engine import Engine, load_symbols
 from smtpproxy.scan.hook import ClientInfo
 from smtpproxy.scan.message import parse
+from smtpproxy.scan.psl import PublicSuffixList
 
 MESSAGE = (
     b"From: Alice <Alice@Example.ORG>\r\nTo: bob@example.net\r\nSubject: Cheap watches today\r\n"
@@ -250,4 +251,10 @@ blogspot.com
     ("a.b.unknown-tld", "b.unknown-tld"),
 ])
 def test_registrable_domain(name, registrable):
-    assert PublicSuffixList(PSL).registrable(name) == registrable
+    assert PublicSuffixList.parse(PSL).organizational_domain(name) == registrable
+
+
+def test_no_public_suffix_list_means_the_last_two_labels(tmp_path, caplog):
+    psl = public_suffix_list(str(tmp_path / "missing.dat"))
+    assert psl.organizational_domain("a.b.example.co.uk") == "co.uk"
+    assert "unusable" in caplog.text

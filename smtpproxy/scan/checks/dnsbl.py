@@ -42,6 +42,7 @@ from smtpproxy.common.config import Config, DnsblZone, parse_networks
 from smtpproxy.common.dns import DnsTempError
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.engine import SymbolDef
+from smtpproxy.scan.psl import PublicSuffixList
 
 logger = logging.getLogger("smtpproxy.scan")
 
@@ -61,63 +62,20 @@ MAX_PSL_BYTES = 4 * 1024 * 1024
 _psl_cache: dict[str, PublicSuffixList] = {}
 
 
-class PublicSuffixList:
-    """Registrable domains from the Public Suffix List (https://publicsuffix.org/list/).
-
-    The prevailing rule is the longest match, exceptions (``!www.ck``) over
-    wildcards (``*.ck``); no match means the implicit rule ``*``. Names are
-    compared in their ASCII (IDNA) form, as they are asked in DNS.
-    """
-
-    def __init__(self, text: str = ""):
-        self.rules: set[str] = set()
-        self.wildcards: set[str] = set()
-        self.exceptions: set[str] = set()
-        for line in text.splitlines():
-            rule = line.strip().split(" ", 1)[0].lower()
-            if not rule or rule.startswith("//"):
-                continue
-            rule = _ascii(rule.lstrip("!*.")) and rule  # skip what IDNA cannot encode
-            if not rule:
-                continue
-            if rule.startswith("!"):
-                self.exceptions.add(_ascii(rule[1:]))
-            elif rule.startswith("*."):
-                self.wildcards.add(_ascii(rule[2:]))
-            else:
-                self.rules.add(_ascii(rule))
-
-    @classmethod
-    def from_file(cls, path: str) -> PublicSuffixList:
-        cached = _psl_cache.get(path)
-        if cached is None:
-            try:
-                if os.path.getsize(path) > MAX_PSL_BYTES:
-                    raise OSError(f"larger than {MAX_PSL_BYTES} bytes")
-                with open(path, encoding="utf-8", errors="replace") as f:
-                    cached = cls(f.read())
-            except OSError as exc:
-                logger.warning("public suffix list %s unusable (%s); registrable domains "
-                               "are the last two labels", path, exc)
-                cached = cls()
-            _psl_cache[path] = cached
-        return cached
-
-    def registrable(self, name: str) -> str:
-        """'www.shop.example.co.uk' -> 'example.co.uk'; a public suffix itself stays as it is."""
-        labels = name.lower().rstrip(".").split(".")
-        suffix_len = 1  # the implicit rule "*"
-        for i in range(len(labels)):
-            candidate = ".".join(labels[i:])
-            if candidate in self.exceptions:
-                suffix_len = len(labels) - i - 1
-                break
-            if candidate in self.rules or (i + 1 < len(labels) and ".".join(labels[i + 1:]) in self.wildcards):
-                suffix_len = len(labels) - i
-                break
-        if suffix_len >= len(labels):
-            return ".".join(labels)
-        return ".".join(labels[-(suffix_len + 1):])
+def public_suffix_list(path: str) -> PublicSuffixList:
+    """The list at ``path``; missing or unusable: an empty one (registrable = last two labels)."""
+    psl = _psl_cache.get(path)
+    if psl is None:
+        try:
+            if os.path.getsize(path) > MAX_PSL_BYTES:
+                raise OSError(f"larger than {MAX_PSL_BYTES} bytes")
+            psl = PublicSuffixList.load(path)
+        except (OSError, UnicodeError) as exc:
+            logger.warning("public suffix list %s unusable (%s); registrable domains "
+                           "are the last two labels", path, exc)
+            psl = PublicSuffixList.parse("")
+        _psl_cache[path] = psl
+    return psl
 
 
 def _ascii(name: str) -> str:
@@ -165,7 +123,7 @@ class DnsblCheck:
             for symbol in zone.symbols:
                 self.symbols[symbol] = f"listed in {zone.zone}"
         needs_psl = any(z.kind == "domain" and z.registrable_domain for z in self.zones)
-        self.psl = PublicSuffixList.from_file(self.cfg.public_suffix_file) if needs_psl else None
+        self.psl = public_suffix_list(self.cfg.public_suffix_file) if needs_psl else None
 
     def symbol_defs(self) -> dict[str, SymbolDef]:
         """Scores given with a zone you added (zones[].scores)."""
@@ -235,7 +193,7 @@ class DnsblCheck:
         if "." not in name or any(not label for label in name.split(".")):
             return None
         if self.psl is not None and zone.registrable_domain:
-            name = self.psl.registrable(name)
+            name = self.psl.organizational_domain(name)
         if self._excluded(name):
             return None
         return name, name
