@@ -598,9 +598,6 @@ class DnsblConfig:
     # At most this many distinct domains per message are asked about, per domain
     # list (sender and From first, then URLs in order of appearance).
     max_domains: int = 20
-    # The Public Suffix List, for registrable domains (Debian: package publicsuffix).
-    # Missing: the last two labels are taken.
-    public_suffix_file: str = "/usr/share/publicsuffix/public_suffix_list.dat"
     zones: tuple[DnsblZone, ...] = DEFAULT_DNSBL_ZONES
 
     def check(self, path: str) -> None:

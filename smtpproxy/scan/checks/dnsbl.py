@@ -114,7 +114,8 @@ class DnsblCheck:
     after: tuple[str, ...] = ()
 
     def __init__(self, cfg: Config | None = None):
-        self.cfg = cfg.scan.dnsbl if cfg is not None else Config().scan.dnsbl
+        cfg = cfg if cfg is not None else Config()
+        self.cfg = cfg.scan.dnsbl
         self.zones = self.cfg.zones if self.cfg.enabled else ()
         self.exclude = parse_networks(self.cfg.exclude_networks, "scan.dnsbl.exclude_networks")
         self.exclude_domains = {d.lower().strip(".") for d in self.cfg.exclude_domains}
@@ -123,7 +124,8 @@ class DnsblCheck:
             for symbol in zone.symbols:
                 self.symbols[symbol] = f"listed in {zone.zone}"
         needs_psl = any(z.kind == "domain" and z.registrable_domain for z in self.zones)
-        self.psl = public_suffix_list(self.cfg.public_suffix_file) if needs_psl else None
+        # The list DMARC uses (one knob for the program); DMARC refuses to start without it.
+        self.psl = public_suffix_list(cfg.scan.dmarc.public_suffix_list) if needs_psl else None
 
     def symbol_defs(self) -> dict[str, SymbolDef]:
         """Scores given with a zone you added (zones[].scores)."""
