@@ -130,6 +130,10 @@ class ScanResult:
         return " ".join(parts)
 
 
+def _severity(action: str | None) -> int:
+    return SCAN_ACTIONS.index(action) if action in SCAN_ACTIONS else -1
+
+
 class Engine:
     def __init__(self, cfg: ScanConfig, checks: list[Check], symbols: dict[str, SymbolDef] | None = None):
         self.cfg = cfg
@@ -192,7 +196,11 @@ class Engine:
                 symbols[hit.symbol].options += hit.options
                 continue
             symbols[hit.symbol] = SymbolResult(hit.symbol, definition.score, hit.options)
-            if definition.force_action and forced is None:
+            # Several forcing symbols: the most severe action wins, whatever
+            # order the checks finished in (a "no action" whitelist map never
+            # overrides GTUBE or a blacklist map forcing reject).
+            if definition.force_action and (forced is None or _severity(definition.force_action)
+                                            > _severity(self.symbols[forced].force_action)):
                 forced = hit.symbol
         score = round(sum(s.score for s in symbols.values()), 2)
         thresholds = self.cfg.actions

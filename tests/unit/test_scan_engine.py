@@ -21,6 +21,7 @@ from smtpproxy.scan.verdict import EngineHook, spamd_result
 SYMBOLS = {
     "A": SymbolDef(2.0, "a"), "B": SymbolDef(3.0, "b"), "NEG": SymbolDef(-1.0, "n"),
     "DNS_DNSFAIL": SymbolDef(0.0, "d"), "FORCE": SymbolDef(0.0, "f", "reject"),
+    "WHITELISTED": SymbolDef(0.0, "w", "no action"),
     "CHECK_TIMEOUT": SymbolDef(0.0, "t"), "CHECK_ERROR": SymbolDef(0.0, "e"),
 }
 
@@ -64,6 +65,9 @@ def scan(checks, **kw):
     ([Hit("A"), Hit("B"), Hit("NEG")], "greylist"),
     ([Hit("B"), Hit("B"), Hit("A"), Hit("NEG")], "greylist"),  # B counts once: 4
     ([Hit("FORCE")], "reject"),
+    ([Hit("WHITELISTED"), Hit("A"), Hit("B")], "no action"),
+    ([Hit("WHITELISTED"), Hit("FORCE")], "reject"),
+    ([Hit("FORCE"), Hit("WHITELISTED")], "reject"),
     ([Hit("DNS_DNSFAIL")], "soft reject"),
 ])
 def test_actions_by_score(hits, action):
