@@ -3,9 +3,8 @@
 dkimpy (DKIM and ARC verification) is synchronous and asks for keys through
 a ``dnsfunc(name, timeout=...)`` callable. This module gives it one that
 hands each lookup back to the event loop (``asyncio.run_coroutine_threadsafe``)
-and waits for the project's ``Resolver``, the pattern SpfCheck uses for pyspf
-(see spf.py and docs/dns-spf.md): one resolver, one cache, and the event loop
-never blocks. The RSA/ed25519 arithmetic and the canonicalisation run in the
+and waits for the project's ``Resolver`` (worker.py, shared with SpfCheck):
+one resolver, one cache, and the event loop never blocks. The RSA/ed25519 arithmetic and the canonicalisation run in the
 worker thread too.
 
 Contract of ``TxtBridge.dnsfunc``: the TXT record's character-strings joined
@@ -21,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import re
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from smtpproxy.common.dns import DnsTempError
+from smtpproxy.scan.checks import worker
+from smtpproxy.scan.checks.worker import LookupAbandoned, LoopBridge
 
 if TYPE_CHECKING:
     from smtpproxy.common.dns import Resolver
 
-# Slack on top of the resolver's own timeout for the hop back to the loop.
-_LOOKUP_MARGIN_S = 1.0
 # Threads per pool: bounds how many verifications run at once (the rest queue).
 POOL_THREADS = 4
 
@@ -45,22 +43,12 @@ class DnsTemporary(Exception):
         self.reason = reason
 
 
-class TxtBridge:
+class TxtBridge(LoopBridge):
     """dkimpy's dnsfunc for one verification: lookups go to the loop's Resolver."""
 
     def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop):
-        self.resolver = resolver
-        self.loop = loop
-        self.aborted = False
+        super().__init__(resolver, loop)
         self.names: list[str] = []  # every name asked, for the evidence and tests
-        self._pending: concurrent.futures.Future | None = None
-        self._lock = threading.Lock()
-
-    def abort(self) -> None:
-        with self._lock:
-            self.aborted = True
-            if self._pending is not None:
-                self._pending.cancel()
 
     def dnsfunc(self, name: bytes | str, timeout: object = None) -> bytes | None:
         if isinstance(name, bytes):
@@ -70,49 +58,24 @@ class TxtBridge:
                 return None  # not a name DNS can hold: no key
         name = name.rstrip(".")
         self.names.append(name)
-        with self._lock:
-            if self.aborted:
-                raise DnsTemporary(name, "lookup abandoned: the check timed out")
-            future = asyncio.run_coroutine_threadsafe(self.resolver.txt(name), self.loop)
-            self._pending = future
         try:
-            records = future.result(self.resolver.timeout_s + _LOOKUP_MARGIN_S)
+            records = self.call(lambda: self.resolver.txt(name))
         except DnsTempError as exc:
             raise DnsTemporary(name, f"DNS {exc.reason}") from None
-        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
-            future.cancel()
-            raise DnsTemporary(name, "lookup abandoned") from None
-        finally:
-            with self._lock:
-                self._pending = None
+        except LookupAbandoned as exc:
+            raise DnsTemporary(name, f"lookup abandoned: {exc}") from None
         return records[0] if records else None
 
 
 async def run_in_pool(pool: concurrent.futures.Executor, resolver: Resolver,
                       func: Callable[..., Any], *args: Any) -> Any:
     """``func(bridge, *args)`` in ``pool``; cancelling the caller frees the thread promptly."""
-    loop = asyncio.get_running_loop()
-    bridge = TxtBridge(resolver, loop)
-    try:
-        return await loop.run_in_executor(pool, func, bridge, *args)
-    except asyncio.CancelledError:
-        bridge.abort()
-        raise
-
-
-_pools: dict[tuple[str, int], concurrent.futures.ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
+    bridge = TxtBridge(resolver, asyncio.get_running_loop())
+    return await worker.run_in_pool(pool, bridge, func, *args)
 
 
 def shared_pool(kind: str, size: int = POOL_THREADS) -> concurrent.futures.ThreadPoolExecutor:
-    # Shared per kind and size, not per instance: a configuration reload
-    # builds new checks, and a pool per instance would leave idle threads behind.
-    with _pools_lock:
-        pool = _pools.get((kind, size))
-        if pool is None:
-            pool = _pools[(kind, size)] = concurrent.futures.ThreadPoolExecutor(
-                size, thread_name_prefix=f"{kind}{size}")
-        return pool
+    return worker.shared_pool(kind, size)
 
 
 _BYTES_REPR = re.compile(r"""b'([^']*)'""")

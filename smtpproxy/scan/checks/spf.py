@@ -17,9 +17,10 @@ Evaluation is pyspf's (``spf.query``), so the RFC 7208 processing limits
 hold: 10 DNS-querying mechanisms, 2 void lookups, 10 MX/PTR names, CNAME
 chains. pyspf is synchronous, so:
 
-Design: pyspf runs in a small thread pool of its own, and every DNS lookup
-it makes is sent back to the event loop (``asyncio.run_coroutine_threadsafe``)
-and answered by the one async ``Resolver``, under the resolver's timeout.
+Design (worker.py, shared with DKIM and ARC): pyspf runs in a small thread
+pool, and every DNS lookup it makes is sent back to the event loop
+(``asyncio.run_coroutine_threadsafe``) and answered by the one async
+``Resolver``, under the resolver's timeout.
 One resolver and one cache serve SPF, DKIM, DMARC and DNSBL alike, and the
 event loop never blocks. Pre-resolving was rejected: which names SPF needs
 depends on the answers (include, redirect, exists, macros over the client
@@ -39,7 +40,6 @@ R_SPF_PERMFAIL (permerror) the domain and pyspf's reason.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ipaddress
 import threading
 from typing import TYPE_CHECKING, ClassVar
@@ -48,6 +48,7 @@ import spf
 
 from smtpproxy.common.dns import DnsTempError
 from smtpproxy.scan.checks.base import CheckContext, Hit
+from smtpproxy.scan.checks.worker import LookupAbandoned, LoopBridge, run_in_pool, shared_pool
 
 if TYPE_CHECKING:
     from smtpproxy.common.dns import Resolver
@@ -65,47 +66,17 @@ RESULT_SYMBOLS = {
 # Postfix puts these in XFORWARD when it does not know the value.
 _UNKNOWN = ("[UNAVAILABLE]", "[TEMPUNAVAIL]", "")
 
-# Slack on top of the resolver's own timeout for the hop back to the loop.
-_LOOKUP_MARGIN_S = 1.0
-
-
-class _Aborted(Exception):
-    pass
-
-
-class _Bridge:
+class _Bridge(LoopBridge):
     """pyspf's DNSLookup for one evaluation: lookups go to the loop's Resolver."""
-
-    def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop):
-        self.resolver = resolver
-        self.loop = loop
-        self.aborted = False
-        self._pending: concurrent.futures.Future | None = None
-        self._lock = threading.Lock()
-
-    def abort(self) -> None:
-        with self._lock:
-            self.aborted = True
-            if self._pending is not None:
-                self._pending.cancel()
 
     def lookup(self, name: str, qtype: str) -> list:
         """pyspf's DNSLookup contract: [((name, qtype), value), ...], TempError on trouble."""
-        with self._lock:
-            if self.aborted:
-                raise spf.TempError("DNS lookup abandoned: SPF check timed out")
-            future = asyncio.run_coroutine_threadsafe(self._values(name, qtype), self.loop)
-            self._pending = future
         try:
-            values = future.result(self.resolver.timeout_s + _LOOKUP_MARGIN_S)
+            values = self.call(lambda: self._values(name, qtype))
         except DnsTempError as exc:
             raise spf.TempError(f"DNS {exc.reason} for {exc.name}/{exc.rdtype}") from None
-        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
-            future.cancel()
-            raise spf.TempError(f"DNS lookup of {name}/{qtype} abandoned") from None
-        finally:
-            with self._lock:
-                self._pending = None
+        except LookupAbandoned as exc:
+            raise spf.TempError(f"DNS lookup of {name}/{qtype} abandoned: {exc}") from None
         return [((name, qtype), v) for v in values]
 
     async def _values(self, name: str, qtype: str) -> list:
@@ -200,7 +171,7 @@ class SpfCheck:
     def __init__(self, max_threads: int = 8):
         # pyspf blocks its thread while a lookup is answered on the loop; the
         # pool bounds how many evaluations run at once (the rest queue).
-        self._pool = _shared_pool(max_threads)
+        self._pool = shared_pool("spf", max_threads)
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         ip = _client_ip(ctx.client.addr)
@@ -227,33 +198,14 @@ class SpfCheck:
 
     async def evaluate(self, resolver: Resolver, ip: str, sender: str, helo: str) -> dict:
         """pyspf's verdict as a dict (result, domain, identity, explanation, mechanism, problem)."""
-        loop = asyncio.get_running_loop()
-        bridge = _Bridge(resolver, loop)
+        bridge = _Bridge(resolver, asyncio.get_running_loop())
         try:
-            return await loop.run_in_executor(self._pool, _evaluate, bridge, ip, sender, helo)
-        except asyncio.CancelledError:
-            bridge.abort()  # free the worker thread promptly
-            raise
+            return await run_in_pool(self._pool, bridge, _evaluate, ip, sender, helo)
         except Exception as exc:  # a pyspf bug on odd input must not fail the scan
             return {"result": "permerror", "domain": sender.rpartition("@")[2] or helo,
                     "identity": "mailfrom" if sender else "helo",
                     "explanation": f"SPF evaluation failed: {type(exc).__name__}",
                     "mechanism": "", "problem": f"internal error: {type(exc).__name__}: {exc}"}
-
-_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
-
-
-def _shared_pool(size: int) -> concurrent.futures.ThreadPoolExecutor:
-    # Shared per size, not per instance: a configuration reload builds new
-    # checks, and a pool per instance would leave its idle threads behind.
-    with _pools_lock:
-        pool = _pools.get(size)
-        if pool is None:
-            pool = _pools[size] = concurrent.futures.ThreadPoolExecutor(
-                size, thread_name_prefix=f"spf{size}")
-        return pool
-
 
 def _client_ip(addr: str | None) -> str | None:
     if not addr or addr in _UNKNOWN:
