@@ -112,13 +112,10 @@ def _seal_domains(raw: bytes) -> list[tuple[int, str, str]]:
 
 class ArcCheck:
     name: ClassVar[str] = "arc"
-    symbols: ClassVar[dict[str, str]] = {
-        "ARC_ALLOW": "ARC: the chain validates",
-        "ARC_REJECT": "ARC: a seal or message signature does not verify, or the chain has failed",
-        "ARC_INVALID": "ARC: the chain is malformed",
-        "ARC_NA": "ARC: no chain",
-        "ARC_DNSFAIL": "ARC: a key lookup failed temporarily",
-    }
+    # Scores and descriptions: smtpproxy/scan/symbols.toml.
+    symbols: ClassVar[tuple[str, ...]] = (
+        "ARC_ALLOW", "ARC_REJECT", "ARC_INVALID", "ARC_NA", "ARC_DNSFAIL",
+    )
     after: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Config | None = None):

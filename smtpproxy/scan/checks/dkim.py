@@ -157,13 +157,10 @@ def hits_for(signatures: list[dict]) -> list[Hit]:
 
 class DkimCheck:
     name: ClassVar[str] = "dkim"
-    symbols: ClassVar[dict[str, str]] = {
-        "R_DKIM_ALLOW": "DKIM: a signature verifies",
-        "R_DKIM_REJECT": "DKIM: a signature does not verify (body hash or signature mismatch)",
-        "R_DKIM_TEMPFAIL": "DKIM: the key lookup failed temporarily",
-        "R_DKIM_PERMFAIL": "DKIM: a signature can never verify (syntax, key, rsa-sha1, short key)",
-        "R_DKIM_NA": "DKIM: no signature",
-    }
+    # Scores and descriptions: smtpproxy/scan/symbols.toml.
+    symbols: ClassVar[tuple[str, ...]] = (
+        "R_DKIM_ALLOW", "R_DKIM_REJECT", "R_DKIM_TEMPFAIL", "R_DKIM_PERMFAIL", "R_DKIM_NA",
+    )
     after: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Config | None = None):

@@ -154,15 +154,11 @@ def author_domains(raw: bytes) -> list[str]:
 
 class DmarcCheck:
     name: ClassVar[str] = "dmarc"
-    symbols: ClassVar[dict[str, str]] = {
-        "DMARC_POLICY_ALLOW": "DMARC: aligned SPF or DKIM pass (or a trusted ARC sealer)",
-        "DMARC_POLICY_REJECT": "DMARC: fail, the domain asks to reject",
-        "DMARC_POLICY_QUARANTINE": "DMARC: fail, the domain asks to quarantine",
-        "DMARC_POLICY_SOFTFAIL": "DMARC: fail, the domain's policy is none",
-        "DMARC_NA": "DMARC: no policy for the From domain, or no From domain",
-        "DMARC_BAD_POLICY": "DMARC: broken DMARC record",
-        "DMARC_DNSFAIL": "DMARC: temporary DNS failure",
-    }
+    # Scores and descriptions: smtpproxy/scan/symbols.toml.
+    symbols: ClassVar[tuple[str, ...]] = (
+        "DMARC_POLICY_ALLOW", "DMARC_POLICY_REJECT", "DMARC_POLICY_QUARANTINE",
+        "DMARC_POLICY_SOFTFAIL", "DMARC_NA", "DMARC_BAD_POLICY", "DMARC_DNSFAIL",
+    )
     after: ClassVar[tuple[str, ...]] = ("spf", "dkim", "arc")
 
     def __init__(self, cfg: Config | None = None):

@@ -157,15 +157,11 @@ def _evaluate(bridge: _Bridge, ip: str, sender: str, helo: str) -> dict:
 
 class SpfCheck:
     name: ClassVar[str] = "spf"
-    symbols: ClassVar[dict[str, str]] = {
-        "R_SPF_ALLOW": "SPF: the client is authorized to send for the domain",
-        "R_SPF_FAIL": "SPF: the domain says the client is not authorized (-all)",
-        "R_SPF_SOFTFAIL": "SPF: the domain says the client is probably not authorized (~all)",
-        "R_SPF_NEUTRAL": "SPF: the domain makes no assertion about the client (?all)",
-        "R_SPF_NA": "SPF: no SPF record, or nothing to check (no client address, no identity)",
-        "R_SPF_DNSFAIL": "SPF: temporary DNS error (temperror), the sender may retry",
-        "R_SPF_PERMFAIL": "SPF: the domain's SPF record is broken (permerror)",
-    }
+    # Scores and descriptions: smtpproxy/scan/symbols.toml.
+    symbols: ClassVar[tuple[str, ...]] = (
+        "R_SPF_ALLOW", "R_SPF_FAIL", "R_SPF_SOFTFAIL", "R_SPF_NEUTRAL", "R_SPF_NA",
+        "R_SPF_DNSFAIL", "R_SPF_PERMFAIL",
+    )
     after: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, max_threads: int = 8):
