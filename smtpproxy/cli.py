@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
 from typing import Any
@@ -189,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--json", action="store_true", help="one JSON object per message")
     scan.add_argument("files", nargs="+", metavar="FILE|DIR|-")
     scan.set_defaults(func=cmd_scan)
+
+    # Subcommands of features that live in their own packages (learn and
+    # bayes; dkim): each module offers add_parsers(sub, with_config).
+    for module in ("smtpproxy.scan.bayes.cli", "smtpproxy.sign.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module + ".").startswith(exc.name + "."):
+                raise  # a missing dependency inside the feature is a real error
+            continue
+        mod.add_parsers(sub, with_config)
 
     dump = with_config(sub.add_parser("configdump", help="print the effective configuration"))
     dump.add_argument("--state-dir", metavar="DIR", help="state directory")

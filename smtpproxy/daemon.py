@@ -29,6 +29,7 @@ from smtpproxy.common.config import Config, ListenerConfig, parse_hostport, pars
 from smtpproxy.relay import Downstream, DownstreamPool
 from smtpproxy.scan.hook import NoScan, ScanHook
 from smtpproxy.server import ProxySMTP, client_allowed, listener_networks
+from smtpproxy.sign import NoSigner, Signer
 
 logger = logging.getLogger("smtpproxy")
 
@@ -49,6 +50,7 @@ class ProxyService:
         self.hook: ScanHook = hook or NoScan()
         self._store = None
         self._resolver = None
+        self.signer: Signer = NoSigner()
         self.sessions: set[ProxySMTP] = set()
         self._listeners: dict[str, _Listener] = {}
         self._stopping = False
@@ -150,8 +152,20 @@ class ProxyService:
         hook, self._resolver = build_hook(cfg, self._store, self._resolver, self.hostname)
         return hook
 
+    @staticmethod
+    def _build_signer(cfg: Config) -> Signer:
+        """The DKIM/ARC signer for ``cfg``; raises ConfigError for bad keys or tables."""
+        try:
+            from smtpproxy.sign.setup import build_signer
+        except ModuleNotFoundError as exc:
+            if exc.name != "smtpproxy.sign.setup":
+                raise
+            return NoSigner()  # signing is being built alongside
+        return build_signer(cfg)
+
     async def start(self) -> None:
         self.hook = await self._build_hook(self.cfg)
+        self.signer = self._build_signer(self.cfg)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
             for cfg in self.cfg.proxy.listeners:
@@ -172,6 +186,7 @@ class ProxyService:
     async def reload(self, cfg: Config) -> None:
         old = self._listeners
         self.hook = await self._build_hook(cfg)  # a bad table raises: the old config stays
+        self.signer = self._build_signer(cfg)
         self.cfg = cfg
         self.hostname = cfg.proxy.hostname or socket.getfqdn()
         # Pools are rebuilt with the new settings; sessions holding a

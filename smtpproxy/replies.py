@@ -21,6 +21,7 @@ START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 # Temporary trouble of ours or of the downstream listener: nothing was queued.
 TEMPFAIL = "451 4.3.0 Error: temporary failure, try again later"
 SCAN_TEMPFAIL = "451 4.7.1 Error: message could not be checked, try again later"
+SIGN_TEMPFAIL = "451 4.7.0 Error: message could not be signed, try again later"
 
 # Client mistakes.
 SYNTAX_MAIL = "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]"

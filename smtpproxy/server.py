@@ -34,6 +34,7 @@ from smtpproxy.common.log import quote
 from smtpproxy.relay import Downstream, DownstreamError, Reply
 from smtpproxy.scan.headers import prepend_headers, remove_headers
 from smtpproxy.scan.hook import ClientInfo, Transaction, Verdict
+from smtpproxy.sign import SignTempfail
 
 if TYPE_CHECKING:
     from smtpproxy.daemon import ProxyService
@@ -516,6 +517,14 @@ class ProxySMTP(SMTP):
                                             f"profile={self.listener.profile}"))
         content = prepend_headers(
             remove_headers(content, verdict.remove_headers, verdict.remove_matching), added)
+        try:
+            content = await self.service.signer.sign(self._transaction(content))
+        except SignTempfail as exc:
+            logger.warning("%s: not signed, deferred: %s", self.session_id, exc)
+            await self._abandon_downstream_transaction()
+            reply = Reply(*_split(replies.SIGN_TEMPFAIL))
+            self._log_transaction(size, "tempfail", f"signing failed: {exc}", verdict.summary)
+            return reply
         assert self.downstream is not None
         try:
             reply = await self.downstream.send_message(content)
@@ -538,9 +547,22 @@ class ProxySMTP(SMTP):
         return reply
 
     async def _scan(self, content: bytes) -> Verdict:
+        txn = self._transaction(content)
+        try:
+            async with asyncio.timeout(self.cfg.proxy.scan_timeout_s):
+                return await self.service.hook.scan(txn)
+        except TimeoutError:
+            logger.warning("%s: scan exceeded %ss", self.session_id, self.cfg.proxy.scan_timeout_s)
+            return Verdict(action="tempfail", summary="scan timeout")
+        except Exception:
+            logger.exception("%s: scan failed", self.session_id)
+            return Verdict(action="tempfail", summary="scan error")
+
+    def _transaction(self, content: bytes) -> Transaction:
+        """What the scan and the signer see of this transaction."""
         assert self.session is not None and self.envelope is not None
         x = self.session.xforward
-        txn = Transaction(
+        return Transaction(
             session_id=self.session_id,
             listener=self.listener.name,
             profile=self.listener.profile,
@@ -555,15 +577,6 @@ class ProxySMTP(SMTP):
             rcpt_options=list(self.envelope.rcpt_options),
             content=content,
         )
-        try:
-            async with asyncio.timeout(self.cfg.proxy.scan_timeout_s):
-                return await self.service.hook.scan(txn)
-        except TimeoutError:
-            logger.warning("%s: scan exceeded %ss", self.session_id, self.cfg.proxy.scan_timeout_s)
-            return Verdict(action="tempfail", summary="scan timeout")
-        except Exception:
-            logger.exception("%s: scan failed", self.session_id)
-            return Verdict(action="tempfail", summary="scan error")
 
     # ---------------------------------------------------------- logging
 

@@ -670,6 +670,11 @@ class MultimapConfig:
 
 
 @dataclass(frozen=True)
+class BayesConfig:
+    """The Bayes classifier (scan/bayes/, scan/checks/bayes.py)."""
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     # Score every message at end-of-data; false: the proxy passes mail unscanned.
     enabled: bool = True
@@ -703,6 +708,7 @@ class ScanConfig:
     dmarc: DmarcConfig = field(default_factory=DmarcConfig)
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     multimap: MultimapConfig = field(default_factory=MultimapConfig)
+    bayes: BayesConfig = field(default_factory=BayesConfig)
 
     def check(self, path: str) -> None:
         _check_positive(self, path, "check_timeout_s", "budget_s", "greylist_delay_s",
@@ -766,6 +772,11 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class SignConfig:
+    """DKIM signing and ARC sealing of outbound mail (smtpproxy/sign/)."""
+
+
+@dataclass(frozen=True)
 class Config:
     # Where state lives (SQLite store, maps we write). systemd's
     # StateDirectory= sets $STATE_DIRECTORY, which wins over this default.
@@ -775,6 +786,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     scan: ScanConfig = field(default_factory=ScanConfig)
+    sign: SignConfig = field(default_factory=SignConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
 
     def check(self, path: str) -> None:

@@ -18,7 +18,8 @@ def all_checks(cfg: Config | None = None) -> list[Check]:
     checks: list[Check] = [GtubeCheck(), HeadersCheck(), MimeCheck(), SpfCheck()]
     # Checks being built alongside: registered here as they land.
     for module, cls in (("dkim", "DkimCheck"), ("arc", "ArcCheck"), ("dmarc", "DmarcCheck"),
-                        ("dnsbl", "DnsblCheck"), ("multimap", "MultimapCheck")):
+                        ("dnsbl", "DnsblCheck"), ("multimap", "MultimapCheck"),
+                        ("bayes", "BayesCheck")):
         try:
             mod = importlib.import_module(f"smtpproxy.scan.checks.{module}")
         except ModuleNotFoundError as exc:

@@ -1,0 +1,31 @@
+"""Outbound signing: DKIM signatures and ARC seals added to the message on its way downstream.
+
+The proxy calls ``service.signer.sign(txn)`` after the scan accepted the
+message and its result headers were applied, so the signature covers the
+message exactly as it is re-injected. A signer returns the message to send
+(normally the same bytes with new header fields on top). It raises
+``SignTempfail`` when policy says a message it cannot sign must wait (the
+client then gets 451 4.7.0 and retries); any other trouble it logs and
+passes the message unsigned.
+
+NoSigner is the signer in place when signing is not configured.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from smtpproxy.scan.hook import Transaction
+
+
+class SignTempfail(Exception):
+    """The message must not leave unsigned; the text is for the log."""
+
+
+class Signer(Protocol):
+    async def sign(self, txn: Transaction) -> bytes: ...
+
+
+class NoSigner:
+    async def sign(self, txn: Transaction) -> bytes:
+        return txn.content
