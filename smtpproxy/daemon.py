@@ -26,6 +26,7 @@ import stat
 
 from smtpproxy import replies
 from smtpproxy.common.config import Config, ListenerConfig, parse_hostport, parse_socket_mode
+from smtpproxy.common.metrics import Registry, serve_metrics
 from smtpproxy.relay import Downstream, DownstreamPool
 from smtpproxy.scan.hook import NoScan, ScanHook
 from smtpproxy.server import ProxySMTP, client_allowed, listener_networks
@@ -41,11 +42,37 @@ class _Listener:
         self.networks = networks
 
 
+class ProxyStats:
+    """What the proxy counts, for GET /metrics (proxy.metrics_listen)."""
+
+    def __init__(self, service: ProxyService):
+        r = self.registry = Registry()
+        r.gauge("smtpproxy_sessions_active", "Client sessions open now",
+                lambda: len(service.sessions))
+        self.sessions = r.counter("smtpproxy_sessions_total", "Client sessions accepted",
+                                  ("listener",))
+        self.refused = r.counter("smtpproxy_sessions_refused_total",
+                                 "Client sessions refused at connect", ("listener", "reason"))
+        self.messages = r.counter("smtpproxy_messages_total",
+                                  "Transactions by outcome (the verdict= of the log line)",
+                                  ("listener", "verdict"))
+        self.downstream_errors = r.counter("smtpproxy_downstream_errors_total",
+                                           "Failures talking to the re-injection listener",
+                                           ("listener", "stage"))
+        self.actions = r.counter("smtpproxy_scan_actions_total", "Scoring actions", ("action",))
+        self.symbols = r.counter("smtpproxy_scan_symbols_total", "Symbols found", ("symbol",))
+        self.scan_seconds = r.histogram(
+            "smtpproxy_scan_seconds", "Time to score a message",
+            (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+
+
 class ProxyService:
     def __init__(self, cfg: Config, hook: ScanHook | None = None):
         self.cfg = cfg
         # A hook given here (tests) is kept; otherwise start() builds the
         # scoring engine when scan.enabled, and reload() rebuilds it.
+        self.stats = ProxyStats(self)
+        self._metrics_server: asyncio.Server | None = None
         self._fixed_hook = hook is not None
         self.hook: ScanHook = hook or NoScan()
         self._store = None
@@ -97,8 +124,10 @@ class ProxyService:
                 "%s: listener=%s client=%s refused: not in client_networks",
                 session.session_id, session.listener.name, session.peer_addr,
             )
+            self.stats.refused.inc(session.listener.name, "client_networks")
             return replies.ACCESS_DENIED
         if self._stopping:
+            self.stats.refused.inc(session.listener.name, "shutting_down")
             return replies.SHUTTING_DOWN
         if len(self.sessions) > self.cfg.proxy.max_sessions:
             logger.warning(
@@ -106,7 +135,9 @@ class ProxyService:
                 session.session_id, session.listener.name, session.peer_addr,
                 len(self.sessions) - 1, self.cfg.proxy.max_sessions,
             )
+            self.stats.refused.inc(session.listener.name, "max_sessions")
             return replies.TOO_MANY_SESSIONS
+        self.stats.sessions.inc(session.listener.name)
         return None
 
     # ---------------------------------------------------------------- listeners
@@ -163,9 +194,17 @@ class ProxyService:
             return NoSigner()  # signing is being built alongside
         return build_signer(cfg)
 
+    async def _serve_metrics(self, listen: str) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
+        if listen:
+            self._metrics_server = await serve_metrics(self.stats.registry, listen)
+
     async def start(self) -> None:
         self.hook = await self._build_hook(self.cfg)
         self.signer = self._build_signer(self.cfg)
+        await self._serve_metrics(self.cfg.proxy.metrics_listen)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
             for cfg in self.cfg.proxy.listeners:
@@ -187,6 +226,8 @@ class ProxyService:
         old = self._listeners
         self.hook = await self._build_hook(cfg)  # a bad table raises: the old config stays
         self.signer = self._build_signer(cfg)
+        if cfg.proxy.metrics_listen != self.cfg.proxy.metrics_listen:
+            await self._serve_metrics(cfg.proxy.metrics_listen)
         self.cfg = cfg
         self.hostname = cfg.proxy.hostname or socket.getfqdn()
         # Pools are rebuilt with the new settings; sessions holding a
@@ -229,6 +270,8 @@ class ProxyService:
         await asyncio.sleep(0)
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         self._close_pools()
         if self._store is not None:
             await self._store.close()

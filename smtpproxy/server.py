@@ -367,6 +367,7 @@ class ProxySMTP(SMTP):
                 "%s: downstream %s unavailable at MAIL from=<%s>: %s",
                 self.session_id, self.listener.downstream, address, exc,
             )
+            self.service.stats.downstream_errors.inc(self.listener.name, "mail")
             self._drop_downstream()
             await self.push(replies.TEMPFAIL)
             return
@@ -405,6 +406,7 @@ class ProxySMTP(SMTP):
                 "%s: downstream %s failed at RCPT to=<%s>: %s",
                 self.session_id, self.listener.downstream, address, exc,
             )
+            self.service.stats.downstream_errors.inc(self.listener.name, "rcpt")
             self._log_transaction(size=None, verdict="tempfail", reply="downstream failed at RCPT")
             self._drop_downstream()
             self._end_transaction()
@@ -505,6 +507,12 @@ class ProxySMTP(SMTP):
         """Scan, then send downstream; the reply for the client's end-of-data."""
         assert self.session is not None and self.envelope is not None
         verdict = await self._scan(content)
+        stats = self.service.stats
+        if verdict.scan_action:
+            stats.actions.inc(verdict.scan_action)
+            stats.scan_seconds.observe(verdict.scan_seconds)
+            for symbol in verdict.symbols:
+                stats.symbols.inc(symbol)
         if verdict.action != "accept":
             await self._abandon_downstream_transaction()
             default = replies.SCAN_TEMPFAIL if verdict.action == "tempfail" else "550 5.7.1 Rejected"
@@ -533,6 +541,7 @@ class ProxySMTP(SMTP):
                 "%s: downstream %s failed at end of data: %s",
                 self.session_id, self.listener.downstream, exc,
             )
+            self.service.stats.downstream_errors.inc(self.listener.name, "data")
             self._drop_downstream()
             reply = Reply(*_split(replies.TEMPFAIL))
             self._log_transaction(size, "tempfail", f"downstream failed: {exc}", verdict.summary)
@@ -582,6 +591,7 @@ class ProxySMTP(SMTP):
 
     def _log_transaction(self, size: int | None, verdict: str, reply: str, summary: str = "") -> None:
         assert self.session is not None and self.envelope is not None
+        self.service.stats.messages.inc(self.listener.name, verdict)
         x = self.session.xforward
         client = f"{x.get('NAME') or 'unknown'}[{x.get('ADDR') or self.peer_addr}]"
         if x.get("PORT"):

@@ -161,6 +161,9 @@ class ProxyConfig:
     # Add "X-Smtpproxy: host; id=SESSION; profile=NAME" so a delivered message
     # can be tied to the proxy's log line.
     trace_header: bool = True
+    # HOST:PORT for Prometheus metrics (GET /metrics); empty: off. Keep it on
+    # loopback or a management network.
+    metrics_listen: str = ""
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
 
     def check(self, path: str) -> None:
@@ -173,6 +176,8 @@ class ProxyConfig:
         )
         if self.downstream_pool_size < 0:
             raise ConfigError(path + "downstream_pool_size", "must be 0 or more")
+        if self.metrics_listen:
+            parse_hostport(self.metrics_listen, path + "metrics_listen")
         if not self.listeners:
             raise ConfigError(path + "listeners", "at least one listener is needed")
         names, addresses = set(), set()

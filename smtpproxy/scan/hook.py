@@ -54,6 +54,10 @@ class Verdict:
     remove_matching: list[tuple[str, re.Pattern[bytes]]] = field(default_factory=list)
     # One short phrase for the proxy's log line (score, action, symbols).
     summary: str = ""
+    # For the metrics: the scoring action, the symbols found, the scan time.
+    scan_action: str = ""
+    symbols: tuple[str, ...] = ()
+    scan_seconds: float = 0.0
 
 
 class ScanHook(Protocol):

@@ -114,7 +114,11 @@ class EngineHook:
             rcpt_tos=txn.rcpt_tos, profile=txn.profile, resolver=self.resolver,
         )
         result = await self.engine.scan(ctx)
-        return await self.verdict(result, txn)
+        verdict = await self.verdict(result, txn)
+        verdict.scan_action = result.action
+        verdict.symbols = tuple(result.symbols)
+        verdict.scan_seconds = result.elapsed_s
+        return verdict
 
     async def verdict(self, result: ScanResult, txn: Transaction) -> Verdict:
         scan = self.cfg.scan

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import smtplib
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
 
 from tests.support.dns_server import DnsTestServer
-from tests.support.postfix import wait_until
+from tests.support.postfix import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,12 +36,15 @@ def dns():
 def scanning(tmp_path_factory, dns):
     from tests.support.pipeline import Pipeline
 
-    p = Pipeline(tmp_path_factory.mktemp("scan"), scan=True, extra_config=f"""
+    metrics_port = free_port()
+    p = Pipeline(tmp_path_factory.mktemp("scan"), scan=True,
+                 proxy_extra=f'metrics_listen = "127.0.0.1:{metrics_port}"', extra_config=f"""
 greylist_delay_s = 1.0
 [dns]
 nameserver = "{dns.nameserver}"
 timeout_s = 1.0
 """)
+    p.metrics_port = metrics_port
     p.start()
     yield p
     p.stop()
@@ -109,6 +115,24 @@ def test_greylisted_message_is_deferred_then_accepted_on_retry(scanning):
     time.sleep(1.0)
     assert send(scanning, raw) == {}
     wait_until(lambda: delivered(scanning, token), 30, "delivery after greylisting")
+
+
+def test_metrics_count_what_happened(scanning):
+    raw, token = message()
+    assert send(scanning, raw) == {}
+    wait_until(lambda: delivered(scanning, token), 30, "delivery")
+    with urllib.request.urlopen(f"http://127.0.0.1:{scanning.metrics_port}/metrics", timeout=10) as r:
+        assert r.status == 200
+        text = r.read().decode()
+    # The earlier tests of this module: a GTUBE reject, greylisting, accepted mail.
+    assert re.search(r'^smtpproxy_messages_total\{listener="inbound",verdict="accept"\} [1-9]', text, re.M)
+    assert re.search(r'^smtpproxy_messages_total\{listener="inbound",verdict="reject"\} [1-9]', text, re.M)
+    assert re.search(r'^smtpproxy_scan_actions_total\{action="greylist"\} [1-9]', text, re.M)
+    assert re.search(r'^smtpproxy_scan_symbols_total\{symbol="GTUBE"\} 1$', text, re.M)
+    assert re.search(r'^smtpproxy_scan_seconds_count [1-9]', text, re.M)
+    assert re.search(r"^smtpproxy_sessions_active \d+$", text, re.M)
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"http://127.0.0.1:{scanning.metrics_port}/other", timeout=10)
 
 
 def test_dns_server_stopped_means_soft_reject(scanning, dns):
