@@ -85,6 +85,11 @@ def cmd_configtest(args: argparse.Namespace) -> int:
         from smtpproxy.scan.setup import build_engine
 
         build_engine(cfg)  # the symbols table and every check's symbols
+    from smtpproxy.sign.setup import build_signer, key_warnings
+
+    build_signer(cfg)  # every signing key loads, or a ConfigError names it
+    for warning in key_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{config_path(args.config) or '(built-in defaults)'}: configuration OK")
     return 0
 

@@ -776,9 +776,103 @@ class DnsConfig:
             raise ConfigError(path + "edns_payload_bytes", "must be 512..65535")
 
 
+SIGN_FAILURE_POLICIES = ("pass", "tempfail")
+# Header fields signed by default (each once per occurrence, plus once more
+# for those in oversign_headers, so none can be added later undetected).
+DEFAULT_SIGN_HEADERS = (
+    "from", "sender", "reply-to", "subject", "date", "message-id", "to", "cc",
+    "mime-version", "content-type", "content-transfer-encoding", "content-id",
+    "content-description", "in-reply-to", "references", "list-id", "list-help",
+    "list-unsubscribe", "list-unsubscribe-post", "list-subscribe", "list-post",
+    "list-owner", "list-archive", "resent-date", "resent-from", "resent-to",
+    "resent-cc", "resent-message-id",
+)
+DEFAULT_OVERSIGN_HEADERS = ("from", "subject", "date", "to", "cc", "reply-to", "message-id")
+
+
+def _check_header_names(values: tuple[str, ...], key: str) -> None:
+    for i, name in enumerate(values):
+        if not name or any(c in name for c in " \t:;") or not name.isascii():
+            raise ConfigError(f"{key}[{i}]", f"not a header field name: {name!r}")
+
+
+@dataclass(frozen=True)
+class ArcSealConfig:
+    """ARC sealing (smtpproxy/sign/arc.py, RFC 8617), for hosts that forward or run lists."""
+
+    # Listener profiles whose accepted mail is sealed; empty: none.
+    profiles: tuple[str, ...] = ()
+    # The sealing domain (d=) and selector (s=) of ARC-Seal and
+    # ARC-Message-Signature, and the RSA private key file (PEM) for them.
+    domain: str = ""
+    selector: str = ""
+    key_file: str = ""
+    # authserv-id of our Authentication-Results, copied into
+    # ARC-Authentication-Results; empty: scan.authserv_id, proxy.hostname or the FQDN.
+    authserv_id: str = ""
+    # Header fields the ARC-Message-Signature covers (those present).
+    headers: tuple[str, ...] = DEFAULT_SIGN_HEADERS + ("dkim-signature",)
+
+    def check(self, path: str) -> None:
+        for i, profile in enumerate(self.profiles):
+            if profile not in PROFILES:
+                raise ConfigError(f"{path}profiles[{i}]", f"must be one of {', '.join(PROFILES)}")
+        if self.profiles:
+            for name in ("domain", "selector", "key_file"):
+                if not getattr(self, name):
+                    raise ConfigError(path + name, "needed when profiles are sealed")
+        _check_header_names(self.headers, path + "headers")
+        if "from" not in [h.lower() for h in self.headers]:
+            raise ConfigError(path + "headers", "must include from (RFC 6376 5.4)")
+
+
 @dataclass(frozen=True)
 class SignConfig:
-    """DKIM signing and ARC sealing of outbound mail (smtpproxy/sign/)."""
+    """DKIM signing and ARC sealing of outbound mail (smtpproxy/sign/, docs/signing.md)."""
+
+    # Key table: "NAME DOMAIN:SELECTOR:/path/to/key" per line (RSA PEM or an
+    # ed25519 key as written by `smtpproxy dkim keygen`). Empty: no DKIM signing.
+    key_table: str = ""
+    # Signing table: "PATTERN NAME[,NAME...]" per line; PATTERN is a From
+    # domain (example.org) or .example.org for its subdomains; several names
+    # sign with several keys (RSA + ed25519, or old + new selector).
+    signing_table: str = ""
+    # Both files are checked for changes this often (at most) and reloaded as a
+    # whole: a reload with any bad line or key keeps the previous tables.
+    table_check_interval_s: float = 5.0
+    # Mail accepted on listeners of these profiles is signed ...
+    profiles: tuple[str, ...] = ("outbound",)
+    # ... and so is mail from clients (XFORWARD ADDR) in these networks, on any listener.
+    trusted_networks: tuple[str, ...] = ()
+    headers: tuple[str, ...] = DEFAULT_SIGN_HEADERS
+    # Signed once more than they occur (RFC 6376 8.15), so none can be added.
+    oversign_headers: tuple[str, ...] = DEFAULT_OVERSIGN_HEADERS
+    # x= expiry this long after signing; 0: no x= tag.
+    expire_s: int = 0
+    # A message that should be signed but cannot be (unusable key, internal
+    # error): "pass" sends it unsigned and logs an error; "tempfail" answers
+    # 451 4.7.0 so the client retries.
+    on_failure: str = "pass"
+    # Threads doing the signing arithmetic (shared with nothing else).
+    pool_threads: int = 4
+    arc: ArcSealConfig = field(default_factory=ArcSealConfig)
+
+    def check(self, path: str) -> None:
+        if bool(self.key_table) != bool(self.signing_table):
+            raise ConfigError(path + ("signing_table" if self.key_table else "key_table"),
+                              "key_table and signing_table go together")
+        _check_positive(self, path, "table_check_interval_s", "pool_threads")
+        for i, profile in enumerate(self.profiles):
+            if profile not in PROFILES:
+                raise ConfigError(f"{path}profiles[{i}]", f"must be one of {', '.join(PROFILES)}")
+        parse_networks(self.trusted_networks, path + "trusted_networks")
+        _check_header_names(self.headers, path + "headers")
+        _check_header_names(self.oversign_headers, path + "oversign_headers")
+        if "from" not in [h.lower() for h in self.headers]:
+            raise ConfigError(path + "headers", "must include from (RFC 6376 5.4)")
+        if self.expire_s < 0:
+            raise ConfigError(path + "expire_s", "must be 0 (no expiry) or more")
+        _check_choice(self, path, "on_failure", SIGN_FAILURE_POLICIES)
 
 
 @dataclass(frozen=True)

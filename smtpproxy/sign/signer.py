@@ -1,0 +1,152 @@
+"""The proxy's signer: DKIM signatures and ARC seals on accepted mail.
+
+Contract (smtpproxy/sign/__init__.py): ``await signer.sign(txn)`` returns
+the bytes to send downstream. What happens, in order:
+
+1. ARC, when the listener's profile is in ``sign.arc.profiles``: the
+   existing chain is verified (dkimpy in a worker thread, key lookups through
+   the one async Resolver, as the ARC check does), our
+   Authentication-Results get ``arc=`` with that result.
+2. DKIM, when the profile is in ``sign.profiles`` or the client is in
+   ``sign.trusted_networks``, the From header names exactly one domain set
+   and each of its domains is in the signing table (never mail whose From is
+   not ours), one signature per key of that entry, skipping keys that
+   already signed it (same d= and s=).
+3. The ARC set is added on top of all that.
+
+Nothing to do: the content comes back unchanged. Trouble (an exception in
+dkimpy, a DNS failure while verifying the chain): per ``sign.on_failure``,
+the message goes on unsigned (what was done so far is kept) with an error
+logged, or ``SignTempfail`` is raised and the client gets 451 4.7.0. The
+arithmetic runs in a small thread pool, so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from smtpproxy.common.config import ArcSealConfig, SignConfig
+from smtpproxy.scan.checks import dkimdns
+from smtpproxy.scan.checks.arc import _verify as verify_chain
+from smtpproxy.scan.hook import Transaction
+from smtpproxy.sign import SignTempfail
+from smtpproxy.sign import arc as arcseal
+from smtpproxy.sign import dkim as dkimsign
+from smtpproxy.sign.keys import PrivateKey
+from smtpproxy.sign.tables import TableSource
+
+logger = logging.getLogger("smtpproxy.sign")
+
+
+class SignError(Exception):
+    """Signing or sealing failed; the text is for the log."""
+
+
+@dataclass
+class ArcSealer:
+    cfg: ArcSealConfig
+    authserv_id: str
+    key: PrivateKey
+    resolver: object  # smtpproxy.common.dns.Resolver
+    min_rsa_key_bits: int = 1024
+
+
+class ProxySigner:
+    def __init__(self, cfg: SignConfig, tables: TableSource | None, sealer: ArcSealer | None,
+                 pool):
+        self.cfg = cfg
+        self.tables = tables
+        self.sealer = sealer
+        self.pool = pool
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in cfg.trusted_networks)
+
+    def _dkim_applies(self, txn: Transaction) -> bool:
+        if self.tables is None:
+            return False
+        if txn.profile in self.cfg.profiles:
+            return True
+        try:
+            addr = ipaddress.ip_address((txn.client.addr or "").removeprefix("IPv6:"))
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+    async def sign(self, txn: Transaction) -> bytes:
+        do_dkim = self._dkim_applies(txn)
+        do_arc = self.sealer is not None and txn.profile in self.sealer.cfg.profiles
+        if not (do_dkim or do_arc):
+            return txn.content
+        content = txn.content
+        loop = asyncio.get_running_loop()
+        try:
+            cv = await self._verify_chain(content) if do_arc else ""
+            if do_dkim:
+                content = await loop.run_in_executor(self.pool, self._dkim, txn.session_id, content)
+            if do_arc:
+                content = await loop.run_in_executor(self.pool, self._seal, txn.session_id,
+                                                     content, cv)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, SignError) else f"{type(exc).__name__}: {exc}"
+            if self.cfg.on_failure == "tempfail":
+                raise SignTempfail(reason) from None
+            logger.error("%s: passed %s: %s", txn.session_id,
+                         "without all signatures" if content is not txn.content else "unsigned",
+                         reason)
+        return content
+
+    def _dkim(self, session_id: str, content: bytes) -> bytes:
+        assert self.tables is not None
+        tables = self.tables.current()
+        message = dkimsign.parse(content)
+        domains = dkimsign.from_domains(message)
+        if not domains:
+            logger.info("%s: not DKIM signed: no single From with domains", session_id)
+            return content
+        keys = []
+        for domain in sorted(domains):
+            found = tables.lookup(domain)
+            if not found:
+                logger.info("%s: not DKIM signed: From domain %s is not in the signing table",
+                            session_id, domain)
+                return content
+            keys += [k for k in found if k not in keys]
+        todo = [k for k in keys if not dkimsign.already_signed(message, k)]
+        if not todo:
+            logger.info("%s: not DKIM signed again: already signed by us", session_id)
+            return content
+        include = dkimsign.header_list(message, self.cfg.headers, self.cfg.oversign_headers)
+        try:
+            fields = dkimsign.sign_message(message, todo, include, self.cfg.expire_s)
+        except Exception as exc:
+            raise SignError(f"DKIM signing failed: {type(exc).__name__}: {exc}") from None
+        logger.info("%s: DKIM signed %s", session_id, ", ".join(
+            f"d={k.domain} s={k.selector} a={k.key.algorithm.decode()}" for k in todo))
+        return b"".join(fields) + content
+
+    async def _verify_chain(self, content: bytes) -> str:
+        assert self.sealer is not None
+        if self.sealer.resolver is None:
+            raise SignError("ARC chain not verified: no resolver")
+        out = await dkimdns.run_in_pool(dkimdns.shared_pool("arc"), self.sealer.resolver,
+                                        verify_chain, content, self.sealer.min_rsa_key_bits)
+        if out["result"] == "temperror":
+            raise SignError(f"ARC chain not verified: {out['reason']}")
+        return out["result"]  # pass, fail or none
+
+    def _seal(self, session_id: str, content: bytes, cv: str) -> bytes:
+        assert self.sealer is not None
+        s = self.sealer
+        content = arcseal.with_arc_result(content, s.authserv_id, cv)
+        try:
+            fields = arcseal.seal_set(content, s.cfg.domain, s.cfg.selector, s.key.pem,
+                                      s.authserv_id, s.cfg.headers)
+        except Exception as exc:
+            raise SignError(f"ARC sealing failed: {type(exc).__name__}: {exc}") from None
+        if not fields:
+            logger.info("%s: not ARC sealed: the chain has ended (cv=%s)", session_id, cv)
+            return content
+        logger.info("%s: ARC sealed d=%s s=%s cv=%s", session_id, s.cfg.domain, s.cfg.selector, cv)
+        return b"".join(fields) + content
