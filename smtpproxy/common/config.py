@@ -676,7 +676,49 @@ class MultimapConfig:
 
 @dataclass(frozen=True)
 class BayesConfig:
-    """The Bayes classifier (scan/bayes/, scan/checks/bayes.py)."""
+    """The Bayes classifier (scan/bayes/, scan/checks/bayes.py, docs/bayes.md)."""
+
+    # Classify (BAYES_SPAM / BAYES_HAM) at all; learning works either way.
+    enabled: bool = True
+    # Silent until this many messages of EACH class have been learned ...
+    min_learned: int = 200
+    # ... and for messages with fewer than this many known, telling tokens.
+    min_tokens: int = 11
+    # Robinson-Fisher chi-square probability at or above which BAYES_SPAM is
+    # emitted, at or below which BAYES_HAM; the symbol's score is scaled by
+    # the confidence (probability - 0.5) * 2 (see docs/bayes.md).
+    spam_threshold: float = 0.9
+    ham_threshold: float = 0.1
+    # Distinct tokens taken from one message (the first ones found; header
+    # tokens come first), both to learn and to classify.
+    max_tokens: int = 1000
+    # Tokens not seen in any learned message for this long expire; so do the
+    # ids of learned messages. The store holds at most
+    # 2 * max_tokens * (messages learned in this window) token keys.
+    token_ttl_s: float = 15_552_000.0  # 180 days
+    # Autolearn from the scan result: spam at or above autolearn_spam_score
+    # (default: the reject threshold's value), ham at or below autolearn_ham_score.
+    autolearn: bool = False
+    autolearn_spam_score: float = 15.0
+    autolearn_ham_score: float = -1.0
+    # Class-balance guard: autolearn does not learn a class that already has
+    # more than this many times the learned messages of the other class.
+    autolearn_max_ratio: float = 3.0
+
+    def check(self, path: str) -> None:
+        _check_positive(self, path, "min_learned", "min_tokens", "max_tokens", "token_ttl_s",
+                        "autolearn_max_ratio")
+        for name in ("spam_threshold", "ham_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(path + name, "must be between 0 and 1 (exclusive)")
+        if self.spam_threshold <= 0.5:
+            raise ConfigError(path + "spam_threshold", "must be above 0.5")
+        if self.ham_threshold >= 0.5:
+            raise ConfigError(path + "ham_threshold", "must be below 0.5")
+        if self.autolearn_ham_score >= self.autolearn_spam_score:
+            raise ConfigError(path + "autolearn_ham_score", "must be below autolearn_spam_score")
+        if self.autolearn_max_ratio < 1.0:
+            raise ConfigError(path + "autolearn_max_ratio", "must be 1 or more")
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,9 @@ class Engine:
             if hit.symbol in symbols:  # a symbol found twice keeps all evidence, counts once
                 symbols[hit.symbol].options += hit.options
                 continue
-            symbols[hit.symbol] = SymbolResult(hit.symbol, definition.score, hit.options)
+            # A hit may carry a share of the score (a classifier's confidence).
+            weight = min(1.0, max(0.0, hit.weight))
+            symbols[hit.symbol] = SymbolResult(hit.symbol, definition.score * weight, hit.options)
             # Several forcing symbols: the most severe action wins, whatever
             # order the checks finished in (a "no action" whitelist map never
             # overrides GTUBE or a blacklist map forcing reject).

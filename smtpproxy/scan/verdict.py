@@ -111,7 +111,7 @@ class EngineHook:
     async def scan(self, txn: Transaction) -> Verdict:
         ctx = CheckContext(
             message=parse(txn.content), client=txn.client, mail_from=txn.mail_from,
-            rcpt_tos=txn.rcpt_tos, profile=txn.profile, resolver=self.resolver,
+            rcpt_tos=txn.rcpt_tos, profile=txn.profile, resolver=self.resolver, store=self.store,
         )
         result = await self.engine.scan(ctx)
         verdict = await self.verdict(result, txn)

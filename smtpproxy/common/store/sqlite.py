@@ -288,14 +288,19 @@ class SQLiteStore(Store):
     async def incr_many(self, amounts: dict[str, int], ttl_s: float) -> list[int]:
         now = time.time()
 
+        # One upsert per key (Bayes learns ~1000 keys a message): an expired
+        # row restarts from 0; values stay decimal text in a BLOB, as incr writes them.
+        sql = (
+            "INSERT INTO kv (k, v, exp) VALUES (?1, CAST(CAST(?2 AS TEXT) AS BLOB), ?3) "
+            "ON CONFLICT (k) DO UPDATE SET v = CAST(CAST("
+            "CASE WHEN exp > ?4 THEN CAST(CAST(v AS TEXT) AS INTEGER) + ?2 ELSE ?2 END"
+            " AS TEXT) AS BLOB), exp = ?3 RETURNING v"
+        )
+
         def run(db: sqlite3.Connection) -> list[int]:
-            out = []
-            for key, amount in amounts.items():
-                raw = self._read(db, key, now)
-                value = (int(raw) if raw is not None else 0) + amount
-                self._write(db, key, str(value).encode(), now + ttl_s)
-                out.append(value)
-            return out
+            exp = now + ttl_s
+            return [int(db.execute(sql, (key, amount, exp, now)).fetchone()[0])
+                    for key, amount in amounts.items()]
 
         return await self._run_tx(run)
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from smtpproxy.common.dns import Resolver
+    from smtpproxy.common.store import Store
     from smtpproxy.scan.hook import ClientInfo
     from smtpproxy.scan.message import Message
 
@@ -40,6 +41,9 @@ class Hit:
 
     symbol: str
     options: tuple[str, ...] = ()
+    # The share of the symbol's score this hit carries, 0..1: a classifier
+    # scales its symbol by its confidence (BAYES_SPAM at 0.95 weighs 0.9).
+    weight: float = 1.0
 
 
 @dataclass
@@ -52,6 +56,8 @@ class CheckContext:
     rcpt_tos: list[str]
     profile: str  # inbound / outbound
     resolver: Resolver | None
+    # The shared store (SQLite or Redis), when the daemon has one (Bayes).
+    store: Store | None = None
     # Hits of the checks named in ``after``, by check name.
     results: dict[str, list[Hit]] = field(default_factory=dict)
     # Checks may leave structured facts here for later checks and for the

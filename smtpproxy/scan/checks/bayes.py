@@ -1,0 +1,58 @@
+"""Bayes: BAYES_SPAM / BAYES_HAM from the classifier trained with ``smtpproxy learn``.
+
+The message's tokens (scan/bayes/tokenizer.py) are looked up in the store
+in one round trip and combined with Robinson-Fisher chi-square
+(scan/bayes/classifier.py). Silent until ``scan.bayes.min_learned``
+messages of each class have been learned, and for a message with fewer
+than ``min_tokens`` telling tokens. At or above ``spam_threshold`` the
+check emits BAYES_SPAM, at or below ``ham_threshold`` BAYES_HAM, with the
+probability in the options and the confidence as the hit's weight, so the
+symbol's score scales with it.
+
+No store (``smtpproxy scan`` without one), or a store in trouble: no
+classification (BAYES_UNAVAILABLE with the reason for the latter); the
+message is scanned as if Bayes were off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from smtpproxy.common.config import BayesConfig, Config
+from smtpproxy.common.store import StoreError
+from smtpproxy.scan.bayes.storage import BayesStore
+from smtpproxy.scan.bayes.tokenizer import tokenize
+from smtpproxy.scan.checks.base import CheckContext, Hit
+
+logger = logging.getLogger("smtpproxy.scan")
+
+
+class BayesCheck:
+    name: ClassVar[str] = "bayes"
+    symbols: ClassVar[tuple[str, ...]] = ("BAYES_SPAM", "BAYES_HAM", "BAYES_UNAVAILABLE")
+    after: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: Config | None = None):
+        self.cfg: BayesConfig = cfg.scan.bayes if cfg is not None else BayesConfig()
+
+    async def run(self, ctx: CheckContext) -> list[Hit]:
+        cfg = self.cfg
+        if not cfg.enabled or ctx.store is None:
+            return []
+        tokens = tokenize(ctx.message, cfg.max_tokens)
+        try:
+            totals, result = await BayesStore(ctx.store, cfg.token_ttl_s).classify(tokens)
+        except StoreError as exc:
+            logger.warning("bayes: store unusable: %s", exc)
+            return [Hit("BAYES_UNAVAILABLE", ("store",))]
+        ctx.facts["bayes"] = {"probability": result.probability, "tokens": result.used,
+                              "nspam": totals.nspam, "nham": totals.nham}
+        if min(totals.nspam, totals.nham) < cfg.min_learned or result.used < cfg.min_tokens:
+            return []
+        options = (f"{result.probability:.3f}", f"tokens={result.used}")
+        if result.probability >= cfg.spam_threshold:
+            return [Hit("BAYES_SPAM", options, (result.probability - 0.5) * 2)]
+        if result.probability <= cfg.ham_threshold:
+            return [Hit("BAYES_HAM", options, (0.5 - result.probability) * 2)]
+        return []

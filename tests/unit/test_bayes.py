@@ -1,0 +1,338 @@
+"""Bayes: tokenizer tables, the classifier's math on hand-made sets, storage on SQLite
+(learn twice, relearn as the other class, expiry), the symbols through the engine,
+and the learn / bayes commands as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from smtpproxy.common import config as config_mod
+from smtpproxy.common.config import ConfigError, StoreConfig
+from smtpproxy.common.store.sqlite import SQLiteStore
+from smtpproxy.scan.bayes.classifier import chi2q, classify, combine, token_probability
+from smtpproxy.scan.bayes.storage import ALREADY, LEARNED, MOVED, BayesStore, message_id
+from smtpproxy.scan.bayes.tokenizer import tokenize
+from smtpproxy.scan.checks.base import CheckContext
+from smtpproxy.scan.checks.bayes import BayesCheck
+from smtpproxy.scan.engine import Engine
+from smtpproxy.scan.hook import ClientInfo
+from smtpproxy.scan.message import parse
+
+CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "corpora")
+
+
+def msg(subject: str, body: str, sender: str = "a@example.com", extra: str = "",
+        ctype: str = "text/plain; charset=utf-8") -> bytes:
+    return (f"From: {sender}\r\nTo: b@example.org\r\nSubject: {subject}\r\n{extra}"
+            f"Content-Type: {ctype}\r\n\r\n{body}\r\n").encode()
+
+
+# ---------------------------------------------------------------- tokenizer
+
+@pytest.mark.parametrize("label, raw, present, absent", [
+    ("body words lower-cased, with pairs",
+     msg("Hi", "Click HERE now"), ["click", "here", "click here", "here now"], ["Click"]),
+    ("short words dropped", msg("x", "an ox is big"), ["big"], ["an", "ox", "is"]),
+    ("long runs become skip tokens", msg("x", "a" * 45), ["skip:a 40"], ["a" * 45]),
+    ("subject words prefixed", msg("Cheap Pills", "x"), ["subject:cheap", "subject:pills"], []),
+    ("from address and domain", msg("x", "y", sender="Bob <Bob@Mail.Example.com>"),
+     ["from:bob@mail.example.com", "from_domain:mail.example.com", "from_name:bob"], []),
+    ("url hosts and parents",
+     msg("x", "see http://www.shop.example.net/buy?x=1"),
+     ["url:www.shop.example.net", "url:shop.example.net", "url:example.net", "url_tld:net",
+      "url_path:buy"], []),
+    ("html rendered to text", msg("x", "<p>Buy <b>now</b></p><style>p{}</style>",
+                                  ctype="text/html"), ["buy", "now", "shape:html-only"], ["style"]),
+    ("received hosts", msg("x", "y", extra="Received: from mx.example.org ([192.0.2.1]) by "
+                                          "smtp.example.com\r\n"),
+     ["received:mx.example.org", "received:example.org", "received:ip 192.0", "received:hops 1"],
+     []),
+    ("presence headers", msg("x", "y", extra="List-Id: <l.example>\r\n"),
+     ["header:list-id:yes", "header:in-reply-to:no"], []),
+    ("latin-1 body decoded", ("Subject: x\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\n"
+                              "caf\xe9 cr\xe8me\r\n").encode("latin-1"), ["café", "crème"], []),
+])
+def test_tokenizer(label, raw, present, absent):
+    tokens = tokenize(parse(raw))
+    for token in present:
+        assert token in tokens, label
+    for token in absent:
+        assert token not in tokens, label
+
+
+def test_tokenizer_bounded_and_distinct():
+    raw = msg("x", " ".join(f"word{i}" for i in range(5000)))
+    tokens = tokenize(parse(raw), max_tokens=300)
+    assert len(tokens) == 300 == len(set(tokens))
+
+
+def test_tokenizer_survives_every_corpus_charset():
+    spam_ham = os.path.join(CORPUS, "spam-ham", "spamassassin-public-corpus")
+    tdata = os.path.join(CORPUS, "spamassassin-t-data")
+    seen = 0
+    for top in (spam_ham, tdata):
+        for root, _, names in os.walk(top):
+            for name in sorted(names)[:400]:
+                with open(os.path.join(root, name), "rb") as f:
+                    tokenize(parse(f.read()))
+                seen += 1
+    assert seen > 100
+
+
+# ---------------------------------------------------------------- classifier
+
+def test_token_probability():
+    assert token_probability(0, 0, 10, 10) == 0.5
+    # Seen in every spam and no ham: towards 1, held back by little evidence.
+    one = token_probability(1, 0, 10, 10)
+    many = token_probability(10, 0, 10, 10)
+    assert 0.5 < one < many < 1.0
+    assert many == pytest.approx((0.45 * 0.5 + 10 * 1.0) / 10.45)
+    # Equal rates: 0.5 whatever the counts; class sizes are normalised.
+    assert token_probability(5, 50, 10, 100) == pytest.approx(0.5)
+    assert token_probability(0, 3, 10, 10) < 0.5
+
+
+def test_chi2q_known_values():
+    # chi-square survival with 2 d.o.f. is exp(-x/2).
+    assert chi2q(2.0, 2) == pytest.approx(math.exp(-1.0))
+    assert chi2q(0.0, 10) == 1.0
+    # The mean of chi-square(v) is v: the survival there is near one half.
+    assert 0.4 < chi2q(20.0, 20) < 0.5
+
+
+def test_combine():
+    assert combine([]) == 0.5
+    assert combine([0.99] * 20) > 0.99
+    assert combine([0.01] * 20) < 0.01
+    assert combine([0.99] * 10 + [0.01] * 10) == pytest.approx(0.5)
+
+
+def test_classify_uses_only_telling_tokens():
+    counts = {"viagra": (10, 0), "meeting": (0, 10), "the": (10, 10), "rare": (1, 1)}
+    result = classify(counts, 10, 10)
+    assert result.used == 2
+    assert result.probability == pytest.approx(0.5)
+    spammy = classify({"viagra": (10, 0), "cheap": (9, 1), "the": (10, 10)}, 10, 10)
+    assert spammy.probability > 0.9 and spammy.used == 2
+    assert spammy.clues[0][0] == "viagra"
+
+
+# ---------------------------------------------------------------- storage (SQLite)
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _sqlite(tmp_path) -> SQLiteStore:
+    store = SQLiteStore(StoreConfig(), str(tmp_path / "state.db"))
+    await store.open()
+    return store
+
+
+SPAM = [msg("Cheap pills", f"Buy cheap pills now, best price offer {i}") for i in range(3)]
+HAM = [msg("Meeting notes", f"The project meeting moved to Tuesday, agenda item {i}") for i in range(3)]
+
+
+def test_learn_twice_does_nothing_and_relearn_moves(tmp_path):
+    async def main():
+        store = await _sqlite(tmp_path)
+        bayes = BayesStore(store, 3600)
+        raw = SPAM[0]
+        tokens = tokenize(parse(raw))
+        mid = message_id(raw)
+        assert await bayes.learn(mid, tokens, "spam") == LEARNED
+        assert await bayes.learn(mid, tokens, "spam") == ALREADY
+        totals, counts = await bayes.token_counts(["cheap", "pills"])
+        assert (totals.nspam, totals.nham) == (1, 0)
+        assert counts == {"cheap": (1, 0), "pills": (1, 0)}
+        assert await bayes.learn(mid, tokens, "ham") == MOVED
+        totals, counts = await bayes.token_counts(["cheap", "pills"])
+        assert (totals.nspam, totals.nham) == (0, 1)
+        assert counts == {"cheap": (0, 1), "pills": (0, 1)}
+        assert await bayes.learned_as(mid) == "ham"
+        assert await bayes.forget(mid, tokens)
+        totals, counts = await bayes.token_counts(["cheap"])
+        assert (totals.nspam, totals.nham, counts) == (0, 0, {})
+        await store.close()
+
+    run(main())
+
+
+def test_message_id_ignores_headers():
+    assert message_id(b"Subject: a\r\n\r\nbody") == message_id(b"Subject: b\nX: y\n\nbody")
+    assert message_id(b"Subject: a\r\n\r\nbody") != message_id(b"Subject: a\r\n\r\nother")
+
+
+def test_learn_many_sums_a_batch(tmp_path):
+    async def main():
+        store = await _sqlite(tmp_path)
+        bayes = BayesStore(store, 3600)
+        items = [(message_id(r), tokenize(parse(r))) for r in SPAM]
+        assert await bayes.learn_many(items, "spam") == [LEARNED] * 3
+        assert await bayes.learn_many(items, "spam") == [ALREADY] * 3
+        totals, counts = await bayes.token_counts(["cheap", "offer"])
+        assert totals.nspam == 3 and counts == {"cheap": (3, 0), "offer": (3, 0)}
+        await store.close()
+
+    run(main())
+
+
+def test_tokens_expire_when_not_learned_again(tmp_path):
+    """The bound: a token no learned message carried for token_ttl_s is gone;
+    one learned again meanwhile stays."""
+    async def main():
+        store = await _sqlite(tmp_path)
+        short = BayesStore(store, 0.5)
+        await short.learn(message_id(SPAM[0]), ["old-token", "kept"], "spam")
+        await asyncio.sleep(0.3)
+        await short.learn(message_id(SPAM[1]), ["kept"], "spam")
+        await asyncio.sleep(0.4)
+        totals, counts = await short.token_counts(["old-token", "kept"])
+        assert counts == {"kept": (2, 0)}
+        assert totals.nspam == 2
+        assert await store.purge(time.time()) >= 1  # the expired rows really leave the file
+        await store.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------------- through the engine
+
+def _cfg(tmp_path, **bayes):
+    overrides = {f"scan.bayes.{k}": v for k, v in {"min_learned": 3, "min_tokens": 3, **bayes}.items()}
+    return config_mod.load(None, {"state_dir": str(tmp_path), **overrides})
+
+
+async def _scan(cfg, store, raw):
+    engine = Engine(cfg.scan, [BayesCheck(cfg)])
+    ctx = CheckContext(message=parse(raw), client=ClientInfo(addr=None, helo=None, name=None),
+                       mail_from="", rcpt_tos=[], profile="inbound", resolver=None, store=store)
+    return await engine.scan(ctx)
+
+
+def test_symbols_through_the_engine_once_the_minimum_is_reached(tmp_path):
+    cfg = _cfg(tmp_path)
+    spam_probe = msg("Cheap pills", "Buy cheap pills now, best price offer today")
+    ham_probe = msg("Meeting notes", "The project meeting moved to Tuesday, see the agenda")
+
+    async def main():
+        store = await _sqlite(tmp_path)
+        bayes = BayesStore(store, 3600)
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in SPAM[:2]], "spam")
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in HAM], "ham")
+        silent = await _scan(cfg, store, spam_probe)  # 2 spam < min_learned 3
+        assert silent.symbols == {}
+        await bayes.learn(message_id(SPAM[2]), tokenize(parse(SPAM[2])), "spam")
+        spam = await _scan(cfg, store, spam_probe)
+        ham = await _scan(cfg, store, ham_probe)
+        await store.close()
+        return spam, ham
+
+    spam, ham = run(main())
+    sym = spam.symbols["BAYES_SPAM"]
+    probability = float(sym.options[0])
+    assert probability >= 0.9
+    # The score scales with the confidence.
+    full = Engine(cfg.scan, [BayesCheck(cfg)]).symbols["BAYES_SPAM"].score
+    assert sym.score == pytest.approx(full * (probability - 0.5) * 2, abs=0.01)
+    assert "BAYES_HAM" in ham.symbols and ham.symbols["BAYES_HAM"].score < 0
+
+
+def test_no_store_no_symbols(tmp_path):
+    result = run(_scan(_cfg(tmp_path), None, SPAM[0]))
+    assert result.symbols == {}
+
+
+@pytest.mark.parametrize("key, value", [
+    ("min_learned", 0), ("spam_threshold", 0.4), ("ham_threshold", 0.6), ("spam_threshold", 1.0),
+    ("token_ttl_s", 0), ("autolearn_max_ratio", 0.5), ("autolearn_ham_score", 20.0),
+])
+def test_bad_bayes_keys_are_named(tmp_path, key, value):
+    with pytest.raises(ConfigError) as exc:
+        config_mod.load(None, {f"scan.bayes.{key}": value})
+    assert f"scan.bayes.{key}" in str(exc.value)
+
+
+def test_hit_weight_defaults_to_the_full_score():
+    cfg = config_mod.load(None, {})
+    engine = Engine(cfg.scan, [])
+    from smtpproxy.scan.checks.base import Hit
+    result = engine._score([Hit("BAYES_HAM", ("0.010",), 0.5), Hit("CHECK_ERROR", ("x",))])
+    assert result.symbols["BAYES_HAM"].score == pytest.approx(engine.symbols["BAYES_HAM"].score / 2)
+    assert result.symbols["CHECK_ERROR"].score == engine.symbols["CHECK_ERROR"].score
+
+
+# ---------------------------------------------------------------- the commands
+
+def smtpproxy(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SMTPPROXY_CONFIG": ""}
+    env.pop("STATE_DIRECTORY", None)
+    return subprocess.run([sys.executable, "-m", "smtpproxy.cli", *args], input=stdin,
+                          capture_output=True, timeout=120, env=env,
+                          cwd=os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def test_learn_cli_files_dir_stdin_and_stats(tmp_path):
+    state = str(tmp_path / "state")
+    spam_dir = tmp_path / "spam"
+    spam_dir.mkdir()
+    for i, raw in enumerate(SPAM):
+        (spam_dir / f"{i}.eml").write_bytes(raw)
+    out = smtpproxy("learn", "spam", "--state-dir", state, str(spam_dir))
+    assert out.returncode == 0, out.stderr
+    assert b"spam: 3 learned" in out.stdout
+    assert b"now 3 spam and 0 ham learned" in out.stdout
+    out = smtpproxy("learn", "spam", "--state-dir", state, str(spam_dir / "0.eml"))
+    assert b"0 learned" in out.stdout and b"1 already learned" in out.stdout
+    # From a sieve pipe: one message on stdin, moved from spam to ham.
+    out = smtpproxy("learn", "ham", "--state-dir", state, "-", stdin=SPAM[0])
+    assert out.returncode == 0 and b"1 moved from spam" in out.stdout
+    out = smtpproxy("learn", "ham", "--state-dir", state, str(tmp_path / "missing"))
+    assert out.returncode == 1 and b"missing" in out.stderr
+    out = smtpproxy("bayes", "stats", "--state-dir", state)
+    assert b"spam learned: 2" in out.stdout and b"ham learned: 1" in out.stdout
+    # No progress bar when stderr is not a terminal.
+    assert b"[#" not in out.stderr
+
+
+def test_dump_restore_round_trip(tmp_path):
+    state, other = str(tmp_path / "a"), str(tmp_path / "b")
+    for i, raw in enumerate(SPAM + HAM):
+        (tmp_path / f"{i}.eml").write_bytes(raw)
+    smtpproxy("learn", "spam", "--state-dir", state, *(str(tmp_path / f"{i}.eml") for i in range(3)))
+    smtpproxy("learn", "ham", "--state-dir", state, *(str(tmp_path / f"{i}.eml") for i in range(3, 6)))
+    dump = tmp_path / "bayes.jsonl"
+    out = smtpproxy("bayes", "dump", "--state-dir", state, "-o", str(dump))
+    assert out.returncode == 0, out.stderr
+    out = smtpproxy("bayes", "restore", "--state-dir", other, str(dump))
+    assert out.returncode == 0, out.stderr
+    a = smtpproxy("bayes", "stats", "--state-dir", state).stdout.splitlines()[1:]
+    b = smtpproxy("bayes", "stats", "--state-dir", other).stdout.splitlines()[1:]
+    assert a == b and b"spam learned: 3" in a[0]
+    # Restored ids still know the messages.
+    out = smtpproxy("learn", "ham", "--state-dir", other, str(tmp_path / "3.eml"))
+    assert b"1 already learned" in out.stdout
+
+
+def test_store_down_is_a_tempfail_for_pipes(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[store]\nurl = "redis://127.0.0.1:1/0"\ntimeout_s = 0.5\n')
+    out = smtpproxy("learn", "spam", "-c", str(cfg), "-", stdin=SPAM[0])
+    assert out.returncode == 75 and b"store unusable" in out.stderr
+
+
+def test_dataclass_defaults_documented():
+    names = {f.name for f in dataclasses.fields(config_mod.BayesConfig)}
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "conf", "smtpproxy.toml")) as f:
+        text = f.read()
+    for name in names:
+        assert f"# {name} =" in text
