@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-packages=(postfix redis-server publicsuffix)
+packages=(postfix redis-server publicsuffix libmail-dkim-perl opendkim-tools)
 if [ -f "$ROOT/scripts/test-packages.txt" ]; then
     while read -r pkg; do
         [ -n "$pkg" ] && [ "${pkg#\#}" = "$pkg" ] && packages+=("$pkg")
