@@ -5,28 +5,36 @@ Contract:
 - ``seal_set(content, domain, selector, key_pem, srv_id, headers, ...)``
   returns the new set (ARC-Seal, ARC-Message-Signature,
   ARC-Authentication-Results, each a CRLF-terminated field) from the
-  message's own Authentication-Results for ``srv_id``: their results are
-  merged into the ARC-Authentication-Results, and their ``arc=`` result is
-  the seal's ``cv=``. An empty list when the chain has ended (RFC 8617 5.1.2:
-  an instance above 1 without an arc= result is not sealed). dkimpy builds the
-  set; ``timestamp`` and ``standardize`` exist for the ValiMail test suite.
-- ``with_arc_result(content, srv_id, cv)`` rewrites our Authentication-Results
-  so they carry the chain status we verified ourselves (``arc=pass|fail|none``)
-  and nothing older: the proxy verifies the chain right before sealing
-  (scan/checks/arc.py's verification, its DNS through the one Resolver) rather
-  than trusting whatever the scan may have written.
+  message's own Authentication-Results for ``srv_id``: their results, top
+  down and verbatim (comments kept, RFC 8617 4.1.1), become the
+  ARC-Authentication-Results, and their ``arc=`` result is the seal's ``cv=``.
+  An empty list when there is nothing to seal: no Authentication-Results of
+  ours, or a chain that has ended (RFC 8617 5.1.2: an instance above 1
+  without an arc= result). A failed chain's seal covers only its own set.
+  ``timestamp`` and ``standardize`` exist for the ValiMail signing suite
+  (tests/unit/test_arc_sign_suite.py, 17/17).
+- ``with_arc_result(content, srv_id, cv)`` merges our Authentication-Results
+  into one field on top carrying the chain status we verified ourselves
+  (``arc=pass|fail|none``) and no older arc= result: the proxy verifies the
+  chain right before sealing (scan/checks/arc.py's verification, its DNS
+  through the one Resolver) rather than trusting whatever the scan wrote.
 
-Only RSA keys seal (dkimpy's ARC signer knows rsa-sha256 only, and so do
-most ARC verifiers).
+dkimpy does the canonicalisation and the arithmetic (``gen_header``); the
+set is assembled here because dkimpy's own ``ARC.sign`` re-parses the
+results and drops their comments, which changes what the seal covers. Only
+RSA keys seal (dkimpy's ARC code and most ARC verifiers know rsa-sha256 only).
 """
 
 from __future__ import annotations
 
+import base64
 import logging
+import time
 from collections.abc import Sequence
 
-import authres
 import dkim
+from dkim.canonicalization import CanonicalizationPolicy
+from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
 _quiet = logging.getLogger("smtpproxy.sign.dkimpy")
 _quiet.addHandler(logging.NullHandler())
@@ -35,19 +43,106 @@ _quiet.propagate = False
 AR = b"Authentication-Results"
 
 
+_RELAXED = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+INSTANCE_LIMIT = 50  # RFC 8617 4.2.1
+
+
+def _parts(value: bytes) -> list[bytes]:
+    """An Authentication-Results value split at the semicolons outside comments and quotes."""
+    parts, depth, quoted, start, i = [], 0, False, 0, 0
+    while i < len(value):
+        c = value[i:i + 1]
+        if quoted:
+            if c == b"\\":
+                i += 1
+            elif c == b'"':
+                quoted = False
+        elif c == b'"':
+            quoted = True
+        elif c == b"(":
+            depth += 1
+        elif c == b")" and depth:
+            depth -= 1
+        elif c == b";" and not depth:
+            parts.append(value[start:i])
+            start = i + 1
+        i += 1
+    parts.append(value[start:])
+    return [b" ".join(p.split()) for p in parts]
+
+
+def _our_results(headers: list[tuple[bytes, bytes]], srv_id: str) -> list[bytes]:
+    """The results of every Authentication-Results field of ``srv_id``, top down, comments kept."""
+    results = []
+    for name, value in headers:
+        if name.lower() != AR.lower() or _authserv_id(value) != srv_id.lower():
+            continue
+        results += [r for r in _parts(value)[1:] if r and r.lower() != b"none"]
+    return results
+
+
 def seal_set(content: bytes, domain: str, selector: str, key_pem: bytes, srv_id: str,
              headers: Sequence[str], timestamp: int | None = None,
              standardize: bool = False, only_present: bool = True) -> list[bytes]:
     arc = dkim.ARC(content, logger=_quiet, signature_algorithm=b"rsa-sha256")
-    # RFC 8617 4.1.2: the AMS may cover DKIM-Signature (dkimpy refuses it by default).
-    arc.should_not_sign.discard(b"dkim-signature")
+    results = _our_results(arc.headers, srv_id)
+    if not results:
+        return []  # nothing to say about this message: no ARC set (dkimpy does the same)
+    arc_results = [r for r in results if r.lower().startswith(b"arc=")]
+    if not arc_results:
+        cv = dkim.CV_None
+    elif len(arc_results) > 1:
+        cv = dkim.CV_Fail  # RFC 8617 5.1.1: ambiguous status
+    else:
+        cv = arc_results[0][4:].split()[0].rstrip(b";").lower()
+        if cv not in (dkim.CV_Pass, dkim.CV_Fail, dkim.CV_None):
+            cv = dkim.CV_Fail
+    max_instance, sets = arc.sorted_arc_headers()
+    instance = max_instance + 1 if sets else 1
+    if instance > INSTANCE_LIMIT:
+        raise dkim.ParameterError("Maximum instance tag value exceeded")
+    if instance == 1 and cv != dkim.CV_None:
+        raise dkim.ParameterError("no existing chain, so the ARC status must be none")
+    if instance > 1 and cv == dkim.CV_None:
+        return []  # RFC 8617 5.1.2: the chain has ended
+    try:
+        pk = parse_pem_private_key(key_pem)
+    except UnparsableKeyError as exc:
+        raise dkim.KeyFormatError(str(exc)) from None
+    arc.hasher = dkim.HASH_ALGORITHMS[b"rsa-sha256"]
+    stamp = str(int(time.time()) if timestamp is None else int(timestamp)).encode("ascii")
+    number = str(instance).encode("ascii")
+
+    # ARC-Authentication-Results: our results verbatim (comments kept), i= first.
+    aar = b" i=" + number + b"; " + srv_id.encode("utf-8") + b";" + b";".join(
+        b"\r\n " + r for r in results) + b"\r\n"
+
+    # ARC-Message-Signature: a DKIM signature by another name (RFC 8617 4.1.2).
+    # RFC 8617 4.1.2 lets it cover DKIM-Signature, which dkimpy refuses by default.
     present = {name.lower() for name, _ in arc.headers}
     include = [h.lower().encode("ascii") for h in headers]
     if only_present:
         include = [h for h in include if h in present]
-    return arc.sign(selector.encode("ascii"), domain.encode("ascii"), key_pem,
-                    srv_id.encode("utf-8"), include_headers=include,
-                    timestamp=timestamp, standardize=standardize)
+    if b"from" not in include:
+        raise dkim.ParameterError("The From header field MUST be signed")
+    body_hash = base64.b64encode(arc.hasher(_RELAXED.canonicalize_body(arc.body)).digest())
+    ams = arc.gen_header([
+        (b"i", number), (b"a", b"rsa-sha256"), (b"c", b"relaxed/relaxed"),
+        (b"d", domain.encode("ascii")), (b"s", selector.encode("ascii")), (b"t", stamp),
+        (b"h", b" : ".join(include)), (b"bh", body_hash), (b"b", b"0" * 60),
+    ], include, _RELAXED, b"ARC-Message-Signature", pk, standardize)
+
+    # ARC-Seal over every earlier set (oldest first: AAR, AMS, AS of each) and
+    # the new AAR and AMS; a failed chain's seal covers only its own set.
+    chain = [] if cv == dkim.CV_Fail else [field for _i, field in sets]  # newest first
+    arc.headers = [(b"ARC-Message-Signature", ams), (b"ARC-Authentication-Results", aar), *chain]
+    seal_include = [name.lower() for name, _ in reversed(arc.headers)]
+    seal = arc.gen_header([
+        (b"i", number), (b"cv", cv), (b"a", b"rsa-sha256"), (b"d", domain.encode("ascii")),
+        (b"s", selector.encode("ascii")), (b"t", stamp), (b"b", b"0" * 60),
+    ], seal_include, _RELAXED, b"ARC-Seal", pk, standardize)
+    return [b"ARC-Seal: " + seal, b"ARC-Message-Signature: " + ams,
+            b"ARC-Authentication-Results:" + aar]
 
 
 def _split_header(content: bytes) -> tuple[list[bytes], bytes]:
@@ -70,19 +165,15 @@ def _authserv_id(field_value: bytes) -> str:
 def with_arc_result(content: bytes, srv_id: str, cv: str) -> bytes:
     """``content`` with our Authentication-Results merged into one field on top, arc=``cv`` in it."""
     fields, rest = _split_header(content)
-    results: list[str] = []
+    results: list[bytes] = []
     kept: list[bytes] = []
     for field in fields:
         name, _, value = field.partition(b":")
         if name.strip().lower() == AR.lower() and _authserv_id(value) == srv_id.lower():
-            try:
-                parsed = authres.AuthenticationResultsHeader.parse(
-                    "Authentication-Results: " + value.decode("utf-8").replace("\r\n", ""))
-                results += [str(r) for r in parsed.results if r.method != "arc"]
-            except (authres.core.SyntaxError, UnicodeDecodeError, Exception):
-                pass  # unparsable: dropped, as dkimpy would skip it
+            results += [r for r in _parts(value)[1:]
+                        if r and r.lower() != b"none" and not r.lower().startswith(b"arc=")]
             continue
         kept.append(field)
-    parts = [srv_id, *results, f"arc={cv}"]
-    ours = (AR + b": " + ";\r\n\t".join(parts).encode("utf-8") + b"\r\n")
+    parts = [srv_id.encode("utf-8"), *results, f"arc={cv}".encode("ascii")]
+    ours = AR + b": " + b";\r\n\t".join(parts) + b"\r\n"
     return ours + b"".join(kept) + rest

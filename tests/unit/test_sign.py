@@ -348,3 +348,26 @@ def test_signing_runs_off_the_event_loop_thread(keydir, monkeypatch):
     monkeypatch.setattr(dkimsign, "sign_message", spy)
     sign(make_cfg(keydir), message())
     assert seen and seen[0].startswith("sign")
+
+
+# ------------------------------------------------------------------ ARC helpers
+
+
+def test_arc_result_replaces_ours_and_keeps_others():
+    from smtpproxy.sign.arc import with_arc_result
+
+    raw = (b"Authentication-Results: other.example; spf=pass smtp.mailfrom=a.example\r\n"
+           b"Authentication-Results: mx.example.org;\r\n\tdkim=pass (good; 2048-bit) header.d=a.example;"
+           b"\r\n\tarc=fail (stale)\r\nFrom: a@a.example\r\n\r\nbody\r\n")
+    out = with_arc_result(raw, "mx.example.org", "pass")
+    assert out.startswith(b"Authentication-Results: mx.example.org;\r\n\tdkim=pass (good; 2048-bit) header.d=a.example;"
+                          b"\r\n\tarc=pass\r\n")
+    assert b"Authentication-Results: other.example; spf=pass" in out and b"arc=fail" not in out
+    assert out.endswith(b"From: a@a.example\r\n\r\nbody\r\n")
+
+
+def test_arc_results_split_outside_comments_and_quotes():
+    from smtpproxy.sign.arc import _parts
+
+    assert _parts(b' x.example; dkim=pass (a; b) header.b="c;d";\r\n  spf=none') == [
+        b"x.example", b'dkim=pass (a; b) header.b="c;d"', b"spf=none"]
