@@ -32,6 +32,7 @@ import authres.dmarc
 
 from smtpproxy.common.config import Config
 from smtpproxy.common.store import Store, StoreError
+from smtpproxy.scan.bayes.autolearn import autolearn
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.engine import Engine, ScanResult
 from smtpproxy.scan.headers import header_block_end
@@ -114,6 +115,10 @@ class EngineHook:
             rcpt_tos=txn.rcpt_tos, profile=txn.profile, resolver=self.resolver, store=self.store,
         )
         result = await self.engine.scan(ctx)
+        if self.store is not None and self.cfg.scan.bayes.autolearn:
+            learned = await autolearn(self.store, self.cfg.scan.bayes, ctx.message, result, txn.profile)
+            if learned:
+                logger.info("bayes autolearn: %s", learned)
         verdict = await self.verdict(result, txn)
         verdict.scan_action = result.action
         verdict.symbols = tuple(result.symbols)

@@ -336,3 +336,55 @@ def test_dataclass_defaults_documented():
         text = f.read()
     for name in names:
         assert f"# {name} =" in text
+
+
+# ---------------------------------------------------------------- autolearn
+
+def _result(score: float, bayes: float = 0.0, forced: str | None = None):
+    from smtpproxy.scan.engine import ScanResult, SymbolResult
+    symbols = {"X": SymbolResult("X", score - bayes, ())}
+    if bayes:
+        symbols["BAYES_SPAM"] = SymbolResult("BAYES_SPAM", bayes, ())
+    return ScanResult(score, 15.0, "no action", symbols, forced)
+
+
+@pytest.mark.parametrize("label, result, profile, expected", [
+    ("reject-level score: spam", _result(16.0), "inbound", "spam"),
+    ("clearly negative: ham", _result(-2.0), "inbound", "ham"),
+    ("in between: nothing", _result(5.0), "inbound", None),
+    ("Bayes' own score does not count", _result(16.0, bayes=7.5), "inbound", None),
+    ("outbound mail is never learned", _result(16.0), "outbound", None),
+    ("a forced action is not learned", _result(16.0, forced="GTUBE"), "inbound", None),
+])
+def test_autolearn_rules(label, result, profile, expected):
+    from smtpproxy.scan.bayes.autolearn import autolearn_class
+    cfg = dataclasses.replace(config_mod.BayesConfig(), autolearn=True)
+    assert autolearn_class(cfg, result, profile) == expected, label
+    off = config_mod.BayesConfig()
+    assert autolearn_class(off, result, profile) is None
+
+
+def test_autolearn_through_the_hook_with_class_balance(tmp_path):
+    """Spam is autolearned until it outweighs ham by autolearn_max_ratio."""
+    from smtpproxy.scan.hook import Transaction
+    from smtpproxy.scan.verdict import EngineHook
+
+    cfg = config_mod.load(None, {"state_dir": str(tmp_path), "scan.bayes.autolearn": True,
+                                 "scan.bayes.min_learned": 1, "scan.bayes.autolearn_max_ratio": 2.0,
+                                 "scan.scores": {"MISSING_MID": 20.0}})
+    from smtpproxy.scan.checks.headers import HeadersCheck
+
+    async def main():
+        store = await _sqlite(tmp_path)
+        hook = EngineHook(cfg, Engine(cfg.scan, [HeadersCheck(), BayesCheck(cfg)]), store, None, "mx")
+        for i in range(4):  # no Message-ID: 20 points, spam
+            txn = Transaction("s", "l", "inbound", ClientInfo(), "a@example.com", [], ["b@example.org"],
+                              [[]], msg("Cheap", f"pills number {i}"))
+            await hook.scan(txn)
+        counts = await BayesStore(store, 3600).counts()
+        await store.close()
+        return counts
+
+    counts = run(main())
+    # ham 0 counts as min_learned 1; ratio 2: the third spam would be 3 > 2 * 1.
+    assert (counts.nspam, counts.nham) == (2, 0)

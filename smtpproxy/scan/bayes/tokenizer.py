@@ -16,6 +16,7 @@ and in the body count apart:
   domain, the Received chain's host names and the count of hops, the
   Content-Type of every part with its charset, X-Mailer / User-Agent,
   Message-ID's domain, and the presence of a few headers;
+- HTML markup: ``html:`` each tag name and tag.attribute used;
 - simple shape: the number of attachments, whether the text is HTML-only.
 
 The result is a list of distinct tokens in order of discovery (headers
@@ -37,6 +38,8 @@ WORD_RE = re.compile(r"[^\W_][\w'$€£¥.\-!%]*[\w$€£¥%!]|[^\W_]{1}", re.UN
 ADDR_RE = re.compile(r"[\w.+\-]+@([\w\-]+(?:\.[\w\-]+)+)", re.UNICODE)
 RECEIVED_HOST_RE = re.compile(r"(?i)\b(?:from|by)\s+([a-z0-9][a-z0-9.\-]*\.[a-z]{2,})")
 IP_RE = re.compile(r"\[(\d{1,3})\.(\d{1,3})\.\d{1,3}\.\d{1,3}\]")
+HTML_TAG_RE = re.compile(r"<\s*([a-zA-Z][a-zA-Z0-9]{0,15})([^>]{0,500})>")
+HTML_ATTR_RE = re.compile(r"([a-zA-Z][a-zA-Z\-]{0,30})\s*=")
 PRESENCE_HEADERS = ("list-id", "list-unsubscribe", "in-reply-to", "references", "x-mailing-list",
                     "precedence", "mime-version", "organization")
 
@@ -129,6 +132,15 @@ def tokenize(msg: Message, max_tokens: int = 1000) -> list[str]:
         segment = re.split(r"[/?#]", path, maxsplit=1)[0][:30].lower()
         if segment:
             add("url_path:" + segment)
+
+    # -- HTML markup: which tags and attributes (font colours, hidden
+    # images, forms) is evidence of its own, lost when rendered to text.
+    for markup in msg.html_parts[:5]:
+        for tag, attrs in HTML_TAG_RE.findall(markup[:MAX_BODY_CHARS]):
+            tag = tag.lower()
+            add("html:" + tag)
+            for attr in HTML_ATTR_RE.findall(attrs):
+                add(f"html:{tag}.{attr.lower()}")
 
     # -- body: the text parts, and the HTML as text (both when both exist:
     # spam often says different things in each).
