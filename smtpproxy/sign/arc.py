@@ -19,22 +19,26 @@ Contract:
   chain right before sealing (scan/checks/arc.py's verification, its DNS
   through the one Resolver) rather than trusting whatever the scan wrote.
 
-dkimpy does the canonicalisation and the arithmetic (``gen_header``); the
-set is assembled here because dkimpy's own ``ARC.sign`` re-parses the
-results and drops their comments, which changes what the seal covers. Only
+dkimpy does the canonicalisation; the set is assembled here
+(smtpproxy/sign/dkim.py's ``gen_header``) because dkimpy's own ``ARC.sign``
+re-parses the results and drops their comments, which changes what the seal
+covers, and signs RSA in pure Python. Only
 RSA keys seal (dkimpy's ARC code and most ARC verifiers know rsa-sha256 only).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
 
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
-from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+from smtpproxy.sign.dkim import gen_header
+from smtpproxy.sign.keys import KeyError_, PrivateKey, parse_key
 
 _quiet = logging.getLogger("smtpproxy.sign.dkimpy")
 _quiet.addHandler(logging.NullHandler())
@@ -81,7 +85,7 @@ def _our_results(headers: list[tuple[bytes, bytes]], srv_id: str) -> list[bytes]
     return results
 
 
-def seal_set(content: bytes, domain: str, selector: str, key_pem: bytes, srv_id: str,
+def seal_set(content: bytes, domain: str, selector: str, key: PrivateKey | bytes, srv_id: str,
              headers: Sequence[str], timestamp: int | None = None,
              standardize: bool = False, only_present: bool = True) -> list[bytes]:
     arc = dkim.ARC(content, logger=_quiet, signature_algorithm=b"rsa-sha256")
@@ -105,11 +109,13 @@ def seal_set(content: bytes, domain: str, selector: str, key_pem: bytes, srv_id:
         raise dkim.ParameterError("no existing chain, so the ARC status must be none")
     if instance > 1 and cv == dkim.CV_None:
         return []  # RFC 8617 5.1.2: the chain has ended
-    try:
-        pk = parse_pem_private_key(key_pem)
-    except UnparsableKeyError as exc:
-        raise dkim.KeyFormatError(str(exc)) from None
-    arc.hasher = dkim.HASH_ALGORITHMS[b"rsa-sha256"]
+    if not isinstance(key, PrivateKey):
+        try:
+            key = parse_key(key)
+        except KeyError_ as exc:
+            raise dkim.KeyFormatError(str(exc)) from None
+    if key.key_type != "rsa":
+        raise dkim.KeyFormatError("ARC seals with RSA keys only")
     stamp = str(int(time.time()) if timestamp is None else int(timestamp)).encode("ascii")
     number = str(instance).encode("ascii")
 
@@ -125,22 +131,22 @@ def seal_set(content: bytes, domain: str, selector: str, key_pem: bytes, srv_id:
         include = [h for h in include if h in present]
     if b"from" not in include:
         raise dkim.ParameterError("The From header field MUST be signed")
-    body_hash = base64.b64encode(arc.hasher(_RELAXED.canonicalize_body(arc.body)).digest())
-    ams = arc.gen_header([
+    body_hash = base64.b64encode(hashlib.sha256(_RELAXED.canonicalize_body(arc.body)).digest())
+    ams = gen_header(arc, [
         (b"i", number), (b"a", b"rsa-sha256"), (b"c", b"relaxed/relaxed"),
         (b"d", domain.encode("ascii")), (b"s", selector.encode("ascii")), (b"t", stamp),
         (b"h", b" : ".join(include)), (b"bh", body_hash), (b"b", b"0" * 60),
-    ], include, _RELAXED, b"ARC-Message-Signature", pk, standardize)
+    ], include, b"ARC-Message-Signature", key, standardize)
 
     # ARC-Seal over every earlier set (oldest first: AAR, AMS, AS of each) and
     # the new AAR and AMS; a failed chain's seal covers only its own set.
     chain = [] if cv == dkim.CV_Fail else [field for _i, field in sets]  # newest first
     arc.headers = [(b"ARC-Message-Signature", ams), (b"ARC-Authentication-Results", aar), *chain]
     seal_include = [name.lower() for name, _ in reversed(arc.headers)]
-    seal = arc.gen_header([
+    seal = gen_header(arc, [
         (b"i", number), (b"cv", cv), (b"a", b"rsa-sha256"), (b"d", domain.encode("ascii")),
         (b"s", selector.encode("ascii")), (b"t", stamp), (b"b", b"0" * 60),
-    ], seal_include, _RELAXED, b"ARC-Seal", pk, standardize)
+    ], seal_include, b"ARC-Seal", key, standardize)
     return [b"ARC-Seal: " + seal, b"ARC-Message-Signature: " + ams,
             b"ARC-Authentication-Results:" + aar]
 

@@ -8,9 +8,10 @@ is not ours; ``already_signed`` tells whether the message already carries a
 signature with a key's d= and s=, so a message looping through us twice is
 not signed twice.
 
-dkimpy does the canonicalisation and the arithmetic; its own ``sign`` has no
-``x=`` and parses the key on every call, so the signature is assembled here
-from its parts (the key is parsed once, when the tables load). Each listed
+dkimpy does the canonicalisation; its own ``sign`` has no ``x=``, parses the
+key on every call and signs RSA in pure Python, so the field is assembled
+here (``gen_header``) from dkimpy's parts, the key parsed once when the
+tables load and RSA signed by OpenSSL when available (keys.PrivateKey.sign). Each listed
 header field is signed as many times as it occurs, and the oversigned ones
 once more (RFC 6376 8.15), so nobody can add one later without breaking the
 signature. Runs in a worker thread: this is CPU work.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ import dkim
 import dkim.util
 from dkim.canonicalization import CanonicalizationPolicy
 
+from smtpproxy.sign.keys import PrivateKey
 from smtpproxy.sign.tables import SigningKey
 
 _quiet = logging.getLogger("smtpproxy.sign.dkimpy")
@@ -91,6 +94,34 @@ def header_list(message: dkim.DKIM, headers: Sequence[str], oversign: Sequence[s
     return out
 
 
+def gen_header(message: dkim.DKIM, fields: list[tuple[bytes, bytes]], include: list[bytes],
+               header_name: bytes, key: PrivateKey, standardize: bool = False) -> bytes:
+    """A signature field's value (after "Name:", CRLF-terminated), as dkimpy's DKIM.gen_header.
+
+    ``fields`` ends with ("b", placeholder); the header fields in ``include``
+    are picked from ``message.headers`` bottom-up (RFC 6376 5.4.2).
+    ``standardize`` is the ValiMail suite's form: tags sorted, lower case, no folding.
+    """
+    if standardize:
+        fields = sorted([(k, v.lower().replace(b" ", b"")) for k, v in fields if k != b"bh"]
+                        + [(k, v.replace(b" ", b"")) for k, v in fields if k == b"bh"],
+                        key=lambda kv: kv[0])
+    value = b"; ".join(b"=".join(kv) for kv in fields)
+    if not standardize:
+        value = dkim.fold(value, namelen=len(header_name), linesep=b"\r\n")
+    value = dkim.RE_BTAG.sub(b"\\1", value)  # the b= being computed is empty
+    h = hashlib.sha256()
+    # Only the fields that can be picked are canonicalised (the same result, less work).
+    wanted = set(include)
+    picked = [(n, v) for n, v in message.headers if n.lower() in wanted]
+    dkim.hash_headers(h, _RELAXED, _RELAXED.canonicalize_headers(picked), include,
+                      (header_name, b" " + value), dict(fields))
+    signature = base64.b64encode(key.sign(h))
+    fields = [(k, signature if k == b"b" else v) for k, v in fields]
+    value = b"; ".join(b"=".join(kv) for kv in fields) + b"\r\n"
+    return value if standardize else dkim.fold(value, namelen=len(header_name), linesep=b"\r\n")
+
+
 def sign_message(message: dkim.DKIM, keys: Sequence[SigningKey], include: list[bytes],
                  expire_s: int = 0, now: int | None = None) -> list[bytes]:
     """One DKIM-Signature field (name included, CRLF-terminated) per key."""
@@ -99,9 +130,7 @@ def sign_message(message: dkim.DKIM, keys: Sequence[SigningKey], include: list[b
         dkim.HASH_ALGORITHMS[b"rsa-sha256"](_RELAXED.canonicalize_body(message.body)).digest())
     fields_out = []
     for key in keys:
-        algorithm = key.key.algorithm
-        message.signature_algorithm = algorithm
-        message.hasher = dkim.HASH_ALGORITHMS[algorithm]  # sha256 for both: body_hash holds
+        algorithm = key.key.algorithm  # rsa-sha256 or ed25519-sha256: one body hash for both
         tags = [
             (b"v", b"1"), (b"a", algorithm), (b"c", b"relaxed/relaxed"),
             (b"d", key.domain.encode("ascii")), (b"s", key.selector.encode("ascii")),
@@ -112,6 +141,6 @@ def sign_message(message: dkim.DKIM, keys: Sequence[SigningKey], include: list[b
         tags += [(b"h", b":".join(include)), (b"bh", body_hash),
                  # b= on its own line, so folding after signing moves nothing else.
                  (b"b", b"0" * 60)]
-        value = message.gen_header(tags, include, _RELAXED, b"DKIM-Signature", key.key.key)
+        value = gen_header(message, tags, include, b"DKIM-Signature", key.key)
         fields_out.append(b"DKIM-Signature: " + value)
     return fields_out

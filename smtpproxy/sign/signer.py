@@ -141,7 +141,7 @@ class ProxySigner:
         s = self.sealer
         content = arcseal.with_arc_result(content, s.authserv_id, cv)
         try:
-            fields = arcseal.seal_set(content, s.cfg.domain, s.cfg.selector, s.key.pem,
+            fields = arcseal.seal_set(content, s.cfg.domain, s.cfg.selector, s.key,
                                       s.authserv_id, s.cfg.headers)
         except Exception as exc:
             raise SignError(f"ARC sealing failed: {type(exc).__name__}: {exc}") from None

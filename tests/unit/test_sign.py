@@ -371,3 +371,16 @@ def test_arc_results_split_outside_comments_and_quotes():
 
     assert _parts(b' x.example; dkim=pass (a; b) header.b="c;d";\r\n  spf=none') == [
         b"x.example", b'dkim=pass (a; b) header.b="c;d"', b"spf=none"]
+
+
+def test_openssl_and_pure_python_rsa_make_the_same_signature():
+    # RSASSA-PKCS1-v1_5 is deterministic: the OpenSSL path (cryptography) and
+    # dkimpy's arithmetic, the fallback without it, must agree bit for bit.
+    import dataclasses
+    import hashlib
+
+    key = keys.parse_key(_RSA)
+    h = hashlib.sha256(b"message")
+    slow = dataclasses.replace(key, fast=None)
+    assert slow.sign(h) == (key.sign(h) if key.fast is not None else slow.sign(h))
+    assert len(slow.sign(h)) == 256

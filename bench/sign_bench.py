@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Signing cost: proxy throughput with DKIM signing as a ratio of unsigned pass-through.
+
+    /tmp/venv/bin/python bench/sign_bench.py [--messages 1000] [--rounds 3]
+
+One private Postfix and one proxy (tests/support/pipeline.py, scanning off),
+three paths measured alternately in the same run with Postfix's smtp-source
+(5 KB messages, concurrency 1 and 20; best of --rounds, as in
+bench/proxy_bench.py, whose smtp_source and drain are reused):
+
+    unsigned:  smtpd (proxy filter) -> proxy inbound listener -> smtpd -> queue
+    rsa:       smtpd (proxy filter) -> proxy outbound listener, RSA-2048 signature
+    rsa+ed:    the same, dual-signed RSA-2048 + Ed25519 (RFC 8463)
+
+smtp-source writes From: with the envelope sender, so the sender domain
+picks the signing table entry. Every signed message's signature is counted
+from the proxy's log, so a path that silently stopped signing shows up.
+Target (issue 6): RSA-2048 signing costs at most 10% of pass-through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.proxy_bench import MESSAGE_SIZE, drain, smtp_source  # noqa: E402
+from tests.support.pipeline import Pipeline  # noqa: E402
+from tests.support.postfix import free_port, port_open, wait_until  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SENDERS = {"unsigned": "bench@example.org", "rsa": "bench@rsa.example", "rsa+ed": "bench@dual.example"}
+
+
+def keygen(directory: Path, domain: str, selector: str, kind: str) -> Path:
+    subprocess.run([sys.executable, "-m", "smtpproxy.cli", "dkim", "keygen", "-d", domain, "-s",
+                    selector, "--type", kind, "--dir", str(directory)],
+                   check=True, capture_output=True, cwd=ROOT, timeout=120)
+    return directory / f"{domain}.{selector}.key"
+
+
+def rate(port: int, sender: str, messages: int, concurrency: int) -> float:
+    # smtp_source from proxy_bench has a fixed sender; this one varies it.
+    start = time.perf_counter()
+    subprocess.run(
+        ["smtp-source", "-s", str(concurrency), "-m", str(messages), "-l", str(MESSAGE_SIZE),
+         "-S", "benchmark message", "-M", "client.example.org",
+         "-f", sender, "-t", "sink@example.net", f"127.0.0.1:{port}"],
+        check=True, timeout=600, stdout=subprocess.DEVNULL,
+    )
+    return messages / (time.perf_counter() - start)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="sign-bench-") as tmp:
+        keys = Path(tmp) / "keys"
+        keys.mkdir()
+        rsa1 = keygen(keys, "rsa.example", "s1", "rsa")
+        rsa2 = keygen(keys, "dual.example", "r1", "rsa")
+        ed = keygen(keys, "dual.example", "e1", "ed25519")
+        (keys / "key_table").write_text(f"rsa rsa.example:s1:{rsa1}\nrsa2 dual.example:r1:{rsa2}\n"
+                                        f"ed dual.example:e1:{ed}\n")
+        (keys / "signing_table").write_text("rsa.example rsa\ndual.example rsa2,ed\n")
+        p = Pipeline(Path(tmp) / "p", proxy_extra="max_sessions = 500", extra_config=f"""
+[sign]
+key_table = "{keys / 'key_table'}"
+signing_table = "{keys / 'signing_table'}"
+""")
+        outbound_proxy, submission = free_port(), free_port()
+        p.proxy.config_text += f"""
+[[proxy.listeners]]
+name = "outbound"
+listen = "127.0.0.1:{outbound_proxy}"
+profile = "outbound"
+downstream = "127.0.0.1:{p.reinject_port}"
+"""
+        p.postfix.add_service(f"127.0.0.1:{submission}", {
+            "smtpd_proxy_filter": f"127.0.0.1:{outbound_proxy}",
+            "smtpd_client_connection_count_limit": "0"})
+        p.start()
+        try:
+            wait_until(lambda: port_open(submission), 20, "submission port")
+            p.postfix.params["default_transport"] = "discard"
+            p.postfix.params["relayhost"] = ""
+            p.postfix.reload()
+            time.sleep(1)
+            ports = {"unsigned": p.inbound_port, "rsa": submission, "rsa+ed": submission}
+            for name, port in ports.items():  # warm-up: smtpd processes, key tables, threads
+                rate(port, SENDERS[name], 100, 10)
+            smtp_source(p.direct_port, 10, 1)
+            drain(p)
+            results = {}
+            for concurrency in (1, 20):
+                n = args.messages if concurrency > 1 else max(200, args.messages // 4)
+                best = dict.fromkeys(ports, 0.0)
+                for _ in range(args.rounds):
+                    for name, port in ports.items():
+                        best[name] = max(best[name], rate(port, SENDERS[name], n, concurrency))
+                        drain(p)
+                results[concurrency] = best
+            log = p.proxy.log_text()
+        finally:
+            p.stop()
+
+    signed_rsa = log.count("DKIM signed d=rsa.example s=s1 a=rsa-sha256")
+    signed_dual = log.count("DKIM signed d=dual.example s=r1 a=rsa-sha256, d=dual.example s=e1 "
+                            "a=ed25519-sha256")
+    print(f"signing benchmark: {MESSAGE_SIZE // 1024} KB messages, best of {args.rounds} rounds, "
+          f"Postfix -> proxy over TCP, scanning off")
+    print(f"{'concurrency':>11} {'unsigned msg/s':>15} {'rsa msg/s':>10} {'ratio':>6} "
+          f"{'rsa+ed msg/s':>13} {'ratio':>6}")
+    for concurrency, best in results.items():
+        base = best["unsigned"]
+        print(f"{concurrency:>11} {base:>15.0f} {best['rsa']:>10.0f} {best['rsa'] / base:>6.2f} "
+              f"{best['rsa+ed']:>13.0f} {best['rsa+ed'] / base:>6.2f}")
+    print(f"messages signed during the run: {signed_rsa} RSA, {signed_dual} RSA + Ed25519")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
