@@ -384,3 +384,64 @@ def test_openssl_and_pure_python_rsa_make_the_same_signature():
     slow = dataclasses.replace(key, fast=None)
     assert slow.sign(h) == (key.sign(h) if key.fast is not None else slow.sign(h))
     assert len(slow.sign(h)) == 256
+
+
+# ------------------------------------------------------------------ ARC sealing in the signer
+
+
+class FakeResolver:
+    """Answers TXT lookups from a dict; None values mean a DNS timeout."""
+
+    timeout_s = 1.0
+
+    def __init__(self, records: dict[str, bytes | None]):
+        self.records = records
+
+    async def txt(self, name: str) -> list[bytes]:
+        from smtpproxy.common.dns import DnsTempError
+
+        if name in self.records and self.records[name] is None:
+            raise DnsTempError(name, "TXT", "timeout")
+        return [self.records[name]] if name in self.records else []
+
+
+def _sealed_upstream(keydir) -> bytes:
+    """A message already sealed once by up.example (instance 1, cv=none)."""
+    from smtpproxy.sign.arc import seal_set
+
+    raw = b"Authentication-Results: up.example; spf=pass smtp.mailfrom=example.net\r\n" + message()
+    return b"".join(seal_set(raw, "up.example", "arc", keys.load_key(str(keydir / "rsa.key")),
+                             "up.example", ["from", "to", "subject", "date"])) + raw
+
+
+def _arc_signer(keydir, resolver, **sign):
+    cfg = config.build(config.Config, {"proxy": {"hostname": "mx.example.org"}, "sign": {
+        **sign, "arc": {"profiles": ["inbound"], "domain": "example.org", "selector": "rsa2026",
+                        "key_file": str(keydir / "rsa.key")}}})
+    return build_signer(cfg, resolver=resolver)
+
+
+def test_inbound_mail_gets_the_next_arc_set_with_the_verified_cv(keydir):
+    record = keys.dns_record(keys.load_key(str(keydir / "rsa.key"))).encode()
+    resolver = FakeResolver({"arc._domainkey.up.example": record,
+                             "rsa2026._domainkey.example.org": record})
+    upstream = _sealed_upstream(keydir)
+    out = asyncio.run(_arc_signer(keydir, resolver).sign(txn(upstream, profile="inbound")))
+    assert out.startswith(b"ARC-Seal: i=2; cv=pass; a=rsa-sha256; d=example.org; s=rsa2026;")
+    assert b"ARC-Authentication-Results: i=2; mx.example.org;\r\n arc=pass\r\n" in out
+    assert b"Authentication-Results: mx.example.org;\r\n\tarc=pass\r\n" in out
+    cv, _results, reason = dkim.arc_verify(
+        out, dnsfunc=lambda name, timeout=5: {b"arc._domainkey.up.example.": record,
+                                              b"rsa2026._domainkey.example.org.": record}.get(name))
+    assert cv == dkim.CV_Pass, reason
+
+
+def test_chain_not_verifiable_for_dns_trouble_follows_on_failure(keydir, caplog):
+    resolver = FakeResolver({"arc._domainkey.up.example": None})
+    upstream = _sealed_upstream(keydir)
+    with caplog.at_level(logging.ERROR, "smtpproxy.sign"):
+        out = asyncio.run(_arc_signer(keydir, resolver).sign(txn(upstream, profile="inbound")))
+    assert out == upstream and "ARC chain not verified" in caplog.text
+    with pytest.raises(SignTempfail, match="arc._domainkey.up.example"):
+        asyncio.run(_arc_signer(keydir, resolver, on_failure="tempfail").sign(
+            txn(upstream, profile="inbound")))
