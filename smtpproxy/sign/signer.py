@@ -68,8 +68,11 @@ class ProxySigner:
             return False
         if txn.profile in self.cfg.profiles:
             return True
+        text = txn.client.addr or ""
+        if text[:5].lower() == "ipv6:":  # XFORWARD writes IPv6 addresses as IPV6:...
+            text = text[5:]
         try:
-            addr = ipaddress.ip_address((txn.client.addr or "").removeprefix("IPv6:"))
+            addr = ipaddress.ip_address(text)
         except ValueError:
             return False
         return any(addr in net for net in self.networks)

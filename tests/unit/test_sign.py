@@ -299,6 +299,9 @@ def test_trusted_network_is_signed_on_any_listener(keydir):
     cfg = make_cfg(keydir, trusted_networks=["192.0.2.0/24"])
     assert sign(cfg, message(), profile="inbound") != message()
     assert sign(cfg, message(), profile="inbound", addr="198.51.100.1") == message()
+    cfg6 = make_cfg(keydir, trusted_networks=["2001:db8::/32"])
+    assert sign(cfg6, message(), profile="inbound", addr="IPV6:2001:db8::25") != message()
+    assert sign(cfg6, message(), profile="inbound", addr="unknown") == message()
 
 
 def test_no_second_signature_for_the_same_domain_and_selector(keydir):
