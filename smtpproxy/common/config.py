@@ -882,6 +882,10 @@ class SignConfig:
     # Both files are checked for changes this often (at most) and reloaded as a
     # whole: a reload with any bad line or key keeps the previous tables.
     table_check_interval_s: float = 5.0
+    # Also sign for the envelope sender's domain when the signing table has an
+    # entry for it (a separate bounce domain, say): one more signature. Only
+    # ever in addition to the From domain's, which must be ours.
+    envelope_sender: bool = False
     # Mail accepted on listeners of these profiles is signed ...
     profiles: tuple[str, ...] = ("outbound",)
     # ... and so is mail from clients (XFORWARD ADDR) in these networks, on any listener.

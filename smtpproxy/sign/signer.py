@@ -10,7 +10,8 @@ the bytes to send downstream. What happens, in order:
 2. DKIM, when the profile is in ``sign.profiles`` or the client is in
    ``sign.trusted_networks``, the From header names exactly one domain set
    and each of its domains is in the signing table (never mail whose From is
-   not ours), one signature per key of that entry, skipping keys that
+   not ours), one signature per key of that entry (plus the envelope
+   sender domain's entry with ``sign.envelope_sender``), skipping keys that
    already signed it (same d= and s=).
 3. The ARC set is added on top of all that.
 
@@ -87,7 +88,8 @@ class ProxySigner:
         try:
             cv = await self._verify_chain(content) if do_arc else ""
             if do_dkim:
-                content = await loop.run_in_executor(self.pool, self._dkim, txn.session_id, content)
+                content = await loop.run_in_executor(self.pool, self._dkim, txn.session_id, content,
+                                                     txn.mail_from)
             if do_arc:
                 content = await loop.run_in_executor(self.pool, self._seal, txn.session_id,
                                                      content, cv)
@@ -100,7 +102,7 @@ class ProxySigner:
                          reason)
         return content
 
-    def _dkim(self, session_id: str, content: bytes) -> bytes:
+    def _dkim(self, session_id: str, content: bytes, mail_from: str = "") -> bytes:
         assert self.tables is not None
         tables = self.tables.current()
         message = dkimsign.parse(content)
@@ -116,6 +118,9 @@ class ProxySigner:
                             session_id, domain)
                 return content
             keys += [k for k in found if k not in keys]
+        sender_domain = mail_from.rpartition("@")[2].rstrip(".").lower()
+        if self.cfg.envelope_sender and "@" in mail_from and sender_domain not in domains:
+            keys += [k for k in tables.lookup(sender_domain) if k not in keys]
         todo = [k for k in keys if not dkimsign.already_signed(message, k)]
         if not todo:
             logger.info("%s: not DKIM signed again: already signed by us", session_id)

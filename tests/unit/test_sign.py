@@ -448,3 +448,26 @@ def test_chain_not_verifiable_for_dns_trouble_follows_on_failure(keydir, caplog)
     with pytest.raises(SignTempfail, match="arc._domainkey.up.example"):
         asyncio.run(_arc_signer(keydir, resolver, on_failure="tempfail").sign(
             txn(upstream, profile="inbound")))
+
+
+def test_envelope_sender_domain_adds_its_own_signature_only_when_from_is_ours(keydir):
+    bounce = keydir / "bounce.key"
+    bounce.write_bytes(_RSA)
+    with open(keydir / "keys", "a") as f:
+        f.write(f"b bounces.example:b1:{bounce}\n")
+    with open(keydir / "signing", "a") as f:
+        f.write("bounces.example b\n")
+    cfg = make_cfg(keydir, envelope_sender=True)
+
+    def signer_for(content, sender):
+        t = txn(content)
+        t.mail_from = sender
+        return asyncio.run(build_signer(cfg).sign(t))
+
+    out = signer_for(message(), "bounce-123@bounces.example")
+    assert out.count(b"DKIM-Signature:") == 3 and b"d=bounces.example" in out
+    # From not ours: nothing, whatever the envelope sender.
+    foreign = message("eve@example.com")
+    assert signer_for(foreign, "bounce-123@bounces.example") == foreign
+    # Off by default.
+    assert sign(make_cfg(keydir), message()).count(b"DKIM-Signature:") == 2
