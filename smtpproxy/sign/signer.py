@@ -138,6 +138,8 @@ class ProxySigner:
         assert self.sealer is not None
         if self.sealer.resolver is None:
             raise SignError("ARC chain not verified: no resolver")
+        # The ARC check's own verification (dkimpy in a worker thread, DNS
+        # through the Resolver): the chain we seal is judged as the scan judges it.
         out = await dkimdns.run_in_pool(dkimdns.shared_pool("arc"), self.sealer.resolver,
                                         verify_chain, content, self.sealer.min_rsa_key_bits)
         if out["result"] == "temperror":
