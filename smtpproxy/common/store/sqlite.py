@@ -288,19 +288,27 @@ class SQLiteStore(Store):
     async def incr_many(self, amounts: dict[str, int], ttl_s: float) -> list[int]:
         now = time.time()
 
-        # One upsert per key (Bayes learns ~1000 keys a message): an expired
+        # One upsert per key, all in one executemany (Bayes learns thousands of
+        # keys at a time), then the new values read back in chunks: an expired
         # row restarts from 0; values stay decimal text in a BLOB, as incr writes them.
         sql = (
             "INSERT INTO kv (k, v, exp) VALUES (?1, CAST(CAST(?2 AS TEXT) AS BLOB), ?3) "
             "ON CONFLICT (k) DO UPDATE SET v = CAST(CAST("
             "CASE WHEN exp > ?4 THEN CAST(CAST(v AS TEXT) AS INTEGER) + ?2 ELSE ?2 END"
-            " AS TEXT) AS BLOB), exp = ?3 RETURNING v"
+            " AS TEXT) AS BLOB), exp = ?3"
         )
+        keys = list(amounts)
 
         def run(db: sqlite3.Connection) -> list[int]:
             exp = now + ttl_s
-            return [int(db.execute(sql, (key, amount, exp, now)).fetchone()[0])
-                    for key, amount in amounts.items()]
+            db.executemany(sql, [(key, amount, exp, now) for key, amount in amounts.items()])
+            values: dict[str, bytes] = {}
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                values.update(db.execute(
+                    f"SELECT k, v FROM kv WHERE k IN ({','.join('?' * len(chunk))})", chunk
+                ).fetchall())
+            return [int(values[key]) for key in keys]
 
         return await self._run_tx(run)
 

@@ -97,12 +97,25 @@ async def learn_files(bayes: BayesStore, cls: str, files: list[str], max_tokens:
     """Learn every file as ``cls``; counts per outcome (and "unreadable")."""
     summary = {"learned": 0, ALREADY: 0, MOVED: 0, "unreadable": 0}
     batch: dict[str, list[str]] = {}
+    # The store writes one batch (on its own thread, or Redis) while the
+    # next is read and tokenized here.
+    writing: asyncio.Task | None = None
+    writing_ids: set[str] = set()
     done = 0
 
+    async def settle() -> None:
+        nonlocal writing
+        if writing is not None:
+            task, writing = writing, None
+            for outcome in await task:
+                summary["learned" if outcome not in (ALREADY, MOVED) else outcome] += 1
+
     async def flush() -> None:
-        for outcome in await bayes.learn_many(list(batch.items()), cls):
-            summary["learned" if outcome not in (ALREADY, MOVED) else outcome] += 1
-        batch.clear()
+        nonlocal writing, writing_ids, batch
+        await settle()
+        if batch:
+            writing = asyncio.ensure_future(bayes.learn_many(list(batch.items()), cls))
+            writing_ids, batch = set(batch), {}
 
     for name in files:
         try:
@@ -116,16 +129,18 @@ async def learn_files(bayes: BayesStore, cls: str, files: list[str], max_tokens:
             summary["unreadable"] += 1
             continue
         msg_id = message_id(raw)
-        if msg_id in batch:  # the same message twice: learn the batch holding the first
+        if msg_id in batch or msg_id in writing_ids:  # the same message again: after the first
             await flush()
+            await settle()
         batch[msg_id] = tokenize(parse(raw), max_tokens)
         done += 1
+        await asyncio.sleep(0)  # let the batch being written move on
         if len(batch) >= LEARN_BATCH:
             await flush()
             if progress:
                 progress(done)
-    if batch:
-        await flush()
+    await flush()
+    await settle()
     if progress:
         progress(done)
     return summary

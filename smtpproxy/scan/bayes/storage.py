@@ -45,6 +45,10 @@ _CLASS_CODE = {SPAM: b"S", HAM: b"H"}
 _CODE_CLASS = {b"S": SPAM, b"H": HAM}
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
+# Keys per incr_many call when learning: a batch of messages can carry tens of
+# thousands, more than one store call should take (store.timeout_s).
+INCR_CHUNK = 2000
+
 # Learn outcomes.
 LEARNED = "learned"
 ALREADY = "already learned"
@@ -131,7 +135,12 @@ class BayesStore:
             outcomes.append(MOVED if was is not None else LEARNED)
             learned.append(msg_id)
         if amounts:
-            await self.store.incr_many(dict(amounts), self.ttl_s)
+            # In chunks, each well within the store's timeout; the message
+            # counts go last, so they never run ahead of the tokens.
+            counts = {k: amounts.pop(k) for k in (self.nspam_key, self.nham_key) if k in amounts}
+            pending = [*amounts.items(), *counts.items()]
+            for i in range(0, len(pending), INCR_CHUNK):
+                await self.store.incr_many(dict(pending[i:i + INCR_CHUNK]), self.ttl_s)
             await asyncio.gather(*(self.store.set(self._message_key(msg_id), _CLASS_CODE[cls],
                                                   self.ttl_s) for msg_id in learned))
         return outcomes
