@@ -37,7 +37,7 @@ from smtpproxy.scan.message import parse
 EX_TEMPFAIL = 75
 # Messages learned together: their token increments are summed into one
 # store call (see BayesStore.learn_many).
-LEARN_BATCH = 64
+LEARN_BATCH = 256
 PROGRAM = "smtpproxy"
 
 
