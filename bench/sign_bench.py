@@ -61,6 +61,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pool-threads", type=int, default=4, help="sign.pool_threads")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="sign-bench-") as tmp:
@@ -76,6 +77,7 @@ def main() -> int:
 [sign]
 key_table = "{keys / 'key_table'}"
 signing_table = "{keys / 'signing_table'}"
+pool_threads = {args.pool_threads}
 """)
         outbound_proxy, submission = free_port(), free_port()
         p.proxy.config_text += f"""
@@ -117,7 +119,7 @@ downstream = "127.0.0.1:{p.reinject_port}"
     signed_dual = log.count("DKIM signed d=dual.example s=r1 a=rsa-sha256, d=dual.example s=e1 "
                             "a=ed25519-sha256")
     print(f"signing benchmark: {MESSAGE_SIZE // 1024} KB messages, best of {args.rounds} rounds, "
-          f"Postfix -> proxy over TCP, scanning off")
+          f"Postfix -> proxy over TCP, scanning off, {args.pool_threads} signing threads")
     print(f"{'concurrency':>11} {'unsigned msg/s':>15} {'rsa msg/s':>10} {'ratio':>6} "
           f"{'rsa+ed msg/s':>13} {'ratio':>6}")
     for concurrency, best in results.items():
