@@ -687,7 +687,7 @@ class BayesConfig:
     # Robinson-Fisher chi-square probability at or above which BAYES_SPAM is
     # emitted, at or below which BAYES_HAM; the symbol's score is scaled by
     # the confidence (probability - 0.5) * 2 (see docs/bayes.md).
-    spam_threshold: float = 0.9
+    spam_threshold: float = 0.8
     ham_threshold: float = 0.1
     # Distinct tokens taken from one message (the first ones found; header
     # tokens come first), both to learn and to classify.

@@ -109,11 +109,12 @@ class BayesStore:
         return (await self.learn_many([(msg_id, tokens)], cls))[0]
 
     async def learn_many(self, items: list[tuple[str, Iterable[str]]], cls: str) -> list[str]:
-        """Learn several messages (distinct ids) as ``cls`` in three store calls.
+        """Learn several messages (distinct ids) as ``cls``: one mget of their
+        ids, incr_many in chunks of INCR_CHUNK keys, one set per learned id.
 
         The increments of all of them are summed first, so a token common to
-        the batch is one write, not one per message: that is what makes bulk
-        learning fast on SQLite, where each written key costs an index update.
+        the batch is one write, not one per message: written keys are what
+        bulk learning costs (on SQLite most of all).
         """
         previous = await self.store.mget([self._message_key(msg_id) for msg_id, _ in items])
         amounts: Counter[str] = Counter()
