@@ -183,16 +183,14 @@ class ProxyService:
         hook, self._resolver = build_hook(cfg, self._store, self._resolver, self.hostname)
         return hook
 
-    @staticmethod
-    def _build_signer(cfg: Config) -> Signer:
-        """The DKIM/ARC signer for ``cfg``; raises ConfigError for bad keys or tables."""
-        try:
-            from smtpproxy.sign.setup import build_signer
-        except ModuleNotFoundError as exc:
-            if exc.name != "smtpproxy.sign.setup":
-                raise
-            return NoSigner()  # signing is being built alongside
-        return build_signer(cfg)
+    def _build_signer(self, cfg: Config) -> Signer:
+        """The DKIM/ARC signer for ``cfg``; raises ConfigError for bad keys or tables.
+
+        ARC sealing verifies the existing chain: with the scoring engine's
+        resolver when there is one, so both share one cache."""
+        from smtpproxy.sign.setup import build_signer
+
+        return build_signer(cfg, self._resolver)
 
     async def _serve_metrics(self, listen: str) -> None:
         if self._metrics_server is not None:
