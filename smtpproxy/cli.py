@@ -131,6 +131,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     async def scan_all() -> int:
         resolver = make_resolver(cfg)
+        store = await _scan_store(cfg)
         status = 0
         for path in args.files:
             for name in _message_files(path):
@@ -143,7 +144,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 started = time.monotonic()
                 ctx = CheckContext(message=parse(raw), client=client, mail_from=args.sender or "",
                                    rcpt_tos=list(args.rcpt or []), profile=args.profile,
-                                   resolver=resolver)
+                                   resolver=resolver, store=store)
                 result = await engine.scan(ctx)
                 elapsed = time.monotonic() - started
                 symbols = sorted(result.symbols.values(), key=lambda s: s.name)
@@ -162,9 +163,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
                     options = f"[{', '.join(s.options)}]" if s.options else ""
                     print(f"Symbol: {s.name} ({s.score:.2f}){options}")
                 print(flush=True)
+        if store is not None:
+            await store.close()
         return status
 
     return run(scan_all())
+
+
+async def _scan_store(cfg: Config):
+    """The store, when Bayes can use one (smtpproxy.scan.bayes.cli); else None."""
+    try:
+        from smtpproxy.scan.bayes.cli import open_existing_store
+    except ModuleNotFoundError:
+        return None
+    return await open_existing_store(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:

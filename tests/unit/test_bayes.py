@@ -388,3 +388,25 @@ def test_autolearn_through_the_hook_with_class_balance(tmp_path):
     counts = run(main())
     # ham 0 counts as min_learned 1; ratio 2: the third spam would be 3 > 2 * 1.
     assert (counts.nspam, counts.nham) == (2, 0)
+
+
+def test_scan_command_classifies_with_the_store_and_creates_none(tmp_path):
+    import json
+    conf = tmp_path / "c.toml"
+    conf.write_text("[scan.bayes]\nmin_learned = 2\nmin_tokens = 3\n")
+    state = tmp_path / "state"
+    for i, raw in enumerate(SPAM + HAM):
+        (tmp_path / f"{i}.eml").write_bytes(raw)
+    smtpproxy("learn", "spam", "-c", str(conf), "--state-dir", str(state),
+              *(str(tmp_path / f"{i}.eml") for i in range(3)))
+    smtpproxy("learn", "ham", "-c", str(conf), "--state-dir", str(state),
+              *(str(tmp_path / f"{i}.eml") for i in range(3, 6)))
+    probe = tmp_path / "probe.eml"
+    probe.write_bytes(msg("Cheap pills", "Buy cheap pills now, best price offer today"))
+    out = smtpproxy("scan", "-c", str(conf), "--state-dir", str(state), "--json", str(probe))
+    assert out.returncode == 0, out.stderr
+    assert "BAYES_SPAM" in json.loads(out.stdout)["symbols"]
+    fresh = tmp_path / "fresh"
+    out = smtpproxy("scan", "-c", str(conf), "--state-dir", str(fresh), "--json", str(probe))
+    assert out.returncode == 0 and "BAYES_SPAM" not in json.loads(out.stdout)["symbols"]
+    assert not fresh.exists()

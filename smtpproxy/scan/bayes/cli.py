@@ -56,6 +56,22 @@ async def _open(cfg: Config) -> Store:
     return store
 
 
+async def open_existing_store(cfg: Config) -> Store | None:
+    """The configured store for ``smtpproxy scan``, so Bayes classifies there
+    too; None (Bayes silent) when it is an SQLite file not yet created or the
+    store cannot be opened: scanning a file must not create state."""
+    if not cfg.store.url and not os.path.exists(os.path.join(cfg.state_dir, "smtpproxy.db")):
+        return None
+    store = open_store(cfg.store, cfg.state_dir)
+    try:
+        await store.open()
+    except StoreError as exc:
+        print(f"{PROGRAM}: store unusable, Bayes off: {exc}", file=sys.stderr)
+        await store.close()
+        return None
+    return store
+
+
 def _files(targets: list[str]) -> list[str]:
     out: list[str] = []
     for target in targets:
