@@ -148,6 +148,14 @@ enabled = {"true" if scan else "false"}
         )
 
     def start(self) -> None:
+        """Start everything; if any part fails, stop what did start before raising."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         self.sink.start()
         self.postfix.start()
         self.proxy.start(None if self.unix_socket else self.proxy_port)
