@@ -45,12 +45,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from scan_bench import (  # noqa: E402
-    RSPAMD_LOCAL,
-    RSPAMD_NETWORK_MODULES,
     apt_install,
     free_port,
     pct,
     port_open,
+    start_rspamd,
     wait_until,
 )
 
@@ -246,23 +245,11 @@ def bench_rspamd(train, test, tmp: Path, dns: DnsTestServer) -> dict:
     if problem:
         return {"skipped": problem}
     redis = start_redis(str(tmp / "redis"))
-    conf = tmp / "rspamd"
-    for sub in ("local.d", "db", "run", "log"):
-        (conf / sub).mkdir(parents=True)
-    port, cport = free_port(), free_port()
-    values = {"port": port, "cport": cport, "dns": dns.nameserver, "log": conf / "log" / "rspamd.log"}
-    for name, text in RSPAMD_LOCAL.items():
-        (conf / "local.d" / name).write_text(text.format(**values))
-    for module in RSPAMD_NETWORK_MODULES:
-        (conf / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
-    (conf / "local.d" / "classifier-bayes.conf").write_text(
-        f'backend = "redis";\nservers = "127.0.0.1:{redis.port}";\nautolearn = false;\n')
-    (conf / "local.d" / "redis.conf").write_text(f'servers = "127.0.0.1:{redis.port}";\n')
-    proc = subprocess.Popen(
-        ["rspamd", "-f", "-c", "/etc/rspamd/rspamd.conf", "-u", "root", "-g", "root", "-i",
-         "--var", f"LOCAL_CONFDIR={conf}", "--var", f"DBDIR={conf / 'db'}",
-         "--var", f"RUNDIR={conf / 'run'}", "--var", f"LOGDIR={conf / 'log'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, port, cport = start_rspamd(tmp / "rspamd", dns.nameserver, {
+        "classifier-bayes.conf":
+            f'backend = "redis";\nservers = "127.0.0.1:{redis.port}";\nautolearn = false;\n',
+        "redis.conf": f'servers = "127.0.0.1:{redis.port}";\n',
+    })
     out: dict = {}
     try:
         wait_until(lambda: (port_open(port) and port_open(cport)) or proc.poll() is not None, 120, "rspamd")

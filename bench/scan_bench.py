@@ -209,24 +209,34 @@ RSPAMD_NETWORK_MODULES = ("rbl", "fuzzy_check", "surbl", "url_reputation", "asn"
                           "phishing", "replies", "neural", "ratelimit", "greylist")
 
 
-def bench_rspamd(files: list[Path], tmp: Path, dns: DnsTestServer, install: bool) -> dict:
-    problem = apt_install(["rspamd"], install)
-    if problem:
-        return {"skipped": problem}
-    conf = tmp / "rspamd"
+def start_rspamd(conf: Path, nameserver: str,
+                 extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, int]:
+    """A private rspamd (network modules off, DNS to ``nameserver``) configured
+    under ``conf``; ``extra`` adds local.d files. Returns (process, normal
+    worker port, controller port); the caller waits for the ports and stops it."""
     for sub in ("local.d", "db", "run", "log"):
         (conf / sub).mkdir(parents=True)
     port, cport = free_port(), free_port()
-    values = {"port": port, "cport": cport, "dns": dns.nameserver, "log": conf / "log" / "rspamd.log"}
+    values = {"port": port, "cport": cport, "dns": nameserver, "log": conf / "log" / "rspamd.log"}
     for name, text in RSPAMD_LOCAL.items():
         (conf / "local.d" / name).write_text(text.format(**values))
     for module in RSPAMD_NETWORK_MODULES:
         (conf / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
+    for name, text in (extra or {}).items():
+        (conf / "local.d" / name).write_text(text)
     proc = subprocess.Popen(
         ["rspamd", "-f", "-c", "/etc/rspamd/rspamd.conf", "-u", "root", "-g", "root", "-i",
          "--var", f"LOCAL_CONFDIR={conf}", "--var", f"DBDIR={conf / 'db'}",
          "--var", f"RUNDIR={conf / 'run'}", "--var", f"LOGDIR={conf / 'log'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, port, cport
+
+
+def bench_rspamd(files: list[Path], tmp: Path, dns: DnsTestServer, install: bool) -> dict:
+    problem = apt_install(["rspamd"], install)
+    if problem:
+        return {"skipped": problem}
+    proc, port, _cport = start_rspamd(tmp / "rspamd", dns.nameserver)
     try:
         wait_until(lambda: port_open(port) or proc.poll() is not None, 120, "rspamd")
         if proc.poll() is not None:
