@@ -27,6 +27,12 @@ MAX_URLS = 500
 
 URL_RE = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]+""")
 HREF_RE = re.compile(r"""(?i)\bhref\s*=\s*["']?([^"'\s>]+)""")
+# The same, anchored: tried only where a cheap search found "http", "www." or "href".
+URL_AT_RE = re.compile(r"""(?i)(?:https?://|www\.)[^\s<>"'()\[\]{}]+""")
+HREF_AT_RE = re.compile(r"""(?i)href\s*=\s*["']?([^"'\s>]+)""")
+SCHEME_RE = re.compile(r"(?i)^(?:https?://)?")
+# compat32 hands 8-bit header bytes back as surrogate escapes.
+SURROGATE_RE = re.compile("[\udc80-\udcff]")
 TAG_RE = re.compile(r"(?s)<(script|style)\b.*?</\1\s*>|<[^>]*>")
 SPACE_RE = re.compile(r"[ \t\r\f\v]+")
 
@@ -87,9 +93,14 @@ class Message:
     # ---------------------------------------------------------------- body
 
     @cached_property
+    def html_texts(self) -> list[str]:
+        """Each HTML part as plain text (tags dropped, entities decoded), rendered once."""
+        return [html_to_text(h) for h in self.html_parts]
+
+    @cached_property
     def html_text(self) -> str:
         """The HTML parts as plain text (tags dropped, entities decoded)."""
-        return "\n".join(html_to_text(h) for h in self.html_parts)
+        return "\n".join(self.html_texts)
 
     @cached_property
     def visible_text(self) -> str:
@@ -103,7 +114,7 @@ class Message:
         found: list[str] = []
         seen: set[str] = set()
         for source in (*self.text_parts, *self.html_parts):
-            for url in (*URL_RE.findall(source), *HREF_RE.findall(source)):
+            for url in find_urls(source):
                 url = url.rstrip(".,;:!?")
                 if url not in seen and not url.lower().startswith(("mailto:", "#", "cid:")):
                     seen.add(url)
@@ -114,17 +125,54 @@ class Message:
 
     @cached_property
     def url_domains(self) -> list[str]:
-        domains: list[str] = []
+        domains: dict[str, None] = {}  # ordered and distinct
         for url in self.urls:
-            host = re.sub(r"(?i)^(?:https?://)?", "", url).split("/", 1)[0]
+            host = SCHEME_RE.sub("", url, 1).split("/", 1)[0]
             host = host.rsplit("@", 1)[-1].split(":", 1)[0].strip(".").lower()
-            if host and host not in domains:
-                domains.append(host)
-        return domains
+            if host:
+                domains[host] = None
+        return list(domains)
 
     @property
     def attachments(self) -> list[Part]:
         return [p for p in self.parts if p.is_attachment]
+
+
+def find_urls(text: str) -> list[str]:
+    """``URL_RE.findall(text) + HREF_RE.findall(text)``, in that order, found faster.
+
+    A regex search tries the pattern at every position; for ASCII text (the
+    usual case) a lower-cased copy is searched for the literal starts with
+    str.find instead, and the pattern is tried only there. Other text takes
+    the regexes (case folding may change its length, and (?i) matches some
+    non-ASCII letters).
+    """
+    if not text.isascii():
+        return URL_RE.findall(text) + HREF_RE.findall(text)
+    low = text.lower()
+    return _find_at(text, low, ("http", "www."), URL_AT_RE, 0) + _find_at(text, low, ("href",), HREF_AT_RE, 1)
+
+
+def _find_at(text: str, low: str, starts: tuple[str, ...], pattern: re.Pattern, group: int) -> list[str]:
+    """What ``findall`` of ``\\b`` + ``pattern`` gives, trying it only where a start is."""
+    found: list[str] = []
+    nxt = {start: low.find(start) for start in starts}
+    pos = 0
+    while True:
+        for start, at in nxt.items():
+            if 0 <= at < pos:
+                nxt[start] = low.find(start, pos)
+        candidates = [at for at in nxt.values() if at >= 0]
+        if not candidates:
+            return found
+        at = min(candidates)
+        before = text[at - 1] if at else " "
+        match = None if before.isalnum() or before == "_" else pattern.match(text, at)  # \b
+        if match is None:
+            pos = at + 1
+        else:
+            found.append(match.group(group))
+            pos = match.end()
 
 
 def html_to_text(markup: str) -> str:
@@ -165,8 +213,7 @@ def _header_text(value) -> str:
     if isinstance(value, email.header.Header):
         return decode_header_value(str(value))
     text = str(value)
-    # compat32 hands 8-bit header bytes back as surrogate escapes.
-    if any("\udc80" <= c <= "\udcff" for c in text):
+    if not text.isascii() and SURROGATE_RE.search(text):
         text = decode_bytes(text.encode("utf-8", "surrogateescape"), None)
     return decode_header_value(text)
 

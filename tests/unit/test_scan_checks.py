@@ -128,3 +128,36 @@ def test_gtube_found_in_body_only_when_present():
 def test_malformed_input_never_raises(raw):
     for check in (HeadersCheck(), MimeCheck(), GtubeCheck()):
         run(check, raw)
+
+
+URL_TEXTS = [
+    "see http://a.example/x and https://B.example/y, www.c.example.",
+    "xhttp://no.example _www.no.example 9www.no.example HTTP://YES.example Www.Yes.example",
+    '<a href="http://h.example/p">x</a> <A HREF = \'/rel\'> href=bare.example hrefhref=x',
+    "http:// www. href= wwwww.example.org http://http://twice.example",
+    "non-ASCII: caf\u00e9 http://\u00e9.example httpſ://s.example and \u212a www.k.example",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", URL_TEXTS)
+def test_url_search_finds_what_the_regexes_find(text):
+    from smtpproxy.scan.message import HREF_RE, URL_RE, find_urls
+    assert find_urls(text) == URL_RE.findall(text) + HREF_RE.findall(text)
+
+
+@pytest.mark.parametrize("a, b", [
+    ("the cat sat on the mat", "the cat sat"),
+    ("a b c", "x y z"),
+    ("", ""),
+    ("word " * 5000 + "tail", "word " * 10 + "tail"),
+    ("Mixed CASE words " * 3, "mixed case WORDS"),
+])
+def test_text_html_similarity_is_difflibs_quick_ratio(a, b):
+    import difflib
+
+    from smtpproxy.scan.checks.mime import MAX_COMPARED_WORDS, WORD_RE, _similarity
+    wa = WORD_RE.findall(a.lower())[:MAX_COMPARED_WORDS]
+    wb = WORD_RE.findall(b.lower())[:MAX_COMPARED_WORDS]
+    expected = difflib.SequenceMatcher(None, wa, wb, autojunk=False).quick_ratio() if wa or wb else 1.0
+    assert _similarity(a, b) == pytest.approx(expected)

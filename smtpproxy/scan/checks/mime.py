@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import re
+from collections import Counter
 from typing import ClassVar
 
 from smtpproxy.scan.checks.base import CheckContext, Hit
-from smtpproxy.scan.message import html_to_text
 
 # Types a mail client may run, or that carry macros.
 DANGEROUS_EXTENSIONS = frozenset("""
@@ -19,6 +18,9 @@ WORD_RE = re.compile(r"\w+", re.UNICODE)
 # Below this similarity (0..1) the text and HTML alternatives "differ".
 PARTS_DIFFER_RATIO = 0.5
 MAX_COMPARED_WORDS = 2000
+# Words are looked for in this much text first (the whole text only when it
+# holds fewer than MAX_COMPARED_WORDS of them).
+_WORDS_WINDOW_CHARS = 16 * MAX_COMPARED_WORDS
 
 
 class MimeCheck:
@@ -35,7 +37,7 @@ class MimeCheck:
         if msg.html_parts and not msg.text_parts:
             hits.append(Hit("MIME_HTML_ONLY"))
         elif msg.html_parts and msg.text_parts:
-            ratio = _similarity(msg.text_parts[0], html_to_text(msg.html_parts[0]))
+            ratio = _similarity(msg.text_parts[0], msg.html_texts[0])
             if ratio < PARTS_DIFFER_RATIO:
                 hits.append(Hit("R_PARTS_DIFFER", (f"{100 * (1 - ratio):.0f}%",)))
         if msg.defects:
@@ -57,9 +59,20 @@ class MimeCheck:
         return hits
 
 
+def _words(text: str) -> list[str]:
+    """The first MAX_COMPARED_WORDS words of ``text``, lower-cased."""
+    words = WORD_RE.findall(text[:_WORDS_WINDOW_CHARS].lower())
+    # More words than needed: the last one may be cut by the window, the first ones are whole.
+    if len(words) <= MAX_COMPARED_WORDS and len(text) > _WORDS_WINDOW_CHARS:
+        words = WORD_RE.findall(text.lower())
+    return words[:MAX_COMPARED_WORDS]
+
+
 def _similarity(a: str, b: str) -> float:
-    wa = WORD_RE.findall(a.lower())[:MAX_COMPARED_WORDS]
-    wb = WORD_RE.findall(b.lower())[:MAX_COMPARED_WORDS]
+    """difflib's quick_ratio of the two word lists: 2 * (words in common, as
+    multisets) / (words in both), computed with Counters."""
+    wa, wb = _words(a), _words(b)
     if not wa and not wb:
         return 1.0
-    return difflib.SequenceMatcher(None, wa, wb, autojunk=False).quick_ratio()
+    common = sum((Counter(wa) & Counter(wb)).values())
+    return 2.0 * common / (len(wa) + len(wb))
