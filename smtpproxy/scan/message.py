@@ -58,6 +58,10 @@ class Message:
     text_parts: list[str] = field(default_factory=list)
     html_parts: list[str] = field(default_factory=list)
     defects: list[str] = field(default_factory=list)
+    # Every From field as written (unfolded only by the parser, encoded words
+    # still encoded, 8-bit bytes read as UTF-8): DMARC's author domains must
+    # not split an address at a comma inside an encoded display name.
+    from_fields: list[str] = field(default_factory=list)
 
     # ---------------------------------------------------------------- headers
 
@@ -218,6 +222,14 @@ def _header_text(value) -> str:
     return decode_header_value(text)
 
 
+def _raw_text(value) -> str:
+    """A stored header value as text: compat32 keeps 8-bit bytes as surrogate escapes."""
+    text = str(value)
+    if text.isascii():
+        return text
+    return text.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+
+
 def parse(raw: bytes) -> Message:
     """Parse ``raw`` once; never raises."""
     # An mbox "From " line (corpora) is not a header.
@@ -229,7 +241,8 @@ def parse(raw: bytes) -> Message:
     headers = []
     for name, value in em.items():
         headers.append((str(name), _header_text(value).replace("\r", "").replace("\n", " ")))
-    msg = Message(raw=raw, headers=headers)
+    msg = Message(raw=raw, headers=headers, from_fields=[
+        _raw_text(value) for name, value in em.raw_items() if name.lower() == "from"])
     msg.defects.extend(type(d).__name__ for d in em.defects)
     for i, part in enumerate(em.walk()):
         if i >= MAX_PARTS:

@@ -50,8 +50,6 @@ Evaluation:
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import email.utils
 import random
 from typing import TYPE_CHECKING, ClassVar
@@ -59,8 +57,7 @@ from typing import TYPE_CHECKING, ClassVar
 from smtpproxy.common.config import Config, ConfigError
 from smtpproxy.common.dns import DnsTempError
 from smtpproxy.scan.checks.base import CheckContext, Hit
-from smtpproxy.scan.checks.dkimdns import strip_mbox_line
-from smtpproxy.scan.headers import header_block_end
+from smtpproxy.scan.message import Message, parse
 from smtpproxy.scan.psl import PublicSuffixList
 
 if TYPE_CHECKING:
@@ -132,19 +129,21 @@ def _a_label(domain: str) -> str:
         return domain
 
 
-def author_domains(raw: bytes) -> list[str]:
-    """The domains of every address in every From field, in order, without repeats."""
+def author_domains(message: Message | bytes) -> list[str]:
+    """The domains of every address in every From field, in order, without repeats.
+
+    From the message model's From fields as written: raw UTF-8 (SMTPUTF8,
+    RFC 6532) read as such, encoded words left encoded, so a comma inside one
+    cannot split an address. Bytes are parsed first (tests, tools).
+    """
+    if isinstance(message, bytes):
+        message = parse(message)
     try:
-        # Raw UTF-8 header bytes (SMTPUTF8, RFC 6532) decoded as such; the
-        # encoded words stay encoded, so a comma inside one cannot split an address.
-        raw = strip_mbox_line(raw)
-        text = raw[:header_block_end(raw)].decode("utf-8", "replace")
-        headers = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(text)
-        values = [str(v) for v in headers.get_all("From") or []]
+        addresses = email.utils.getaddresses(message.from_fields)
     except Exception:
         return []
     domains: list[str] = []
-    for _name, addr in email.utils.getaddresses(values):
+    for _name, addr in addresses:
         domain = addr.rpartition("@")[2].strip().strip(".").lower() if "@" in addr else ""
         domain = _a_label(domain.rstrip(">").strip())
         if domain and domain not in domains:
@@ -174,7 +173,7 @@ class DmarcCheck:
         self.random = random.random
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
-        domains = author_domains(ctx.message.raw)
+        domains = author_domains(ctx.message)
         if not domains:
             ctx.facts["dmarc"] = {"result": "permerror", "domain": "", "policy": "",
                                   "reason": "no From domain"}
