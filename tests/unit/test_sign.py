@@ -339,8 +339,10 @@ def test_signing_failure_tempfails_when_configured(keydir, monkeypatch):
         asyncio.run(signer.sign(txn(message())))
 
 
-def test_signing_runs_off_the_event_loop_thread(keydir, monkeypatch):
+def test_small_messages_are_signed_on_the_loop_big_ones_in_the_pool(keydir, monkeypatch):
     import threading
+
+    from smtpproxy.sign.signer import INLINE_SIGN_MAX_BYTES
 
     seen = []
     real = dkimsign.sign_message
@@ -349,8 +351,13 @@ def test_signing_runs_off_the_event_loop_thread(keydir, monkeypatch):
         seen.append(threading.current_thread().name)
         return real(*args, **kw)
     monkeypatch.setattr(dkimsign, "sign_message", spy)
-    sign(make_cfg(keydir), message())
-    assert seen and seen[0].startswith("sign")
+    recs = records(keydir)
+    small = sign(make_cfg(keydir), message())
+    big_body = b"0123456789 " * (INLINE_SIGN_MAX_BYTES // 11) + b"\r\n"
+    big = sign(make_cfg(keydir), message() + big_body)
+    assert seen[0] == threading.current_thread().name
+    assert seen[1].startswith("sign")
+    assert verify_all(small, recs) == [True, True] and verify_all(big, recs) == [True, True]
 
 
 # ------------------------------------------------------------------ ARC helpers
