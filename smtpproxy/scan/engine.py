@@ -13,6 +13,14 @@ Checks run concurrently, each under ``scan.check_timeout_s`` and all within
 are done. A check that times out or raises yields CHECK_TIMEOUT or
 CHECK_ERROR (with its name as option) and the scan goes on: one broken
 check never loses a message or crashes the proxy.
+
+Cost: most checks answer without waiting for anything (no I/O, or answers
+the resolver has cached), and a task plus a timer per check and message is
+then most of their cost. A check marked ``inline`` (see checks/base.py) is
+started in the engine's own task; only if it has to wait does the rest of it
+become a task. The engine keeps one deadline per running task (its start
+plus check_timeout_s) and waits for all of them at once, instead of a timer
+inside every check.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import asyncio
 import logging
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -153,35 +161,75 @@ class Engine:
 
     async def scan(self, ctx: CheckContext) -> ScanResult:
         started = time.monotonic()
-        hits: list[Hit] = []
-        done: dict[str, asyncio.Future] = {}
         loop = asyncio.get_running_loop()
-        for check in self.checks:
-            done[check.name] = loop.create_future()
+        timeout_s = self.cfg.check_timeout_s
+        budget_end = loop.time() + self.cfg.budget_s
+        found: dict[str, list[Hit]] = {}  # by check name, once it is done
+        running: dict[asyncio.Future, tuple[Check, float]] = {}  # task -> (check, deadline)
+        waiting = [check for check in self.checks if check.after]
 
-        async def run_one(check: Check) -> None:
-            try:
-                for name in check.after:
-                    await done[name]
-                    ctx.results[name] = done[name].result()
-                async with asyncio.timeout(self.cfg.check_timeout_s):
-                    found = await check.run(ctx)
-            except TimeoutError:
-                found = [Hit("CHECK_TIMEOUT", (check.name,))]
-            except Exception:
-                logger.exception("check %s failed", check.name)
-                found = [Hit("CHECK_ERROR", (check.name,))]
-            done[check.name].set_result(found)
-            hits.extend(found)
+        def start(check: Check) -> None:
+            for name in check.after:
+                ctx.results[name] = found[name]
+            coro = check.run(ctx)
+            if getattr(check, "inline", False):
+                try:
+                    step = coro.send(None)
+                except StopIteration as stop:
+                    found[check.name] = stop.value
+                    return
+                except TimeoutError:
+                    found[check.name] = [Hit("CHECK_TIMEOUT", (check.name,))]
+                    return
+                except Exception:
+                    logger.exception("check %s failed", check.name)
+                    found[check.name] = [Hit("CHECK_ERROR", (check.name,))]
+                    return
+                task = loop.create_task(_go_on(coro, step))
+            else:
+                task = loop.create_task(coro)
+            running[task] = (check, loop.time() + timeout_s)
 
-        tasks = [loop.create_task(run_one(check)) for check in self.checks]
-        _, pending = await asyncio.wait(tasks, timeout=self.cfg.budget_s)
-        for task in pending:
-            task.cancel()
-        for check in self.checks:
-            if not done[check.name].done():
-                hits.append(Hit("CHECK_TIMEOUT", (check.name, "budget")))
-                done[check.name].cancel()
+        def start_ready() -> None:
+            while True:
+                ready = [c for c in waiting if all(name in found for name in c.after)]
+                if not ready:
+                    return
+                for check in ready:
+                    waiting.remove(check)
+                    start(check)
+
+        try:
+            for check in self.checks:
+                if not check.after:
+                    start(check)
+            start_ready()
+            while running:
+                deadline = min(budget_end, *(d for _, d in running.values()))
+                delay = deadline - loop.time()
+                if delay > 0:
+                    done, _ = await asyncio.wait(running, timeout=delay,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        check, _ = running.pop(task)
+                        found[check.name] = _outcome(check, task)
+                now = loop.time()
+                over_budget = now >= budget_end
+                for task, (check, deadline) in list(running.items()):
+                    if over_budget or deadline <= now:
+                        task.cancel()
+                        del running[task]
+                        found[check.name] = [Hit("CHECK_TIMEOUT", (check.name, "budget")
+                                                 if over_budget else (check.name,))]
+                if over_budget:
+                    break
+                start_ready()
+        finally:
+            for task in running:  # the scan itself was cancelled
+                task.cancel()
+        for check in waiting:  # never started: out of budget (or waiting in a circle)
+            found[check.name] = [Hit("CHECK_TIMEOUT", (check.name, "budget"))]
+        hits = [hit for check in self.checks for hit in found[check.name]]
         result = self._score(hits)
         result.facts = ctx.facts
         result.elapsed_s = time.monotonic() - started
@@ -223,3 +271,50 @@ class Engine:
         else:
             action = "no action"
         return ScanResult(score, thresholds.reject, action, symbols, forced)
+
+
+def _outcome(check: Check, task: asyncio.Future) -> list[Hit]:
+    """A finished check task's hits, or the engine's symbol for how it failed."""
+    if task.cancelled():
+        return [Hit("CHECK_TIMEOUT", (check.name,))]
+    exc = task.exception()
+    if exc is None:
+        return task.result()
+    if isinstance(exc, TimeoutError):
+        return [Hit("CHECK_TIMEOUT", (check.name,))]
+    logger.error("check %s failed", check.name, exc_info=exc)
+    return [Hit("CHECK_ERROR", (check.name,))]
+
+
+class _GoOn:
+    """Drives a check coroutine the engine has already stepped once (see ``_go_on``)."""
+
+    def __init__(self, coro: Coroutine, step: object):
+        self.coro, self.step = coro, step
+
+    def __await__(self) -> Generator:
+        # Hands the task what the coroutine yielded (the future it waits for),
+        # and forwards what the task sends or throws (wake-up, cancellation)
+        # back to it: ``yield from`` on a coroutine that has already started.
+        coro, step = self.coro, self.step
+        while True:
+            try:
+                sent = yield step
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation: the check's to handle
+                try:
+                    step = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    step = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _go_on(coro: Coroutine, step: object):
+    """The rest of an inline check that had to wait, as a task of its own."""
+    return await _GoOn(coro, step)

@@ -119,6 +119,86 @@ def test_score_overrides_must_name_real_symbols():
         load_symbols(scan_cfg(scores={"NO_SUCH": 1.0}))
 
 
+
+class Inline(Fixed):
+    """A check the engine starts in its own task; it may still wait (sleep_s)."""
+
+    inline = True
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.cancelled = False
+        self.task = None
+
+    async def run(self, ctx):
+        self.task = asyncio.current_task()
+        try:
+            if self.sleep_s:
+                await asyncio.sleep(self.sleep_s)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        if self.raises:
+            raise ValueError("bug")
+        self.saw = dict(ctx.results)
+        return list(self.hits)
+
+
+def test_inline_checks_that_do_not_wait_run_in_the_engines_task():
+    quick, other = Inline("quick", [Hit("A")]), Fixed("other", [Hit("B")])
+
+    async def main():
+        result = await Engine(scan_cfg(), [quick, other], SYMBOLS).scan(ctx())
+        return result, asyncio.current_task()
+
+    result, engine_task = asyncio.run(main())
+    assert quick.task is engine_task
+    assert set(result.symbols) == {"A", "B"}
+
+
+@pytest.mark.parametrize("label, check, expected", [
+    ("waits, then answers", Inline("c", [Hit("A")], sleep_s=0.01), {"A": ()}),
+    ("waits too long", Inline("c", [Hit("A")], sleep_s=5), {"CHECK_TIMEOUT": ("c",)}),
+    ("fails at once", Inline("c", [Hit("A")], raises=True), {"CHECK_ERROR": ("c",)}),
+    ("fails after waiting", Inline("c", [Hit("A")], sleep_s=0.01, raises=True), {"CHECK_ERROR": ("c",)}),
+])
+def test_inline_check_that_waits_or_fails_keeps_the_check_semantics(label, check, expected):
+    result = scan([check], check_timeout_s=0.2)
+    assert {name: s.options for name, s in result.symbols.items()} == expected, label
+    assert check.cancelled == (label == "waits too long")
+
+
+def test_each_check_gets_its_own_time_from_its_start_and_the_budget_bounds_all():
+    first = Inline("first", [Hit("A")], sleep_s=0.15)
+    second = Inline("second", [Hit("B")], sleep_s=0.15, after=["first"])
+    result = scan([first, second], check_timeout_s=0.25)  # 0.3 s in all, each under 0.25
+    assert {"A", "B"} <= set(result.symbols) and "CHECK_TIMEOUT" not in result.symbols
+    assert second.saw == {"first": [Hit("A")]}
+    third = Inline("third", [Hit("NEG")], after=["second"])
+    result = scan([Inline("first", [Hit("A")], sleep_s=0.15),
+                   Inline("second", [Hit("B")], sleep_s=0.15, after=["first"]), third],
+                  check_timeout_s=0.25, budget_s=0.2)
+    assert result.symbols["CHECK_TIMEOUT"].options == ("second", "budget", "third", "budget")
+    assert "A" in result.symbols and third.saw == {}
+
+
+def test_a_cancelled_scan_cancels_its_checks():
+    slow = Inline("slow", [Hit("A")], sleep_s=5)
+    other = Fixed("other", [Hit("B")], sleep_s=5)
+
+    async def main():
+        task = asyncio.ensure_future(Engine(scan_cfg(), [slow, other], SYMBOLS).scan(ctx()))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    assert asyncio.run(main()) == []
+    assert slow.cancelled
+
+
 # ---------------------------------------------------------------- verdict
 
 MESSAGE = (b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=forged.example\r\n"

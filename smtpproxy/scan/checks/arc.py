@@ -117,6 +117,8 @@ class ArcCheck:
         "ARC_ALLOW", "ARC_REJECT", "ARC_INVALID", "ARC_NA", "ARC_DNSFAIL",
     )
     after: ClassVar[tuple[str, ...]] = ()
+    # Runs in the engine's task until it has to wait (checks/base.py).
+    inline: ClassVar[bool] = True
 
     def __init__(self, cfg: Config | None = None):
         self.cfg = (cfg or Config()).scan.arc

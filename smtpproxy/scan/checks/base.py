@@ -11,6 +11,14 @@ results of others (DMARC needs SPF and DKIM) names them in ``after``; the
 engine runs it once they are done and hands it their hits in
 ``ctx.results``.
 
+Optional ``inline = True`` (a class attribute): the check usually answers
+without waiting (no I/O, or answers the resolver has cached), so the engine
+starts it in its own task instead of creating one per check and message;
+only if it does wait does the rest of it become a task, under the same
+timeout. Such a check must not use ``asyncio.timeout()`` or
+``asyncio.current_task()`` itself (before its first wait they would see the
+engine's task); the resolver, ``run_in_executor`` and ``gather`` are fine.
+
 A check that needs settings takes the whole Config as its only constructor
 argument (``DkimCheck(cfg)``, reading ``cfg.scan.dkim``); it is built at
 start-up and again on reload, so it reads files and compiles patterns there,

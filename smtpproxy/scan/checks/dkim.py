@@ -162,6 +162,8 @@ class DkimCheck:
         "R_DKIM_ALLOW", "R_DKIM_REJECT", "R_DKIM_TEMPFAIL", "R_DKIM_PERMFAIL", "R_DKIM_NA",
     )
     after: ClassVar[tuple[str, ...]] = ()
+    # Runs in the engine's task until it has to wait (checks/base.py).
+    inline: ClassVar[bool] = True
 
     def __init__(self, cfg: Config | None = None):
         self.cfg = (cfg or Config()).scan.dkim

@@ -159,6 +159,8 @@ class DmarcCheck:
         "DMARC_POLICY_SOFTFAIL", "DMARC_NA", "DMARC_BAD_POLICY", "DMARC_DNSFAIL",
     )
     after: ClassVar[tuple[str, ...]] = ("spf", "dkim", "arc")
+    # Runs in the engine's task until it has to wait (checks/base.py).
+    inline: ClassVar[bool] = True
 
     def __init__(self, cfg: Config | None = None):
         self.cfg = (cfg or Config()).scan.dmarc

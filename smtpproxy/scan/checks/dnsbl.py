@@ -112,6 +112,8 @@ def reversed_name(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 class DnsblCheck:
     name = "dnsbl"
     after: tuple[str, ...] = ()
+    # Runs in the engine's task until it has to wait (checks/base.py).
+    inline = True
 
     def __init__(self, cfg: Config | None = None):
         cfg = cfg if cfg is not None else Config()

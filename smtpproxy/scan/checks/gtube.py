@@ -13,6 +13,8 @@ class GtubeCheck:
     name: ClassVar[str] = "gtube"
     symbols: ClassVar[tuple[str, ...]] = ("GTUBE",)
     after: ClassVar[tuple[str, ...]] = ()
+    # Runs in the engine's task until it has to wait (checks/base.py).
+    inline: ClassVar[bool] = True
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         # The raw bytes, so any transfer encoding of the body is irrelevant only

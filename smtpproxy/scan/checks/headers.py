@@ -38,6 +38,8 @@ class HeadersCheck:
         "SUBJ_ALL_CAPS", "HELO_BAREIP", "HELO_NOT_FQDN", "RCVD_COUNT_ZERO", "RCVD_COUNT_MANY",
     )
     after: ClassVar[tuple[str, ...]] = ()
+    # Runs in the engine's task until it has to wait (checks/base.py).
+    inline: ClassVar[bool] = True
 
     def __init__(self, clock=time.time):
         self.clock = clock

@@ -30,6 +30,8 @@ class MimeCheck:
         "MIME_DOUBLE_BAD_EXTENSION",
     )
     after: ClassVar[tuple[str, ...]] = ()
+    # Runs in the engine's task until it has to wait (checks/base.py).
+    inline: ClassVar[bool] = True
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         msg = ctx.message

@@ -228,6 +228,8 @@ class MapFile:
 class MultimapCheck:
     name = "multimap"
     after: tuple[str, ...] = ()
+    # Runs in the engine's task until it has to wait (checks/base.py).
+    inline = True
 
     def __init__(self, cfg: Config | None = None):
         mc = cfg.scan.multimap if cfg is not None else Config().scan.multimap

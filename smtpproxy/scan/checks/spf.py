@@ -163,6 +163,8 @@ class SpfCheck:
         "R_SPF_DNSFAIL", "R_SPF_PERMFAIL",
     )
     after: ClassVar[tuple[str, ...]] = ()
+    # Runs in the engine's task until it has to wait (checks/base.py).
+    inline: ClassVar[bool] = True
 
     def __init__(self, max_threads: int = 8):
         # pyspf blocks its thread while a lookup is answered on the loop; the
