@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -113,23 +114,39 @@ class Resolver:
 
     # ------------------------------------------------------------ the lookup
 
+    def cached(self, name: str, rdtype: str | int) -> list[dns.rdata.Rdata] | None:
+        """What ``query`` would return from the cache, without asking; None when
+        the answer is not cached (or has expired). Never waits, never raises."""
+        key = _cache_key(name, rdtype)
+        if key is None:
+            return []
+        return self._cached(key)
+
+    def _cached(self, key: tuple[str, int]) -> list[dns.rdata.Rdata] | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= self._clock():
+            self._cache.pop(key, None)
+            return None
+        try:
+            self._cache.move_to_end(key)
+        except KeyError:  # dropped meanwhile (a lookup from a worker thread)
+            pass
+        self.hits += 1
+        return list(entry.rdatas)
+
     async def query(self, name: str, rdtype: str | int) -> list[dns.rdata.Rdata]:
         """The rdata of ``name``/``rdtype``; [] for NXDOMAIN/NODATA; DnsTempError otherwise."""
-        rtype = dns.rdatatype.RdataType.make(rdtype)
-        try:
-            qname = dns.name.from_text(name.rstrip(".") + ".") if name.strip(".") else None
-        except (dns.exception.DNSException, UnicodeError, ValueError):
-            qname = None  # a label over 63 octets, an empty label, bad IDNA
-        if qname is None:
+        key = _cache_key(name, rdtype)
+        if key is None:
             return []  # a name that cannot exist has no records
-        key = (qname.to_text().lower(), int(rtype))
-        entry = self._cache.get(key)
-        if entry is not None:
-            if entry.expires > self._clock():
-                self._cache.move_to_end(key)
-                self.hits += 1
-                return list(entry.rdatas)
-            del self._cache[key]
+        answer = self._cached(key)
+        if answer is not None:
+            return answer
+        qname = _qname(name)
+        assert qname is not None  # _cache_key said it can exist
+        rtype = _rdtype(rdtype)
         task = self._inflight.get(key)
         # A lookup left over from another event loop (one that was closed
         # mid-lookup, e.g. a CLI run per file) can never finish here.
@@ -216,6 +233,38 @@ class Resolver:
             return []
         name = dns.reversename.from_address(address).to_text()
         return [r.target.to_text(omit_final_dot=True) for r in await self.query(name, "PTR")]
+
+
+# Names made of letters, digits, "-" and "_" only: their cache key is their
+# lower-cased text, without building a dns.name.Name (most of the cost of a
+# cache hit). Anything else takes dnspython's parsing.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?\Z")
+_RDTYPES: dict[str | int, dns.rdatatype.RdataType] = {}
+
+
+def _rdtype(rdtype: str | int) -> dns.rdatatype.RdataType:
+    rtype = _RDTYPES.get(rdtype)
+    if rtype is None:
+        rtype = _RDTYPES[rdtype] = dns.rdatatype.RdataType.make(rdtype)
+    return rtype
+
+
+def _qname(name: str) -> dns.name.Name | None:
+    """The absolute name; None for one that cannot exist (empty or over-long label, bad IDNA)."""
+    try:
+        return dns.name.from_text(name.rstrip(".") + ".") if name.strip(".") else None
+    except (dns.exception.DNSException, UnicodeError, ValueError):
+        return None
+
+
+def _cache_key(name: str, rdtype: str | int) -> tuple[str, int] | None:
+    """(the absolute name's lower-cased text, the type); None for a name that cannot exist."""
+    rtype = int(_rdtype(rdtype))
+    # 253 characters without the final dot: the 255-octet wire-format limit.
+    if len(name) - name.endswith(".") <= 253 and _PLAIN_NAME.match(name):
+        return name.lower().rstrip(".") + ".", rtype
+    qname = _qname(name)
+    return None if qname is None else (qname.to_text().lower(), rtype)
 
 
 def _servfail_reason(exc: dns.resolver.NoNameservers) -> str:

@@ -179,6 +179,24 @@ def test_answers_cached_for_their_ttl(server):
     run(go())
 
 
+
+def test_cached_reads_the_cache_without_asking(server):
+    clock = Clock()
+
+    async def go():
+        r = make_resolver(server, clock)
+        before = len(server.queries)
+        assert r.cached("Example.TEST.", "TXT") is None       # not asked yet
+        assert r.cached("a..example.test", "TXT") == []       # cannot exist
+        await r.txt("example.test")
+        assert [b"".join(t.strings) for t in r.cached("EXAMPLE.test", "TXT")] == [b"v=spf1 -all"]
+        await r.a("missing.example.test")
+        assert r.cached("missing.example.test.", "A") == []   # cached NXDOMAIN
+        assert len(server.queries) == before + 2
+        clock.now += 121
+        assert r.cached("example.test", "TXT") is None        # expired
+    run(go())
+
 def test_ttl_capped_by_cache_max_ttl(server):
     clock = Clock()
 

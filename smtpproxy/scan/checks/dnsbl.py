@@ -36,8 +36,6 @@ import logging
 import os
 from collections.abc import Iterable
 
-import dns.reversename
-
 from smtpproxy.common.config import Config, DnsblZone, parse_networks
 from smtpproxy.common.dns import DnsTempError
 from smtpproxy.scan.checks.base import CheckContext, Hit
@@ -105,8 +103,9 @@ def client_address(addr: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Ad
 
 def reversed_name(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """1.2.0.192 for 192.0.2.1; 32 reversed nibbles for IPv6 (no .in-addr.arpa / .ip6.arpa)."""
-    text = dns.reversename.from_address(str(ip)).to_text(omit_final_dot=True)
-    return text.rsplit(".", 2)[0]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # as dnspython's reversename does
+    return ip.reverse_pointer.rsplit(".", 2)[0]
 
 
 class DnsblCheck:
@@ -151,9 +150,24 @@ class DnsblCheck:
                     lookups.append((zone, value, f"{query}.{zone.zone}"))
         if not lookups:
             return []
-        answers = await asyncio.gather(*(self._ask(ctx, zone, value, name)
-                                         for zone, value, name in lookups))
-        return [hit for found in answers for hit in found]
+        # Answers the resolver has cached are read at once; only the others are asked for.
+        cached = getattr(ctx.resolver, "cached", None)
+        answers: list[list[Hit] | None] = []
+        missing = []
+        for zone, value, name in lookups:
+            codes = cached(name, "A") if cached is not None else None
+            if codes is None:
+                missing.append(len(answers))
+                answers.append(None)
+            else:
+                answers.append(self._hits(zone, value, [r.address for r in codes]))
+        if len(missing) == 1:
+            answers[missing[0]] = await self._ask(ctx, *lookups[missing[0]])
+        elif missing:
+            asked = await asyncio.gather(*(self._ask(ctx, *lookups[i]) for i in missing))
+            for i, found in zip(missing, asked, strict=True):
+                answers[i] = found
+        return [hit for found in answers if found for hit in found]
 
     # ------------------------------------------------------------ what to ask
 
@@ -216,6 +230,10 @@ class DnsblCheck:
             codes = await ctx.resolver.a(name)
         except DnsTempError as exc:
             return [Hit(f"{prefix}_DNSFAIL", (f"{zone.zone} {value} {exc.reason}",))]
+        return self._hits(zone, value, codes)
+
+    def _hits(self, zone: DnsblZone, value: str, codes: list[str]) -> list[Hit]:
+        prefix = "RBL" if zone.kind == "ip" else "URIBL"
         hits = []
         for code in codes:
             hits.extend(self._meaning(zone, prefix, value, code))
