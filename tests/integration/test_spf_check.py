@@ -27,6 +27,10 @@ RECORDS = {
     "mx.helo.test": [("TXT", "v=spf1 a -all"), ("A", "192.0.2.25")],
     "slow-include.test": [("TXT", "v=spf1 include:slow.test -all")],
     "include.test": [("TXT", "v=spf1 include:pass.test -all")],
+    # 11 lookups before the match: more than the event loop fetches inline.
+    "many.test": [("TXT", "v=spf1 " + " ".join(f"a:h{i}.many.test" for i in range(9))
+                   + " include:pass.test -all")],
+    **{f"h{i}.many.test": [("A", f"198.51.100.{i}")] for i in range(9)},
 }
 
 
@@ -38,9 +42,9 @@ def server():
         yield srv
 
 
-@pytest.fixture(scope="module")
-def check():
-    return SpfCheck(max_threads=2)
+@pytest.fixture(scope="module", params=["inline", "thread"])
+def check(request):
+    return SpfCheck(max_threads=2, inline=request.param == "inline")
 
 
 def context(resolver, addr="192.0.2.10", helo="mx.helo.test", mail_from="user@pass.test"):
@@ -141,7 +145,7 @@ def test_the_event_loop_runs_while_spf_waits_for_dns(server, check):
 
 
 def test_a_cancelled_check_frees_its_thread(server):
-    one_thread = SpfCheck(max_threads=1)
+    one_thread = SpfCheck(max_threads=1, inline=False)
 
     async def go():
         resolver = Resolver(DnsConfig(nameserver=server.nameserver, timeout_s=30, attempts=1))
@@ -156,3 +160,32 @@ def test_a_cancelled_check_frees_its_thread(server):
         return await asyncio.wait_for(
             one_thread.run(context(resolver, mail_from="a@pass.test")), 20)
     assert asyncio.run(go())[0].symbol == "R_SPF_ALLOW"
+
+
+def test_answers_at_hand_need_no_thread_and_many_lookups_go_to_one(server, monkeypatch):
+    from smtpproxy.scan.checks import spf as spf_module
+    threads = []
+    real = spf_module.run_in_pool
+
+    async def counting(*args):
+        threads.append(args[2])
+        return await real(*args)
+
+    monkeypatch.setattr(spf_module, "run_in_pool", counting)
+    check = SpfCheck(max_threads=1)
+
+    async def go():
+        resolver = resolver_for(server)
+        first = await check.run(context(resolver, mail_from="a@include.test"))
+        before = len(server.queries)
+        again = await check.run(context(resolver, mail_from="b@include.test"))
+        assert threads == [] and len(server.queries) == before  # inline, from the cache
+        start = len(server.queries)
+        many = await check.run(context(resolver_for(server), mail_from="c@many.test"))
+        asked = [(n.rstrip(".").lower(), t) for n, t, _ in list(server.queries)[start:]]
+        return first, again, many, asked
+
+    first, again, many, asked = asyncio.run(go())
+    assert first[0].symbol == again[0].symbol == many[0].symbol == "R_SPF_ALLOW"
+    assert len(threads) == 1  # many.test: the rest of it in a worker thread
+    assert len(asked) == len(set(asked))  # nothing fetched inline was asked again

@@ -111,9 +111,10 @@ def dns_server():
         yield server
 
 
-@pytest.fixture(scope="module")
-def spf_check():
-    return SpfCheck()
+@pytest.fixture(scope="module", params=["inline", "thread"])
+def spf_check(request):
+    """Both ways pyspf runs: on the loop with the answers at hand, and in a worker thread."""
+    return SpfCheck(inline=request.param == "inline")
 
 
 async def _run(check: SpfCheck, nameserver: str, case: dict):

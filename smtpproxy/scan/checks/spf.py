@@ -15,21 +15,34 @@ reason, result none.
 
 Evaluation is pyspf's (``spf.query``), so the RFC 7208 processing limits
 hold: 10 DNS-querying mechanisms, 2 void lookups, 10 MX/PTR names, CNAME
-chains. pyspf is synchronous, so:
+chains. pyspf is synchronous and does its own DNS through its module-level
+``DNSLookup``, replaced once by a dispatcher that uses the lookup bound to
+the current thread and falls back to pyspf's own for any other caller. One
+resolver and one cache serve SPF, DKIM, DMARC and DNSBL alike, and the event
+loop never blocks:
 
-Design (worker.py, shared with DKIM and ARC): pyspf runs in a small thread
-pool, and every DNS lookup it makes is sent back to the event loop
-(``asyncio.run_coroutine_threadsafe``) and answered by the one async
-``Resolver``, under the resolver's timeout.
-One resolver and one cache serve SPF, DKIM, DMARC and DNSBL alike, and the
-event loop never blocks. Pre-resolving was rejected: which names SPF needs
+- Inline, on the event loop's thread (the usual case): pyspf runs with a
+  lookup that only answers what is at hand, from the answers already fetched
+  for this evaluation or the resolver's cache (``Resolver.cached``). When it
+  asks for anything else, that evaluation is abandoned, the answer (or the
+  temporary error) is fetched asynchronously, and pyspf runs again from the
+  start. An evaluation costs tens of microseconds and depends only on the
+  answers, so re-running it is cheaper than a thread hop; a sender whose
+  answers are cached costs no wait at all. pyspf swallows any exception
+  while fetching an ``exp=`` explanation, so "asked for something not at
+  hand" is recorded on the lookup, not just raised.
+- In a worker thread (worker.py, shared with DKIM and ARC), after
+  MAX_INLINE_LOOKUPS answers fetched that way (a record with many includes):
+  pyspf runs once more, with the answers so far, and every other lookup is
+  sent back to the event loop (``asyncio.run_coroutine_threadsafe``) and
+  answered by the Resolver under its timeout. When the check is cancelled
+  (its timeout), the worker's pending and later lookups fail at once, so the
+  thread is free again within one lookup.
+
+Pre-resolving the names up front was rejected: which names SPF needs
 depends on the answers (include, redirect, exists, macros over the client
-address and the validated PTR name), so pre-resolving means re-implementing
-the evaluation. The hook is pyspf's module-level ``DNSLookup``, replaced once
-by a dispatcher that uses the lookup bound to the current worker thread and
-falls back to pyspf's own for any other caller. When the check is cancelled
-(its timeout), the worker's pending and later lookups fail at once, so the
-thread is free again within one lookup.
+address and the validated PTR name), so it would mean re-implementing the
+evaluation; re-running pyspf on the answers so far does not.
 
 Symbols and options: R_SPF_ALLOW / FAIL / SOFTFAIL / NEUTRAL carry the
 domain and the matching mechanism ("default" when none matched);
@@ -66,33 +79,86 @@ RESULT_SYMBOLS = {
 # Postfix puts these in XFORWARD when it does not know the value.
 _UNKNOWN = ("[UNAVAILABLE]", "[TEMPUNAVAIL]", "")
 
-class _Bridge(LoopBridge):
-    """pyspf's DNSLookup for one evaluation: lookups go to the loop's Resolver."""
+# Answers fetched for one evaluation: (name, qtype) -> values, or the temporary error.
+Answers = dict[tuple[str, str], "list | DnsTempError"]
+# Answers an evaluation may fetch on the event loop before the rest goes to a thread.
+MAX_INLINE_LOOKUPS = 10
+# The types pyspf asks for; anything else gets no records.
+_QTYPES = ("A", "AAAA", "MX", "PTR", "TXT", "SPF")
+
+
+def _shape(qtype: str, rdatas: list) -> list:
+    """The value shapes pyspf's own dnspython driver produces."""
+    if qtype in ("A", "AAAA"):
+        return [r.address for r in rdatas]
+    if qtype == "MX":
+        return sorted((r.preference, r.exchange.to_text(omit_final_dot=True)) for r in rdatas)
+    if qtype == "PTR":
+        return [t.target.to_text(omit_final_dot=True) for t in rdatas]
+    return [tuple(t.strings) for t in rdatas]  # TXT, SPF
+
+
+async def _fetch(resolver: Resolver, name: str, qtype: str) -> list:
+    if qtype not in _QTYPES:
+        return []
+    return _shape(qtype, await resolver.query(name, qtype))
+
+
+def _records(name: str, qtype: str, values: list | DnsTempError) -> list:
+    """pyspf's DNSLookup contract: [((name, qtype), value), ...], TempError on trouble."""
+    if isinstance(values, DnsTempError):
+        raise spf.TempError(f"DNS {values.reason} for {values.name}/{values.rdtype}")
+    return [((name, qtype), v) for v in values]
+
+
+class _NotAtHand(Exception):
+    """An inline evaluation asked for an answer it does not have (not an SPF error)."""
+
+
+class _AtHand:
+    """pyspf's DNSLookup on the event loop's thread: only answers already at hand."""
+
+    def __init__(self, resolver: Resolver, answers: Answers):
+        self.resolver = resolver
+        self.answers = answers
+        self.missing: tuple[str, str] | None = None  # the first answer it lacked
 
     def lookup(self, name: str, qtype: str) -> list:
-        """pyspf's DNSLookup contract: [((name, qtype), value), ...], TempError on trouble."""
-        try:
-            values = self.call(lambda: self._values(name, qtype))
-        except DnsTempError as exc:
-            raise spf.TempError(f"DNS {exc.reason} for {exc.name}/{exc.rdtype}") from None
-        except LookupAbandoned as exc:
-            raise spf.TempError(f"DNS lookup of {name}/{qtype} abandoned: {exc}") from None
-        return [((name, qtype), v) for v in values]
+        key = (name, qtype)
+        values = self.answers.get(key)
+        if values is None:
+            if qtype not in _QTYPES:
+                values = []
+            else:
+                cached = getattr(self.resolver, "cached", None)
+                rdatas = cached(name, qtype) if cached is not None else None
+                if rdatas is None:
+                    if self.missing is None:
+                        self.missing = key
+                    raise _NotAtHand(f"{name}/{qtype}")
+                values = _shape(qtype, rdatas)
+            # Kept, so a later run of this evaluation sees the same answer.
+            self.answers[key] = values
+        return _records(name, qtype, values)
 
-    async def _values(self, name: str, qtype: str) -> list:
-        # The value shapes pyspf's own dnspython driver produces.
-        r = self.resolver
-        if qtype == "A":
-            return await r.a(name)
-        if qtype == "AAAA":
-            return await r.aaaa(name)
-        if qtype == "MX":
-            return await r.mx(name)
-        if qtype == "PTR":
-            return [t.target.to_text(omit_final_dot=True) for t in await r.query(name, "PTR")]
-        if qtype in ("TXT", "SPF"):
-            return [tuple(t.strings) for t in await r.query(name, qtype)]
-        return []  # pyspf asks for nothing else
+
+class _Bridge(LoopBridge):
+    """pyspf's DNSLookup in a worker thread: lookups go to the loop's Resolver."""
+
+    def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop, answers: Answers):
+        super().__init__(resolver, loop)
+        self.answers = answers  # fetched before the hand-over; read-only here
+
+    def lookup(self, name: str, qtype: str) -> list:
+        values = self.answers.get((name, qtype))
+        if values is None:
+            try:
+                values = self.call(lambda: _fetch(self.resolver, name, qtype))
+            except DnsTempError as exc:
+                values = exc
+            except LookupAbandoned as exc:
+                raise spf.TempError(f"DNS lookup of {name}/{qtype} abandoned: {exc}") from None
+        return _records(name, qtype, values)
 
 
 _local = threading.local()
@@ -100,7 +166,7 @@ _pyspf_lookup = spf.DNSLookup
 
 
 def _dispatch(name: str, qtype: str, strict: object = True, timeout: object = None) -> list:
-    bridge: _Bridge | None = getattr(_local, "bridge", None)
+    bridge: _Bridge | _AtHand | None = getattr(_local, "bridge", None)
     if bridge is None:  # someone else's pyspf call in this process: pyspf's own resolver
         return _pyspf_lookup(name, qtype, strict, timeout)
     return bridge.lookup(name, qtype)
@@ -135,8 +201,8 @@ class _Query(spf.query):
         return valid
 
 
-def _evaluate(bridge: _Bridge, ip: str, sender: str, helo: str) -> dict:
-    """Runs in a worker thread: one pyspf evaluation, DNS through ``bridge``."""
+def _evaluate(bridge: _Bridge | _AtHand, ip: str, sender: str, helo: str) -> dict:
+    """One pyspf evaluation, DNS through ``bridge`` (a worker thread's, or the loop's answers at hand)."""
     _local.bridge = bridge
     try:
         q = _Query(i=ip, s=sender, h=helo, strict=True)
@@ -166,10 +232,12 @@ class SpfCheck:
     # Runs in the engine's task until it has to wait (checks/base.py).
     inline: ClassVar[bool] = True
 
-    def __init__(self, max_threads: int = 8):
+    def __init__(self, max_threads: int = 8, inline: bool = True):
         # pyspf blocks its thread while a lookup is answered on the loop; the
         # pool bounds how many evaluations run at once (the rest queue).
         self._pool = shared_pool("spf", max_threads)
+        # False: every evaluation in a worker thread (tests of that path).
+        self.inline = inline
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         ip = _client_ip(ctx.client.addr)
@@ -196,8 +264,24 @@ class SpfCheck:
 
     async def evaluate(self, resolver: Resolver, ip: str, sender: str, helo: str) -> dict:
         """pyspf's verdict as a dict (result, domain, identity, explanation, mechanism, problem)."""
-        bridge = _Bridge(resolver, asyncio.get_running_loop())
+        answers: Answers = {}
         try:
+            for fetched in range(MAX_INLINE_LOOKUPS + 1 if self.inline else 0):
+                at_hand = _AtHand(resolver, answers)
+                try:
+                    outcome = _evaluate(at_hand, ip, sender, helo)
+                except _NotAtHand:
+                    pass
+                if at_hand.missing is None:
+                    return outcome
+                if fetched == MAX_INLINE_LOOKUPS:
+                    break
+                name, qtype = at_hand.missing
+                try:
+                    answers[at_hand.missing] = await _fetch(resolver, name, qtype)
+                except DnsTempError as exc:
+                    answers[at_hand.missing] = exc
+            bridge = _Bridge(resolver, asyncio.get_running_loop(), answers)
             return await run_in_pool(self._pool, bridge, _evaluate, ip, sender, helo)
         except Exception as exc:  # a pyspf bug on odd input must not fail the scan
             return {"result": "permerror", "domain": sender.rpartition("@")[2] or helo,
