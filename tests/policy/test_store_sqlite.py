@@ -72,6 +72,38 @@ def test_purge_deletes_only_expired_rows(tmp_path):
     asyncio.run(go())
 
 
+def test_purge_walks_every_chunk_and_an_old_file_loses_its_exp_index(tmp_path, monkeypatch):
+    import sqlite3
+
+    from smtpproxy.common.store import sqlite as sqlite_store
+
+    path = str(tmp_path / "chunks.db")
+    old = sqlite3.connect(path)  # a file made before the exp index went away
+    old.executescript("CREATE TABLE kv (k TEXT PRIMARY KEY, v BLOB NOT NULL, exp REAL NOT NULL)"
+                      " WITHOUT ROWID; CREATE INDEX kv_exp ON kv (exp);")
+    old.close()
+    monkeypatch.setattr(sqlite_store, "PURGE_CHUNK", 7)
+
+    async def go():
+        s = SQLiteStore(StoreConfig(), path)
+        await s.open()
+        try:
+            # 50 rows over 8 chunks, every third one short-lived.
+            await s.incr_many({s.key("t", f"{i:03}"): 1 for i in range(50) if i % 3}, 1000)
+            await s.incr_many({s.key("t", f"{i:03}"): 1 for i in range(50) if not i % 3}, 10)
+            assert await s.purge(now=time.time() + 100) == 17
+            left = await s.mget([s.key("t", f"{i:03}") for i in range(50)])
+            assert [i for i, v in enumerate(left) if v is not None] == [i for i in range(50) if i % 3]
+            assert await s.purge(now=time.time() + 100) == 0
+        finally:
+            await s.close()
+
+    asyncio.run(go())
+    indexes = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                            " AND name = 'kv_exp'").fetchall()
+    assert indexes == []
+
+
 def test_closed_store_raises_store_error(tmp_path):
     async def go():
         s = SQLiteStore(StoreConfig(), str(tmp_path / "c.db"))

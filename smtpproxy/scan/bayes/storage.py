@@ -87,12 +87,14 @@ class BayesStore:
         self.ttl_s = token_ttl_s
         self.nspam_key = store.key(TAG, "nspam")
         self.nham_key = store.key(TAG, "nham")
+        # Token keys are built per token, hundreds per message: prefix + hash.
+        self._token_prefix = {SPAM: store.key(TAG, "s", ""), HAM: store.key(TAG, "h", "")}
 
     def _count_key(self, cls: str) -> str:
         return self.nspam_key if cls == SPAM else self.nham_key
 
     def _token_key(self, cls: str, hashed: str) -> str:
-        return self.store.key(TAG, "s" if cls == SPAM else "h", hashed)
+        return self._token_prefix[cls] + hashed
 
     def _message_key(self, msg_id: str) -> str:
         return self.store.key(TAG, "m", msg_id)
@@ -126,12 +128,12 @@ class BayesStore:
                 outcomes.append(ALREADY)
                 continue
             hashes = {token_hash(t) for t in tokens}
-            for h in hashes:
-                amounts[self._token_key(cls, h)] += 1
+            prefix = self._token_prefix[cls]
+            amounts.update([prefix + h for h in hashes])
             amounts[self._count_key(cls)] += 1
             if was is not None:
-                for h in hashes:
-                    amounts[self._token_key(was, h)] -= 1
+                prefix = self._token_prefix[was]
+                amounts.subtract([prefix + h for h in hashes])
                 amounts[self._count_key(was)] -= 1
             outcomes.append(MOVED if was is not None else LEARNED)
             learned.append(msg_id)
@@ -161,9 +163,9 @@ class BayesStore:
         """The class totals and (spam, ham) per token, in one mget."""
         hashes = [token_hash(t) for t in tokens]
         keys = [self.nspam_key, self.nham_key]
+        spam_prefix, ham_prefix = self._token_prefix[SPAM], self._token_prefix[HAM]
         for h in hashes:
-            keys.append(self._token_key(SPAM, h))
-            keys.append(self._token_key(HAM, h))
+            keys += (spam_prefix + h, ham_prefix + h)
         values = await self.store.mget(keys)
         totals = Counts(max(0, _int(values[0])), max(0, _int(values[1])))
         counts = {}
