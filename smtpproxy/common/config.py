@@ -704,10 +704,18 @@ class BayesConfig:
     # Class-balance guard: autolearn does not learn a class that already has
     # more than this many times the learned messages of the other class.
     autolearn_max_ratio: float = 3.0
+    # Classifiers of their own: "off" (one for the site), "user" (one per
+    # recipient address) or "domain" (one per recipient domain). A message
+    # whose recipients all share one is classified by it once it has
+    # min_learned of each class, otherwise by the site's; `smtpproxy learn
+    # --user ADDR` teaches one. Autolearn teaches the site's.
+    per_user: str = "off"
 
     def check(self, path: str) -> None:
         _check_positive(self, path, "min_learned", "min_tokens", "max_tokens", "token_ttl_s",
                         "autolearn_max_ratio")
+        if self.per_user not in ("off", "user", "domain"):
+            raise ConfigError(path + "per_user", "must be off, user or domain")
         for name in ("spam_threshold", "ham_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(path + name, "must be between 0 and 1 (exclusive)")

@@ -18,7 +18,15 @@ from smtpproxy.common import config as config_mod
 from smtpproxy.common.config import ConfigError, StoreConfig
 from smtpproxy.common.store.sqlite import SQLiteStore
 from smtpproxy.scan.bayes.classifier import chi2q, classify, combine, token_probability
-from smtpproxy.scan.bayes.storage import ALREADY, LEARNED, MOVED, BayesStore, message_id
+from smtpproxy.scan.bayes.storage import (
+    ALREADY,
+    LEARNED,
+    MOVED,
+    BayesStore,
+    message_id,
+    owner_of,
+    recipients_owner,
+)
 from smtpproxy.scan.bayes.tokenizer import tokenize
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.checks.bayes import BayesCheck
@@ -212,10 +220,11 @@ def _cfg(tmp_path, **bayes):
     return config_mod.load(None, {"state_dir": str(tmp_path), **overrides})
 
 
-async def _scan(cfg, store, raw):
+async def _scan(cfg, store, raw, rcpt_tos=()):
     engine = Engine(cfg.scan, [BayesCheck(cfg)])
     ctx = CheckContext(message=parse(raw), client=ClientInfo(addr=None, helo=None, name=None),
-                       mail_from="", rcpt_tos=[], profile="inbound", resolver=None, store=store)
+                       mail_from="", rcpt_tos=list(rcpt_tos), profile="inbound", resolver=None,
+                       store=store)
     return await engine.scan(ctx)
 
 
@@ -245,6 +254,59 @@ def test_symbols_through_the_engine_once_the_minimum_is_reached(tmp_path):
     full = Engine(cfg.scan, [BayesCheck(cfg)]).symbols["BAYES_SPAM"].score
     assert sym.score == pytest.approx(full * (probability - 0.5) * 2, abs=0.01)
     assert "BAYES_HAM" in ham.symbols and ham.symbols["BAYES_HAM"].score < 0
+
+
+@pytest.mark.parametrize("address, per_user, owner", [
+    ("Alice@Example.COM", "user", "alice@example.com"),
+    ("<alice@example.com>", "domain", "example.com"),
+    ("alice@example.com.", "domain", "example.com"),
+    ("alice@example.com", "off", ""),
+    ("", "user", ""),
+    # Characters that would break the key's hash tag or layout are hashed.
+    ("we}ird:{x}@example.com", "user", "h-"),
+    ("\u00e9l\u00e8ve@example.com", "user", "h-"),
+])
+def test_owner_of(address, per_user, owner):
+    got = owner_of(address, per_user)
+    assert got.startswith("h-") and len(got) == 26 if owner == "h-" else got == owner
+
+
+def test_recipients_share_a_classifier_or_use_the_sites():
+    assert recipients_owner(["a@x.org", "A@X.org"], "user") == "a@x.org"
+    assert recipients_owner(["a@x.org", "b@x.org"], "user") == ""
+    assert recipients_owner(["a@x.org", "b@x.org"], "domain") == "x.org"
+    assert recipients_owner(["a@x.org", "b@y.org"], "domain") == ""
+    assert recipients_owner([], "user") == ""
+
+
+def test_per_user_classifier_once_ready_else_the_sites(tmp_path):
+    """Alice taught her classifier the opposite of the site's: mail to her
+    alone follows hers once it has min_learned of each class; mail to her and
+    Bob, or before she taught enough, follows the site's."""
+    cfg = _cfg(tmp_path, per_user="user")
+    probe = msg("Cheap pills", "Buy cheap pills now, best price offer today")
+
+    async def main():
+        store = await _sqlite(tmp_path)
+        site, alice = BayesStore(store, 3600), BayesStore(store, 3600, owner_of("alice@x.org", "user"))
+        await site.learn_many([(message_id(r), tokenize(parse(r))) for r in SPAM], "spam")
+        await site.learn_many([(message_id(r), tokenize(parse(r))) for r in HAM], "ham")
+        await alice.learn_many([(message_id(r), tokenize(parse(r))) for r in SPAM], "ham")
+        await alice.learn_many([(message_id(r), tokenize(parse(r))) for r in HAM[:2]], "spam")
+        early = await _scan(cfg, store, probe, ["alice@x.org"])  # hers has 2 spam < 3
+        await alice.learn(message_id(HAM[2]), tokenize(parse(HAM[2])), "spam")
+        hers = await _scan(cfg, store, probe, ["Alice@X.org"])
+        both = await _scan(cfg, store, probe, ["alice@x.org", "bob@x.org"])
+        # The site's classifier did not learn what Alice taught hers.
+        totals = await site.counts()
+        await store.close()
+        return early, hers, both, totals
+
+    early, hers, both, totals = run(main())
+    assert "BAYES_SPAM" in early.symbols and not any("user=" in o for o in early.symbols["BAYES_SPAM"].options)
+    assert "BAYES_HAM" in hers.symbols and "user=alice@x.org" in hers.symbols["BAYES_HAM"].options
+    assert "BAYES_SPAM" in both.symbols
+    assert (totals.nspam, totals.nham) == (3, 3)
 
 
 def test_no_store_no_symbols(tmp_path):
@@ -317,10 +379,36 @@ def test_dump_restore_round_trip(tmp_path):
     assert out.returncode == 0, out.stderr
     a = smtpproxy("bayes", "stats", "--state-dir", state).stdout.splitlines()[1:]
     b = smtpproxy("bayes", "stats", "--state-dir", other).stdout.splitlines()[1:]
-    assert a == b and b"spam learned: 3" in a[0]
+    assert a == b and b"spam learned: 3" in a[1]
     # Restored ids still know the messages.
     out = smtpproxy("learn", "ham", "--state-dir", other, str(tmp_path / "3.eml"))
     assert b"1 already learned" in out.stdout
+
+
+def test_learn_and_stats_for_one_user(tmp_path):
+    state = str(tmp_path / "state")
+    (tmp_path / "0.eml").write_bytes(SPAM[0])
+    out = smtpproxy("learn", "spam", "--state-dir", state, "--user", "alice@x.org", str(tmp_path / "0.eml"))
+    assert out.returncode == 64 and b"scan.bayes.per_user" in out.stderr
+    conf = tmp_path / "c.toml"
+    conf.write_text('[scan.bayes]\nper_user = "domain"\n')
+    out = smtpproxy("learn", "spam", "-c", str(conf), "--state-dir", state, "--user", "Alice@X.org",
+                    str(tmp_path / "0.eml"))
+    assert out.returncode == 0, out.stderr
+    assert b"spam for x.org: 1 learned" in out.stdout
+    mine = smtpproxy("bayes", "stats", "-c", str(conf), "--state-dir", state, "--user", "bob@x.org")
+    assert b"classifier: x.org" in mine.stdout and b"spam learned: 1" in mine.stdout
+    assert b"token keys: 0 spam" not in mine.stdout
+    site = smtpproxy("bayes", "stats", "-c", str(conf), "--state-dir", state)
+    assert b"classifier: site" in site.stdout and b"spam learned: 0" in site.stdout
+    assert b"user and domain classifiers: 1" in site.stdout
+    # Dump and restore carry every classifier.
+    dump = tmp_path / "all.jsonl"
+    assert smtpproxy("bayes", "dump", "--state-dir", state, "-o", str(dump)).returncode == 0
+    other = str(tmp_path / "other")
+    assert smtpproxy("bayes", "restore", "--state-dir", other, str(dump)).returncode == 0
+    again = smtpproxy("bayes", "stats", "-c", str(conf), "--state-dir", other, "--user", "x.org")
+    assert again.stdout.splitlines()[1:] == mine.stdout.splitlines()[1:]
 
 
 def test_store_down_is_a_tempfail_for_pipes(tmp_path):

@@ -30,10 +30,20 @@ from collections.abc import Callable
 
 from smtpproxy.common.config import Config
 from smtpproxy.common.store import Store, StoreError, open_store
-from smtpproxy.scan.bayes.storage import ALREADY, HAM, MOVED, SPAM, TAG, BayesStore, message_id
+from smtpproxy.scan.bayes.storage import (
+    ALREADY,
+    HAM,
+    MOVED,
+    SPAM,
+    TAG,
+    BayesStore,
+    message_id,
+    owner_of,
+)
 from smtpproxy.scan.bayes.tokenizer import tokenize
 from smtpproxy.scan.message import parse
 
+EX_USAGE = 64
 EX_TEMPFAIL = 75
 # Messages learned together: their token increments are summed into one
 # store call (see BayesStore.learn_many).
@@ -70,6 +80,23 @@ async def open_existing_store(cfg: Config) -> Store | None:
         await store.close()
         return None
     return store
+
+
+def _owner(cfg: Config, args: argparse.Namespace) -> str:
+    """The classifier ``--user`` names ("" without it: the site's)."""
+    user = getattr(args, "user", None)
+    if user is None:
+        return ""
+    if cfg.scan.bayes.per_user == "off":
+        raise UsageError("--user needs scan.bayes.per_user = \"user\" or \"domain\"")
+    owner = owner_of(user, cfg.scan.bayes.per_user)
+    if not owner:
+        raise UsageError(f"--user {user!r}: not an address")
+    return owner
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out; exit 64 (EX_USAGE)."""
 
 
 def _files(targets: list[str]) -> list[str]:
@@ -168,9 +195,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     files = _files(args.files)
 
     async def main() -> int:
+        owner = _owner(cfg, args)
         store = await _open(cfg)
         try:
-            bayes = BayesStore(store, cfg.scan.bayes.token_ttl_s)
+            bayes = BayesStore(store, cfg.scan.bayes.token_ttl_s, owner)
             bar = Progress(len(files), f"learning {cls}")
             started = time.monotonic()
             summary = await learn_files(bayes, cls, files, cfg.scan.bayes.max_tokens, bar.update)
@@ -180,7 +208,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         finally:
             await store.close()
         n = summary["learned"] + summary[ALREADY] + summary[MOVED]
-        print(f"{cls}: {summary['learned']} learned, {summary[MOVED]} moved from "
+        print(f"{cls}{' for ' + owner if owner else ''}: {summary['learned']} learned, "
+              f"{summary[MOVED]} moved from "
               f"{HAM if cls == SPAM else SPAM}, {summary[ALREADY]} already learned, "
               f"{summary['unreadable']} unreadable; {n} in {elapsed:.1f}s "
               f"({n / elapsed if elapsed > 0 else 0:.0f}/s); "
@@ -196,23 +225,33 @@ def _guarded(main) -> int:
     except StoreError as exc:
         print(f"{PROGRAM}: store unusable: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    except UsageError as exc:
+        print(f"{PROGRAM}: {exc}", file=sys.stderr)
+        return EX_USAGE
 
 
-async def _bayes_keys(store: Store) -> list[str]:
-    return [key async for key in store.scan(store.key(TAG) + "*", count=1 << 40)]
+async def _bayes_keys(store: Store, tag: str | None = None) -> list[str]:
+    """The keys of one classifier (``tag``), or of all of them: {bayes} and {bayes:<owner>}."""
+    pattern = store.key(tag) + ":*" if tag else store.key(TAG)[:-1] + "*"
+    return [key async for key in store.scan(pattern, count=1 << 40)]
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     cfg = _config(args)
 
     async def main() -> int:
+        owner = _owner(cfg, args)
         store = await _open(cfg)
         try:
-            totals = await BayesStore(store, cfg.scan.bayes.token_ttl_s).counts()
-            keys = await _bayes_keys(store)
+            bayes = BayesStore(store, cfg.scan.bayes.token_ttl_s, owner)
+            totals = await bayes.counts()
+            keys = await _bayes_keys(store, bayes.tag)
+            # One message count per classifier: "<prefix>{bayes:<owner>}:nspam".
+            owners = {key.split("}", 1)[0] for key in await _bayes_keys(store)
+                      if key.endswith((":nspam", ":nham"))} - {store.key(TAG)[:-1]}
         finally:
             await store.close()
-        base = store.key(TAG)
+        base = store.key(bayes.tag)
         kinds = {"s": 0, "h": 0, "m": 0}
         for key in keys:
             kind = key[len(base) + 1:].split(":", 1)[0]
@@ -221,10 +260,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         bcfg = cfg.scan.bayes
         ready = min(totals.nspam, totals.nham) >= bcfg.min_learned
         print(f"store: {cfg.store.url or 'sqlite (' + cfg.state_dir + ')'}")
+        print(f"classifier: {owner or 'site'}")
         print(f"spam learned: {totals.nspam}")
         print(f"ham learned: {totals.nham}")
         print(f"token keys: {kinds['s']} spam, {kinds['h']} ham")
         print(f"learned message ids: {kinds['m']}")
+        if owners or bcfg.per_user != "off":
+            print(f"user and domain classifiers: {len(owners)}")
         print(f"classifying: {'yes' if ready and bcfg.enabled else 'no'} "
               f"(needs {bcfg.min_learned} of each class)")
         return 0
@@ -280,7 +322,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 except (ValueError, KeyError, TypeError):
                     print(f"{PROGRAM}: {args.input}:{lineno}: not a dump line", file=sys.stderr)
                     return 1
-                if not key.startswith("{" + TAG + "}"):
+                if not key.startswith(("{" + TAG + "}", "{" + TAG + ":")):
                     print(f"{PROGRAM}: {args.input}:{lineno}: not a Bayes key", file=sys.stderr)
                     return 1
                 pending.append(store.set(store.prefix + key, value.encode("latin-1"), max(1.0, ttl)))
@@ -304,6 +346,8 @@ def add_parsers(sub, with_config) -> None:
     learn = with_config(sub.add_parser("learn", help="teach the Bayes classifier spam or ham"))
     learn.add_argument("cls", choices=(SPAM, HAM), metavar="spam|ham")
     learn.add_argument("--state-dir", metavar="DIR", help="state directory")
+    learn.add_argument("--user", metavar="ADDR",
+                       help="teach this user's (or its domain's) classifier (scan.bayes.per_user)")
     learn.add_argument("files", nargs="+", metavar="FILE|DIR|-")
     learn.set_defaults(func=cmd_learn)
 
@@ -311,6 +355,7 @@ def add_parsers(sub, with_config) -> None:
     bsub = bayes.add_subparsers(dest="bayes_command", required=True, metavar="COMMAND")
     stats = with_config(bsub.add_parser("stats", help="learned messages and tokens"))
     stats.add_argument("--state-dir", metavar="DIR", help="state directory")
+    stats.add_argument("--user", metavar="ADDR", help="this user's (or its domain's) classifier")
     stats.set_defaults(func=cmd_stats)
     dump = with_config(bsub.add_parser("dump", help="write the Bayes state as JSON lines"))
     dump.add_argument("--state-dir", metavar="DIR", help="state directory")

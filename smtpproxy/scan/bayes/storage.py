@@ -7,6 +7,11 @@ Keys (all under the ``bayes`` hash tag, after ``store.key_prefix``):
   {bayes}:nspam, :nham     messages learned of each class
   {bayes}:m:<body hash>    a learned message: "S" or "H"
 
+A classifier of one user or domain (``scan.bayes.per_user``) has the same
+keys under its own hash tag, ``{bayes:<owner>}`` (see ``owner_of``), so on
+a Redis Cluster each one's keys sit together and different ones spread
+over the nodes.
+
 A token is stored as 16 hex digits of its BLAKE2b hash, so keys have one
 length whatever the text. Classifying one message is one ``mget`` (one
 round trip); learning is one ``mget`` of the ids, one ``incr_many`` and one
@@ -44,6 +49,9 @@ SPAM, HAM = "spam", "ham"
 _CLASS_CODE = {SPAM: b"S", HAM: b"H"}
 _CODE_CLASS = {b"S": SPAM, b"H": HAM}
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# Owners that may stand in a key as they are; others are hashed (a "}" or
+# ":" would break the hash tag or the key's layout).
+_PLAIN_OWNER = re.compile(r"[a-z0-9._%+=@-]{1,200}")
 
 # Keys per incr_many call when learning: a batch of messages can carry tens of
 # thousands, more than one store call should take (store.timeout_s).
@@ -66,6 +74,28 @@ def message_id(raw: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+def owner_of(address: str, per_user: str) -> str:
+    """The classifier an address belongs to under ``per_user``: "" for the site's."""
+    address = address.strip().strip("<>").lower()
+    if per_user == "domain":
+        address = address.rpartition("@")[2].rstrip(".")
+    if per_user not in ("user", "domain") or not address:
+        return ""
+    if _PLAIN_OWNER.fullmatch(address):
+        return address
+    return "h-" + hashlib.blake2b(address.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+
+
+def recipients_owner(rcpt_tos: Iterable[str], per_user: str) -> str:
+    """The classifier every recipient shares, "" when they do not share one."""
+    owners = {owner_of(rcpt, per_user) for rcpt in rcpt_tos}
+    return owners.pop() if len(owners) == 1 else ""
+
+
+def tag_of(owner: str) -> str:
+    return f"{TAG}:{owner}" if owner else TAG
+
+
 @dataclass(frozen=True)
 class Counts:
     nspam: int
@@ -82,13 +112,16 @@ def _int(value: bytes | None) -> int:
 class BayesStore:
     """The Bayes view of a Store: counts in, counts out."""
 
-    def __init__(self, store: Store, token_ttl_s: float):
+    def __init__(self, store: Store, token_ttl_s: float, owner: str = ""):
+        """``owner``: a user's or domain's classifier (from ``owner_of``); "" the site's."""
         self.store = store
         self.ttl_s = token_ttl_s
-        self.nspam_key = store.key(TAG, "nspam")
-        self.nham_key = store.key(TAG, "nham")
+        self.owner = owner
+        self.tag = tag_of(owner)
+        self.nspam_key = store.key(self.tag, "nspam")
+        self.nham_key = store.key(self.tag, "nham")
         # Token keys are built per token, hundreds per message: prefix + hash.
-        self._token_prefix = {SPAM: store.key(TAG, "s", ""), HAM: store.key(TAG, "h", "")}
+        self._token_prefix = {SPAM: store.key(self.tag, "s", ""), HAM: store.key(self.tag, "h", "")}
 
     def _count_key(self, cls: str) -> str:
         return self.nspam_key if cls == SPAM else self.nham_key
@@ -97,7 +130,7 @@ class BayesStore:
         return self._token_prefix[cls] + hashed
 
     def _message_key(self, msg_id: str) -> str:
-        return self.store.key(TAG, "m", msg_id)
+        return self.store.key(self.tag, "m", msg_id)
 
     async def counts(self) -> Counts:
         nspam, nham = await self.store.mget([self.nspam_key, self.nham_key])

@@ -9,6 +9,11 @@ check emits BAYES_SPAM, at or below ``ham_threshold`` BAYES_HAM, with the
 probability in the options and the confidence as the hit's weight, so the
 symbol's score scales with it.
 
+With ``per_user`` set, a message whose recipients all share one user's
+(or domain's) classifier is classified by that one once it has learned
+``min_learned`` of each class ("user=<owner>" in the options), otherwise by
+the site's: a new user starts with the site's judgement.
+
 No store (``smtpproxy scan`` without one), or a store in trouble: no
 classification (BAYES_UNAVAILABLE with the reason for the latter); the
 message is scanned as if Bayes were off.
@@ -21,7 +26,7 @@ from typing import ClassVar
 
 from smtpproxy.common.config import BayesConfig, Config
 from smtpproxy.common.store import StoreError
-from smtpproxy.scan.bayes.storage import BayesStore
+from smtpproxy.scan.bayes.storage import BayesStore, Counts, recipients_owner
 from smtpproxy.scan.bayes.tokenizer import tokenize
 from smtpproxy.scan.checks.base import CheckContext, Hit
 
@@ -41,18 +46,26 @@ class BayesCheck:
         if not cfg.enabled or ctx.store is None:
             return []
         tokens = tokenize(ctx.message, cfg.max_tokens)
+        owner = recipients_owner(ctx.rcpt_tos, cfg.per_user)
         try:
-            totals, result = await BayesStore(ctx.store, cfg.token_ttl_s).classify(tokens)
+            totals, result = await BayesStore(ctx.store, cfg.token_ttl_s, owner).classify(tokens)
+            if owner and not self._ready(totals):
+                owner = ""
+                totals, result = await BayesStore(ctx.store, cfg.token_ttl_s).classify(tokens)
         except StoreError as exc:
             logger.warning("bayes: store unusable: %s", exc)
             return [Hit("BAYES_UNAVAILABLE", ("store",))]
         ctx.facts["bayes"] = {"probability": result.probability, "tokens": result.used,
-                              "nspam": totals.nspam, "nham": totals.nham}
-        if min(totals.nspam, totals.nham) < cfg.min_learned or result.used < cfg.min_tokens:
+                              "nspam": totals.nspam, "nham": totals.nham, "owner": owner}
+        if not self._ready(totals) or result.used < cfg.min_tokens:
             return []
-        options = (f"{result.probability:.3f}", f"tokens={result.used}")
+        options = (f"{result.probability:.3f}", f"tokens={result.used}",
+                   *((f"user={owner}",) if owner else ()))
         if result.probability >= cfg.spam_threshold:
             return [Hit("BAYES_SPAM", options, (result.probability - 0.5) * 2)]
         if result.probability <= cfg.ham_threshold:
             return [Hit("BAYES_HAM", options, (0.5 - result.probability) * 2)]
         return []
+
+    def _ready(self, totals: Counts) -> bool:
+        return min(totals.nspam, totals.nham) >= self.cfg.min_learned
