@@ -19,6 +19,7 @@ import time
 from policy import replies
 from policy.greylist import Greylister
 from policy.ratelimit import RateLimiter
+from policy.stats import PolicyStats
 from policy.whitelist import Whitelist
 from smtpproxy.common.config import Config
 from smtpproxy.common.log import quote
@@ -28,10 +29,11 @@ logger = logging.getLogger("policy")
 
 
 class Policy:
-    def __init__(self, cfg: Config, store: Store, hostname: str):
+    def __init__(self, cfg: Config, store: Store, hostname: str, stats: PolicyStats | None = None):
         pc = cfg.policy
         self.cfg = cfg
         self.store = store
+        self.stats = stats
         self.whitelist = Whitelist(
             pc.greylist.whitelist_client_maps, pc.greylist.whitelist_sender_maps,
             pc.greylist.whitelist_recipient_maps,
@@ -55,11 +57,15 @@ class Policy:
         note = ""
         if self.greylister.applies(req):
             action, note = await self.greylister.check(self.store, req, now)
+            if self.stats is not None:
+                self.stats.greylist.inc(note)
             if action is not None and action.startswith("DEFER"):
                 self._log(req, action, "greylist=" + note)
                 return action
-        refusal, rl_note = await self.limiter.check(self.store, req, now)
+        refusal, rl_note, rule = await self.limiter.check(self.store, req, now)
         if refusal is not None:
+            if self.stats is not None:
+                self.stats.rate_limited.inc(rule)
             self._log(req, refusal, rl_note)
             return refusal
         if action is not None:

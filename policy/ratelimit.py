@@ -136,8 +136,9 @@ class RateLimiter:
         for rule in self.rules:
             rule.overrides.refresh()
 
-    async def check(self, store: Store, req: dict[str, str], now: float) -> tuple[str | None, str]:
-        """(action or None, log note) after every rule that applies."""
+    async def check(self, store: Store, req: dict[str, str],
+                    now: float) -> tuple[str | None, str, str]:
+        """(action or None, log note, the refusing rule's name) after every rule that applies."""
         for rule in self.rules:
             if not rule.applies(req):
                 continue
@@ -151,5 +152,5 @@ class RateLimiter:
             if not result.allowed:
                 count, period = limits[result.limit_index]
                 note = f"ratelimit={rule.cfg.name} key={value} limit={count}/{period:g}s"
-                return replies.rate_exceeded(rule.cfg.action, result.retry_after_s), note
-        return None, ""
+                return replies.rate_exceeded(rule.cfg.action, result.retry_after_s), note, rule.cfg.name
+        return None, "", ""

@@ -31,7 +31,9 @@ import time
 from policy import replies
 from policy.codec import ProtocolError, RequestParser, format_reply
 from policy.engine import Policy
+from policy.stats import PolicyStats
 from smtpproxy.common.config import Config, parse_hostport
+from smtpproxy.common.metrics import serve_metrics
 from smtpproxy.common.store import Store, StoreError, open_store
 
 logger = logging.getLogger("policy.server")
@@ -65,6 +67,7 @@ class PolicyConnection(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         svc = self.service
         if len(svc.connections) >= svc.cfg.policy.max_connections:
+            svc.stats.refused.inc()
             svc.log_limited("too many connections (%d); closing new ones", len(svc.connections))
             self.closed = True
             transport.close()
@@ -78,6 +81,7 @@ class PolicyConnection(asyncio.Protocol):
         try:
             requests = self.parser.feed(data)
         except ProtocolError as exc:
+            self.service.stats.malformed.inc()
             logger.warning("malformed request from %s: %s; closing", self.peer, exc)
             self.close()
             return
@@ -160,6 +164,8 @@ class PolicyService:
         self._maps_task: asyncio.Task | None = None
         self._last_limited_log = -1e9
         self._inflight = 0
+        self.stats = PolicyStats(lambda: len(self.connections), lambda: self._inflight)
+        self._metrics_server: asyncio.Server | None = None
 
     def log_limited(self, message: str, *args: object) -> None:
         now = time.monotonic()
@@ -190,7 +196,7 @@ class PolicyService:
     async def start(self) -> None:
         self.hostname = await self._hostname(self.cfg)
         self.store = await self._open_store(self.cfg)
-        self.policy = Policy(self.cfg, self.store, self.hostname)
+        self.policy = Policy(self.cfg, self.store, self.hostname, self.stats)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.policy.refresh_maps)
         listen = self.cfg.policy.listen
@@ -212,10 +218,23 @@ class PolicyService:
         except OSError:
             await self.store.close()
             raise
+        try:
+            await self._serve_metrics(self.cfg.policy.metrics_listen)
+        except OSError:
+            self.server.close()
+            await self.store.close()
+            raise
         self._maps_task = loop.create_task(self._watch_maps())
         logger.info("listening on %s, store %s, event loop %s", listen,
                     self.cfg.store.url.rpartition("@")[2] or "sqlite (state_dir)",
                     type(loop).__module__.split(".")[0])
+
+    async def _serve_metrics(self, listen: str) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
+        if listen:
+            self._metrics_server = await serve_metrics(self.stats.registry, listen)
 
     async def _watch_maps(self) -> None:
         loop = asyncio.get_running_loop()
@@ -236,12 +255,14 @@ class PolicyService:
         if cfg.store != self.cfg.store or cfg.state_dir != self.cfg.state_dir:
             old_store, store = self.store, await self._open_store(cfg)
         try:
-            policy = Policy(cfg, store, await self._hostname(cfg))
+            policy = Policy(cfg, store, await self._hostname(cfg), self.stats)
             await asyncio.get_running_loop().run_in_executor(None, policy.refresh_maps)
         except BaseException:
             if old_store is not None:  # keep running on the old store
                 await store.close()
             raise
+        if cfg.policy.metrics_listen != self.cfg.policy.metrics_listen:
+            await self._serve_metrics(cfg.policy.metrics_listen)
         self.cfg, self.store, self.policy = cfg, store, policy
         self.default = replies.default_action(cfg.policy.default_action)
         if old_store is not None:
@@ -252,6 +273,8 @@ class PolicyService:
             self.server.close()
         if self._maps_task is not None:
             self._maps_task.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         # Drain: let requests being decided get their answer, bounded.
         deadline = time.monotonic() + self.cfg.policy.drain_timeout_s
         while self._inflight and time.monotonic() < deadline:
@@ -272,19 +295,27 @@ class PolicyService:
     async def answer(self, req: dict[str, str]) -> str:
         policy = self.policy
         assert policy is not None
+        stats = self.stats
         self._inflight += 1
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.cfg.policy.decision_timeout_s):
-                return await policy.decide(req)
+                action = await policy.decide(req)
         except StoreError as exc:
             logger.debug("store error, default action: %s", exc)
-            return self.default
+            stats.defaulted.inc("store")
+            action = self.default
         except TimeoutError:
             self.log_limited("decision took longer than %gs; answering the default action",
                              self.cfg.policy.decision_timeout_s)
-            return self.default
+            stats.defaulted.inc("timeout")
+            action = self.default
         except Exception:
             logger.exception("bug while deciding; answering the default action")
-            return self.default
+            stats.defaulted.inc("error")
+            action = self.default
         finally:
             self._inflight -= 1
+        stats.seconds.observe(time.monotonic() - started)
+        stats.reply(action)
+        return action

@@ -375,6 +375,9 @@ class PolicyConfig:
     drain_timeout_s: float = 5.0
     # How often map files are checked for changes.
     map_check_interval_s: float = 5.0
+    # HOST:PORT for Prometheus metrics (GET /metrics); empty: off. Keep it on
+    # loopback or a management network.
+    metrics_listen: str = ""
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     rate_limits: tuple[RateLimitRule, ...] = ()
 
@@ -390,6 +393,8 @@ class PolicyConfig:
         if not 0 <= mode <= 0o777:
             raise ConfigError(path + "socket_mode", f"expected an octal mode such as 0660, got {self.socket_mode!r}")
         _check_choice(self, path, "default_action", POLICY_DEFAULT_ACTIONS)
+        if self.metrics_listen:
+            parse_hostport(self.metrics_listen, path + "metrics_listen")
         _check_positive(
             self, path, "idle_timeout_s", "request_timeout_s", "decision_timeout_s",
             "max_line_bytes", "max_attributes", "max_connections", "drain_timeout_s",

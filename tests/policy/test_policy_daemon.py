@@ -367,3 +367,46 @@ def test_redis_hung_answers_default_action_then_recovers(daemon_factory, tmp_pat
         assert d.ask(**rcpt("192.0.2.1")).startswith("DEFER_IF_PERMIT 4.7.1")
     finally:
         server.stop()
+
+
+def test_metrics_count_replies_greylist_rate_limits_and_trouble(daemon_factory, store_url):
+    import urllib.request
+
+    from tests.policy.conftest import free_port
+
+    port = free_port()
+    rule = {"name": "per_client", "key": ["client_address"], "limits": ["1/1h"], "action": "REJECT"}
+    d = daemon_factory(store_url, greylist=FAST_GREYLIST, rules=[rule],
+                       policy={"metrics_listen": f"127.0.0.1:{port}"})
+    assert d.ask(**rcpt()).startswith("DEFER_IF_PERMIT 4.7.1 Greylisted")
+    assert d.ask(**rcpt(sasl_username="u")) == "DUNNO"  # exempt, first use of the rule
+    assert d.ask(**rcpt(sasl_username="u")).startswith("REJECT 5.7.1")
+    with d.connect() as bad:
+        bad.send(b"not a request\n\n")
+        assert bad.read_reply() is None
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert reply.status == 200
+            text = reply.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
+
+    m = scrape()
+    assert m['smtpproxy_policy_replies_total{action="DEFER_IF_PERMIT"}'] == 1
+    assert m['smtpproxy_policy_replies_total{action="DUNNO"}'] == 1
+    assert m['smtpproxy_policy_replies_total{action="REJECT"}'] == 1
+    assert m['smtpproxy_policy_greylist_total{result="new"}'] == 1
+    assert m['smtpproxy_policy_greylist_total{result="sasl"}'] == 2
+    assert m['smtpproxy_policy_rate_limited_total{rule="per_client"}'] == 1
+    assert m["smtpproxy_policy_malformed_total"] == 1
+    assert m["smtpproxy_policy_decision_seconds_count"] == 3
+    assert m["smtpproxy_policy_connections_active"] >= 0
+    # A reload keeps the counts (they belong to the daemon, not to one configuration).
+    d.hup()
+    deadline = time.monotonic() + 15
+    while "configuration reloaded" not in d.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert d.ask(**rcpt(sasl_username="u")).startswith("REJECT 5.7.1")
+    assert scrape()['smtpproxy_policy_rate_limited_total{rule="per_client"}'] == 2
