@@ -99,14 +99,16 @@ def _parse_lines(head: bytes) -> list[tuple[bytes, bytes]]:
 
 def canonical_body(body: bytes) -> bytes:
     """Relaxed body canonicalisation (RFC 6376 3.4.4), byte for byte as dkimpy's."""
-    if b" \r\n" in body or b"\t\r\n" in body:
-        # WSP before each CRLF goes; after the last CRLF there is no line end (dkimpy keeps it).
-        # Split and join: a third of the time of a regex that tries every space.
-        lines = body.split(b"\r\n")
-        tail = lines.pop()
-        body = b"\r\n".join([line.rstrip(b" \t") for line in lines]) + b"\r\n" + tail
-    if b"\t" in body or b"  " in body:
-        body = _WSP_TO_SQUEEZE.sub(b" ", body)
+    # Single-byte searches are memchr-fast; base64 parts often have no WSP at all.
+    if b" " in body or b"\t" in body:
+        if b" \r\n" in body or b"\t\r\n" in body:
+            # WSP before each CRLF goes; after the last CRLF there is no line end (dkimpy
+            # keeps it). Split and join: a third of the time of a regex trying every space.
+            lines = body.split(b"\r\n")
+            tail = lines.pop()
+            body = b"\r\n".join([line.rstrip(b" \t") for line in lines]) + b"\r\n" + tail
+        if b"\t" in body or b"  " in body:
+            body = _WSP_TO_SQUEEZE.sub(b" ", body)
     if not body.endswith(b"\r\n"):
         body += b"\r\n"  # also an empty body: dkimpy hashes it as empty below
     else:
