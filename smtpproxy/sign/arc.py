@@ -19,8 +19,9 @@ Contract:
   chain right before sealing (scan/checks/arc.py's verification, its DNS
   through the one Resolver) rather than trusting whatever the scan wrote.
 
-dkimpy does the canonicalisation; the set is assembled here
-(smtpproxy/sign/dkim.py's ``gen_header``) because dkimpy's own ``ARC.sign``
+dkimpy parses the message and canonicalises the body; the set is assembled,
+its header fields canonicalised, by smtpproxy/sign/dkim.py's ``gen_header``
+(the same bytes as dkimpy's) because dkimpy's own ``ARC.sign``
 re-parses the results and drops their comments, which changes what the seal
 covers, and signs RSA in pure Python. Only
 RSA keys seal (dkimpy's ARC code and most ARC verifiers know rsa-sha256 only).
