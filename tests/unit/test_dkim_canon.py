@@ -64,6 +64,12 @@ EDGE_CASES = {
     "odd whitespace in a value": b"From: a@example.org\r\nSubject: x\x0b\x0c \r\n\r\nbody\r\n",
     "existing signature": (b"DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=old;\r\n"
                            b"\tb=abc; bh=def; h=from\r\nFrom: a@example.org\r\n\r\nbody\r\n"),
+    # h= longer than a line: folded at its colons only (dkimpy's fold cut names apart).
+    "reply with references": (b"From: a@example.org\r\nTo: b@example.net\r\nCc: c@example.net\r\n"
+                              b"Subject: Re: x\r\nDate: Sat, 21 Nov 2026 03:00:00 +0000\r\n"
+                              b"Message-ID: <2@example.org>\r\nIn-Reply-To: <1@example.net>\r\n"
+                              b"References: <1@example.net>\r\nMIME-Version: 1.0\r\n"
+                              b"Content-Type: text/plain\r\n\r\nbody\r\n"),
     # Not fields: dkimpy refuses them, so must we.
     "space before colon": b"From: a@example.org\r\nSubject : x\r\n\r\nbody\r\n",
     "folded first line": b" From: a@example.org\r\n\r\nbody\r\n",
@@ -114,6 +120,7 @@ def check(content: bytes) -> None:
     assert [n + b":" + v for n, v in theirs_signed] == ours_signed
 
     fields = dkimsign.sign_message(ours, KEYS, include, expire_s=3600)
+    assert all(len(line) <= dkimsign.LINE_MAX for f in fields for line in f.split(b"\r\n"))
     signed = b"".join(fields) + content
     d = dkim.DKIM(signed)
     dnsfunc = lambda name, timeout=5: RECORDS.get(name)  # noqa: E731
