@@ -65,17 +65,21 @@ class Message:
 
     # ---------------------------------------------------------------- headers
 
+    @cached_property
+    def _by_name(self) -> dict[str, list[str]]:
+        """Field values by lower-cased name, in order (built on first use)."""
+        index: dict[str, list[str]] = {}
+        for key, value in self.headers:
+            index.setdefault(key.lower(), []).append(value)
+        return index
+
     def header(self, name: str) -> str | None:
         """The first field called ``name`` (case-insensitive), decoded."""
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
+        values = self._by_name.get(name.lower())
+        return values[0] if values else None
 
     def header_all(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [value for key, value in self.headers if key.lower() == lname]
+        return list(self._by_name.get(name.lower(), ()))
 
     @cached_property
     def from_address(self) -> str:

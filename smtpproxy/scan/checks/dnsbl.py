@@ -145,8 +145,9 @@ class DnsblCheck:
         domain_zones = [z for z in self.zones if z.kind == "domain"]
         if domain_zones:
             sources = self._domain_sources(ctx)
+            memo: dict[tuple, tuple[str, str] | None] = {}  # the same hosts for every zone
             for zone in domain_zones:
-                for value, query in self._domains_for(zone, sources):
+                for value, query in self._domains_for(zone, sources, memo):
                     lookups.append((zone, value, f"{query}.{zone.zone}"))
         if not lookups:
             return []
@@ -180,14 +181,22 @@ class DnsblCheck:
             "urls": list(msg.url_domains) if msg is not None else [],
         }
 
-    def _domains_for(self, zone: DnsblZone, sources: dict[str, list[str]]) -> Iterable[tuple[str, str]]:
+    def _domains_for(self, zone: DnsblZone, sources: dict[str, list[str]],
+                     memo: dict | None = None) -> Iterable[tuple[str, str]]:
         """(the domain as found/reduced, the name asked), distinct, at most max_domains."""
         seen: set[str] = set()
+        memo = {} if memo is None else memo
         for source in ("envelope_sender", "header_from", "urls"):
             if not getattr(zone, source):
                 continue
+            from_url = source == "urls"
             for host in sources[source]:
-                item = self._domain_query(zone, host, from_url=source == "urls")
+                # What _domain_query depends on: the host, where it was found, two zone settings.
+                key = (host, from_url, zone.url_ips, zone.registrable_domain)
+                if key in memo:
+                    item = memo[key]
+                else:
+                    item = memo[key] = self._domain_query(zone, host, from_url=from_url)
                 if item is None or item[1] in seen:
                     continue
                 seen.add(item[1])
@@ -197,10 +206,12 @@ class DnsblCheck:
 
     def _domain_query(self, zone: DnsblZone, host: str, from_url: bool) -> tuple[str, str] | None:
         host = host.strip("[]").rstrip(".").lower()
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            ip = None
+        ip = None
+        if host and (host[0].isdigit() or ":" in host):  # else surely a name: no failed parse
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                pass
         if ip is not None:
             if not (from_url and zone.url_ips and ip.version == 4):
                 return None

@@ -18,8 +18,13 @@ MANY_RECEIVED = 12
 
 
 def _is_ip(text: str) -> bool:
+    text = text.strip("[]").removeprefix("IPv6:").removeprefix("ipv6:")
+    # An address starts with a digit (IPv4) or has a colon (IPv6): names
+    # skip the (costly) failed parse.
+    if not text or not (text[0].isdigit() or ":" in text):
+        return False
     try:
-        ipaddress.ip_address(text.strip("[]").removeprefix("IPv6:").removeprefix("ipv6:"))
+        ipaddress.ip_address(text)
         return True
     except ValueError:
         return False
