@@ -30,6 +30,13 @@ HREF_RE = re.compile(r"""(?i)\bhref\s*=\s*["']?([^"'\s>]+)""")
 # The same, anchored: tried only where a cheap search found "http", "www." or "href".
 URL_AT_RE = re.compile(r"""(?i)(?:https?://|www\.)[^\s<>"'()\[\]{}]+""")
 HREF_AT_RE = re.compile(r"""(?i)href\s*=\s*["']?([^"'\s>]+)""")
+# "user@example.org" or "Plain Name <user@example.org>": atoms and dots only
+# (no quotes, comments, groups, routes or lists), which parseaddr returns as is.
+SIMPLE_ADDRESS_RE = re.compile(
+    r"[ \t]*(?:([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
+    r"|[A-Za-z0-9 \t'.-]*<([A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>)[ \t]*\Z")
 SCHEME_RE = re.compile(r"(?i)^(?:https?://)?")
 # compat32 hands 8-bit header bytes back as surrogate escapes.
 SURROGATE_RE = re.compile("[\udc80-\udcff]")
@@ -87,8 +94,10 @@ class Message:
         value = self.header("From")
         if not value:
             return ""
-        _, addr = email.utils.parseaddr(value)
-        return addr.strip().lower()
+        try:
+            return parse_address(value).strip().lower()
+        except Exception:  # parseaddr recurses per token: a huge field can exhaust the stack
+            return ""
 
     @cached_property
     def from_domain(self) -> str:
@@ -144,6 +153,15 @@ class Message:
     @property
     def attachments(self) -> list[Part]:
         return [p for p in self.parts if p.is_attachment]
+
+
+def parse_address(value: str) -> str:
+    """``email.utils.parseaddr(value)[1]``, without the parser for the common
+    shapes: a bare address, or a plain display name and <address>."""
+    match = SIMPLE_ADDRESS_RE.match(value)
+    if match:
+        return match.group(1) or match.group(2)
+    return email.utils.parseaddr(value)[1]
 
 
 def find_urls(text: str) -> list[str]:

@@ -161,3 +161,22 @@ def test_text_html_similarity_is_difflibs_quick_ratio(a, b):
     wb = WORD_RE.findall(b.lower())[:MAX_COMPARED_WORDS]
     expected = difflib.SequenceMatcher(None, wa, wb, autojunk=False).quick_ratio() if wa or wb else 1.0
     assert _similarity(a, b) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", [
+    "a@example.org", "  A.B@Example.ORG ", "John Doe <j@example.org>", "J. O'Neil <j@x.example>",
+    "<j@example.org>", "Name<a@example.org>", "a..b@example.org", ".a@example.org", "a@example.",
+    "Doe, John <j@example.org>", "x <a@example.org> y", "a@example.org (comment)",
+    '"Quoted" <a@example.org>', "a@example.org, b@example.net", "<a@example.org", "<>",
+    "a@[192.0.2.1]", "no address", "",
+])
+def test_address_fast_path_agrees_with_parseaddr(value):
+    from smtpproxy.scan.message import parse_address
+    assert parse_address(value) == email.utils.parseaddr(value)[1]
+
+
+def test_a_from_field_the_address_parser_cannot_handle_is_no_address():
+    # The shape of mimekit's stack-overflow.txt: parseaddr recurses once per "." token.
+    raw = (b'From: "x" <x@example.org>,date>' + b"2017-08-20T10:08:28.617</prdate>" * 2400
+           + b"\r\nSubject: s\r\n\r\nbody\r\n")
+    assert parse(raw).from_address == ""

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, ClassVar
 from smtpproxy.common.config import Config, ConfigError
 from smtpproxy.common.dns import DnsTempError
 from smtpproxy.scan.checks.base import CheckContext, Hit
-from smtpproxy.scan.message import Message, parse
+from smtpproxy.scan.message import SIMPLE_ADDRESS_RE, Message, parse
 from smtpproxy.scan.psl import PublicSuffixList
 
 if TYPE_CHECKING:
@@ -138,8 +138,12 @@ def author_domains(message: Message | bytes) -> list[str]:
     """
     if isinstance(message, bytes):
         message = parse(message)
+    simple = [SIMPLE_ADDRESS_RE.match(value) for value in message.from_fields]
     try:
-        addresses = email.utils.getaddresses(message.from_fields)
+        if all(simple):  # one plain address per field: what getaddresses finds, without it
+            addresses = [("", m.group(1) or m.group(2)) for m in simple if m]
+        else:
+            addresses = email.utils.getaddresses(message.from_fields)
     except Exception:
         return []
     domains: list[str] = []
