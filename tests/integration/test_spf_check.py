@@ -42,9 +42,9 @@ def server():
         yield srv
 
 
-@pytest.fixture(scope="module", params=["inline", "thread"])
+@pytest.fixture(scope="module", params=["on loop", "thread"])
 def check(request):
-    return SpfCheck(max_threads=2, inline=request.param == "inline")
+    return SpfCheck(max_threads=2, on_loop=request.param == "on loop")
 
 
 def context(resolver, addr="192.0.2.10", helo="mx.helo.test", mail_from="user@pass.test"):
@@ -145,7 +145,7 @@ def test_the_event_loop_runs_while_spf_waits_for_dns(server, check):
 
 
 def test_a_cancelled_check_frees_its_thread(server):
-    one_thread = SpfCheck(max_threads=1, inline=False)
+    one_thread = SpfCheck(max_threads=1, on_loop=False)
 
     async def go():
         resolver = Resolver(DnsConfig(nameserver=server.nameserver, timeout_s=30, attempts=1))

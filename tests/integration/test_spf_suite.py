@@ -111,10 +111,10 @@ def dns_server():
         yield server
 
 
-@pytest.fixture(scope="module", params=["inline", "thread"])
+@pytest.fixture(scope="module", params=["on loop", "thread"])
 def spf_check(request):
     """Both ways pyspf runs: on the loop with the answers at hand, and in a worker thread."""
-    return SpfCheck(inline=request.param == "inline")
+    return SpfCheck(on_loop=request.param == "on loop")
 
 
 async def _run(check: SpfCheck, nameserver: str, case: dict):

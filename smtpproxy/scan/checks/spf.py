@@ -232,12 +232,12 @@ class SpfCheck:
     # Runs in the engine's task until it has to wait (checks/base.py).
     inline: ClassVar[bool] = True
 
-    def __init__(self, max_threads: int = 8, inline: bool = True):
+    def __init__(self, max_threads: int = 8, on_loop: bool = True):
         # pyspf blocks its thread while a lookup is answered on the loop; the
         # pool bounds how many evaluations run at once (the rest queue).
         self._pool = shared_pool("spf", max_threads)
-        # False: every evaluation in a worker thread (tests of that path).
-        self.inline = inline
+        # False: pyspf always in a worker thread, never on the loop (tests of that path).
+        self.on_loop = on_loop
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         ip = _client_ip(ctx.client.addr)
@@ -266,7 +266,7 @@ class SpfCheck:
         """pyspf's verdict as a dict (result, domain, identity, explanation, mechanism, problem)."""
         answers: Answers = {}
         try:
-            for fetched in range(MAX_INLINE_LOOKUPS + 1 if self.inline else 0):
+            for fetched in range(MAX_INLINE_LOOKUPS + 1 if self.on_loop else 0):
                 at_hand = _AtHand(resolver, answers)
                 try:
                     outcome = _evaluate(at_hand, ip, sender, helo)
