@@ -33,7 +33,7 @@ from policy.codec import ProtocolError, RequestParser, format_reply
 from policy.engine import Policy
 from policy.stats import PolicyStats
 from smtpproxy.common.config import Config, parse_hostport
-from smtpproxy.common.metrics import serve_metrics
+from smtpproxy.common.metrics import MetricsEndpoint
 from smtpproxy.common.store import Store, StoreError, open_store
 
 logger = logging.getLogger("policy.server")
@@ -165,7 +165,7 @@ class PolicyService:
         self._last_limited_log = -1e9
         self._inflight = 0
         self.stats = PolicyStats(lambda: len(self.connections), lambda: self._inflight)
-        self._metrics_server: asyncio.Server | None = None
+        self.metrics = MetricsEndpoint(self.stats.registry)
 
     def log_limited(self, message: str, *args: object) -> None:
         now = time.monotonic()
@@ -219,7 +219,7 @@ class PolicyService:
             await self.store.close()
             raise
         try:
-            await self._serve_metrics(self.cfg.policy.metrics_listen)
+            await self.metrics.serve(self.cfg.policy.metrics_listen)
         except OSError:
             self.server.close()
             await self.store.close()
@@ -228,13 +228,6 @@ class PolicyService:
         logger.info("listening on %s, store %s, event loop %s", listen,
                     self.cfg.store.url.rpartition("@")[2] or "sqlite (state_dir)",
                     type(loop).__module__.split(".")[0])
-
-    async def _serve_metrics(self, listen: str) -> None:
-        if self._metrics_server is not None:
-            self._metrics_server.close()
-            self._metrics_server = None
-        if listen:
-            self._metrics_server = await serve_metrics(self.stats.registry, listen)
 
     async def _watch_maps(self) -> None:
         loop = asyncio.get_running_loop()
@@ -261,8 +254,7 @@ class PolicyService:
             if old_store is not None:  # keep running on the old store
                 await store.close()
             raise
-        if cfg.policy.metrics_listen != self.cfg.policy.metrics_listen:
-            await self._serve_metrics(cfg.policy.metrics_listen)
+        await self.metrics.serve(cfg.policy.metrics_listen)  # moved, started or stopped
         self.cfg, self.store, self.policy = cfg, store, policy
         self.default = replies.default_action(cfg.policy.default_action)
         if old_store is not None:
@@ -273,8 +265,7 @@ class PolicyService:
             self.server.close()
         if self._maps_task is not None:
             self._maps_task.cancel()
-        if self._metrics_server is not None:
-            self._metrics_server.close()
+        self.metrics.close()
         # Drain: let requests being decided get their answer, bounded.
         deadline = time.monotonic() + self.cfg.policy.drain_timeout_s
         while self._inflight and time.monotonic() < deadline:

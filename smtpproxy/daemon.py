@@ -26,7 +26,7 @@ import stat
 
 from smtpproxy import replies
 from smtpproxy.common.config import Config, ListenerConfig, parse_hostport, parse_socket_mode
-from smtpproxy.common.metrics import Registry, serve_metrics
+from smtpproxy.common.metrics import MetricsEndpoint, Registry
 from smtpproxy.relay import Downstream, DownstreamPool
 from smtpproxy.scan.hook import NoScan, ScanHook
 from smtpproxy.server import ProxySMTP, client_allowed, listener_networks
@@ -72,7 +72,7 @@ class ProxyService:
         # A hook given here (tests) is kept; otherwise start() builds the
         # scoring engine when scan.enabled, and reload() rebuilds it.
         self.stats = ProxyStats(self)
-        self._metrics_server: asyncio.Server | None = None
+        self.metrics = MetricsEndpoint(self.stats.registry)
         self._fixed_hook = hook is not None
         self.hook: ScanHook = hook or NoScan()
         self._store = None
@@ -192,17 +192,10 @@ class ProxyService:
 
         return build_signer(cfg, self._resolver)
 
-    async def _serve_metrics(self, listen: str) -> None:
-        if self._metrics_server is not None:
-            self._metrics_server.close()
-            self._metrics_server = None
-        if listen:
-            self._metrics_server = await serve_metrics(self.stats.registry, listen)
-
     async def start(self) -> None:
         self.hook = await self._build_hook(self.cfg)
         self.signer = self._build_signer(self.cfg)
-        await self._serve_metrics(self.cfg.proxy.metrics_listen)
+        await self.metrics.serve(self.cfg.proxy.metrics_listen)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
             for cfg in self.cfg.proxy.listeners:
@@ -224,8 +217,7 @@ class ProxyService:
         old = self._listeners
         self.hook = await self._build_hook(cfg)  # a bad table raises: the old config stays
         self.signer = self._build_signer(cfg)
-        if cfg.proxy.metrics_listen != self.cfg.proxy.metrics_listen:
-            await self._serve_metrics(cfg.proxy.metrics_listen)
+        await self.metrics.serve(cfg.proxy.metrics_listen)  # moved, started or stopped
         self.cfg = cfg
         self.hostname = cfg.proxy.hostname or socket.getfqdn()
         # Pools are rebuilt with the new settings; sessions holding a
@@ -268,8 +260,7 @@ class ProxyService:
         await asyncio.sleep(0)
         if self._expiry is not None:
             self._expiry.cancel()
-        if self._metrics_server is not None:
-            self._metrics_server.close()
+        self.metrics.close()
         self._close_pools()
         if self._store is not None:
             await self._store.close()

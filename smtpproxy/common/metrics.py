@@ -129,3 +129,27 @@ async def serve_metrics(registry: Registry, listen: str) -> asyncio.Server:
     server = await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_BYTES)
     logger.info("metrics on http://%s/metrics", listen)
     return server
+
+
+class MetricsEndpoint:
+    """A daemon's ``GET /metrics`` listener, moved or stopped as its configuration says."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.listen = ""
+        self._server: asyncio.Server | None = None
+
+    async def serve(self, listen: str) -> None:
+        """Listen on ``listen`` (HOST:PORT; empty: nowhere), closing the old listener first."""
+        if listen == self.listen and (self._server is not None or not listen):
+            return
+        self.close()
+        if listen:
+            self._server = await serve_metrics(self.registry, listen)
+            self.listen = listen
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.listen = ""

@@ -21,3 +21,41 @@ def test_render_counters_gauges_and_histograms():
         'z_seconds_bucket{le="0.1"} 1', 'z_seconds_bucket{le="1"} 2', 'z_seconds_bucket{le="+Inf"} 3',
         "z_seconds_sum 5.55", "z_seconds_count 3",
     ]
+
+
+def test_endpoint_moves_and_stops_as_configured():
+    import asyncio
+    import socket
+
+    from smtpproxy.common.metrics import MetricsEndpoint
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    async def get(port: int) -> bytes | None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return None
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        reply = await reader.read()
+        writer.close()
+        return reply
+
+    async def main():
+        r = Registry()
+        r.counter("x_total", "Things").inc()
+        endpoint = MetricsEndpoint(r)
+        a, b = free_port(), free_port()
+        await endpoint.serve(f"127.0.0.1:{a}")
+        assert b"x_total 1" in await get(a)
+        await endpoint.serve(f"127.0.0.1:{a}")  # unchanged: the same listener
+        assert b"x_total 1" in await get(a)
+        await endpoint.serve(f"127.0.0.1:{b}")
+        assert await get(a) is None and b"x_total 1" in await get(b)
+        await endpoint.serve("")
+        assert await get(b) is None
+
+    asyncio.run(main())
