@@ -27,6 +27,7 @@ and far less noisy than throughput on a shared one.
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.proxy_bench import MESSAGE_SIZE, drain, smtp_source  # noqa: E402
+from bench.proxy_bench import MESSAGE_SIZE, cpu_seconds, drain, smtp_source  # noqa: E402
 from tests.support.pipeline import Pipeline  # noqa: E402
 from tests.support.postfix import free_port, port_open, wait_until  # noqa: E402
 
@@ -169,12 +170,18 @@ downstream = "127.0.0.1:{p.reinject_port}"
             smtp_source(p.direct_port, 10, 1)
             drain(p)
             results = {}
+            # The proxy's own CPU per message on each path (user + system,
+            # /proc): what signing adds to the process, whatever the load.
+            proxy_cpu: dict[tuple[int, str], list[float]] = {}
             for concurrency in (1, 20):
                 n = args.messages if concurrency > 1 else max(200, args.messages // 4)
                 best = dict.fromkeys(ports, 0.0)
                 for _ in range(args.rounds):
                     for name, port in ports.items():
+                        before = cpu_seconds(p.proxy.proc.pid)
                         best[name] = max(best[name], rate(port, SENDERS[name], n, concurrency))
+                        proxy_cpu.setdefault((concurrency, name), []).append(
+                            (cpu_seconds(p.proxy.proc.pid) - before) / n)
                         drain(p)
                 results[concurrency] = best
             log = p.proxy.log_text()
@@ -194,6 +201,10 @@ downstream = "127.0.0.1:{p.reinject_port}"
               f"{best['not ours'] / base:>6.2f} {best['rsa']:>10.0f} {best['rsa'] / base:>6.2f} "
               f"{best['rsa+ed']:>13.0f} {best['rsa+ed'] / base:>6.2f}")
     print(f"messages signed during the run: {signed_rsa} RSA, {signed_dual} RSA + Ed25519")
+    for concurrency in results:
+        print(f"proxy CPU per message at concurrency {concurrency}, median of the runs (ms): "
+              + ", ".join(f"{name} {statistics.median(proxy_cpu[concurrency, name]) * 1000:.2f}"
+                          for name in SENDERS))
     if cpu:
         print("signer alone, in process, CPU per message (best of 3 x "
               f"{args.in_process_messages}): " + ", ".join(f"{name} {ms:.3f} ms"
