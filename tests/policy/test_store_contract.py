@@ -97,6 +97,12 @@ def test_batch_values_for_many_keys(store_factory):
             assert await s.incr_many({keys[3]: 10, keys[4]: -1}, 60) == [13, 3]
             values = await s.mget(keys)
             assert values[3] == b"13" and values[4] == b"3" and values[0] == b"0"
+            # More keys than one query takes, in any order, some twice, some absent.
+            bulk = [s.key("bulk", f"{i}") for i in range(1200)]
+            await s.incr_many({k: 1 for k in bulk[::2]}, 60)
+            got = await s.mget(bulk[::-1] + bulk[:3])
+            assert got[:1200] == [None if i % 2 else b"1" for i in range(1199, -1, -1)]
+            assert got[1200:] == [b"1", None, b"1"]
             assert (await s.ttl(keys[49])) > 0
             assert await s.mget([]) == []
         finally:

@@ -300,11 +300,21 @@ class RedisStore(Store):
         ttl = _ttl_s(ttl_s)
 
         async def run() -> list[int]:
-            # Concurrent script calls: on our client they leave in one write
-            # (one round trip); on redis-py, one per key.
-            return list(await asyncio.gather(*(
-                self._incr(self.client, [key], [amount, ttl]) for key, amount in amounts.items()
-            )))
+            client = self.client
+            if isinstance(client, FastRedis):
+                # Concurrent script calls leave in one write: one round trip.
+                return list(await asyncio.gather(*(
+                    self._incr(client, [key], [amount, ttl]) for key, amount in amounts.items()
+                )))
+            # redis-py (Sentinel, Cluster) would take a pooled connection per
+            # concurrent call, more than the pool has for a Bayes batch: one
+            # pipeline instead (per node on a Cluster). INCRBY is atomic on
+            # its own; the EXPIRE follows it in the same pipeline.
+            pipe = client.pipeline(transaction=False)
+            for key, amount in amounts.items():
+                pipe.incrby(key, amount)
+                pipe.expire(key, ttl)
+            return (await pipe.execute())[0::2]
 
         return [int(v) for v in await self._call(run)]
 

@@ -24,6 +24,7 @@ import concurrent.futures
 import fnmatch
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -63,6 +64,8 @@ DROP INDEX IF EXISTS kv_exp;
 # Rows examined per purge transaction: the write lock is held for about a
 # millisecond at a time, so decisions are not held up behind a purge.
 PURGE_CHUNK = 2000
+# Keys per query when reading many (well under SQLite's 32766 parameters).
+MGET_CHUNK = 500
 
 
 class SQLiteStore(Store):
@@ -298,12 +301,27 @@ class SQLiteStore(Store):
 
         return await self._run_tx(run)
 
+    @staticmethod
+    def _read_many(db: sqlite3.Connection, keys: list[str], now: float) -> dict[str, bytes]:
+        """The live values of ``keys`` (absent ones left out), 500 keys a query:
+        about four times cheaper than a query per key (Bayes asks for
+        hundreds or thousands at a time); in key order, as the B-tree is."""
+        found: dict[str, bytes] = {}
+        ordered = sorted(set(keys))
+        for i in range(0, len(ordered), MGET_CHUNK):
+            chunk = ordered[i:i + MGET_CHUNK]
+            found.update(db.execute(
+                f"SELECT k, v FROM kv WHERE k IN ({','.join('?' * len(chunk))}) AND exp > ?",
+                (*chunk, now)).fetchall())
+        return found
+
     async def mget(self, keys: list[str]) -> list[bytes | None]:
         now = time.time()
 
         def run() -> list[bytes | None]:
             assert self._db is not None
-            return [self._read(self._db, key, now) for key in keys]
+            found = self._read_many(self._db, keys, now)
+            return [found.get(key) for key in keys]
 
         return await self._run(run)
 
@@ -326,12 +344,7 @@ class SQLiteStore(Store):
         def run(db: sqlite3.Connection) -> list[int]:
             exp = now + ttl_s
             db.executemany(sql, [(key, amounts[key], exp, now) for key in sorted(keys)])
-            values: dict[str, bytes] = {}
-            for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                values.update(db.execute(
-                    f"SELECT k, v FROM kv WHERE k IN ({','.join('?' * len(chunk))})", chunk
-                ).fetchall())
+            values = self._read_many(db, keys, -math.inf)  # as written, even with a TTL of 0
             return [int(values[key]) for key in keys]
 
         return await self._run_tx(run)
