@@ -309,6 +309,47 @@ def test_per_user_classifier_once_ready_else_the_sites(tmp_path):
     assert (totals.nspam, totals.nham) == (3, 3)
 
 
+def test_an_untrained_classifier_is_not_asked_again_for_a_while(tmp_path, monkeypatch):
+    """Until min_learned, a message costs no tokenizing and no store call; the
+    check looks again after NOT_READY_RECHECK_S."""
+    from smtpproxy.scan.checks import bayes as bayes_check
+
+    cfg = _cfg(tmp_path)
+    probe = msg("Cheap pills", "Buy cheap pills now, best price offer today")
+    clock = [1000.0]
+    monkeypatch.setattr(bayes_check, "_clock", lambda: clock[0])
+
+    async def main():
+        store = await _sqlite(tmp_path)
+        lookups = []
+        real_mget = store.mget
+
+        async def counted_mget(keys):
+            lookups.append(len(keys))
+            return await real_mget(keys)
+
+        store.mget = counted_mget
+        check = BayesCheck(cfg)
+        engine = Engine(cfg.scan, [check])
+
+        async def scan():
+            ctx = CheckContext(message=parse(probe), client=ClientInfo(addr=None, helo=None, name=None),
+                               mail_from="", rcpt_tos=[], profile="inbound", resolver=None, store=store)
+            return (await engine.scan(ctx)).symbols
+
+        assert await scan() == {} and len(lookups) == 1
+        bayes = BayesStore(store, 3600)
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in SPAM], "spam")
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in HAM], "ham")
+        lookups.clear()
+        assert await scan() == {} and lookups == []  # remembered as untrained
+        clock[0] += bayes_check.NOT_READY_RECHECK_S
+        assert "BAYES_SPAM" in await scan() and len(lookups) == 1
+        await store.close()
+
+    run(main())
+
+
 def test_no_store_no_symbols(tmp_path):
     result = run(_scan(_cfg(tmp_path), None, SPAM[0]))
     assert result.symbols == {}

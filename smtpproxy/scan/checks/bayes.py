@@ -12,7 +12,8 @@ symbol's score scales with it.
 With ``per_user`` set, a message whose recipients all share one user's
 (or domain's) classifier is classified by that one once it has learned
 ``min_learned`` of each class ("user=<owner>" in the options), otherwise by
-the site's: a new user starts with the site's judgement.
+the site's: a new user starts with the site's judgement. A classifier found
+short of ``min_learned`` is not looked up again for NOT_READY_RECHECK_S.
 
 No store (``smtpproxy scan`` without one), or a store in trouble: no
 classification (BAYES_UNAVAILABLE with the reason for the latter); the
@@ -22,6 +23,7 @@ message is scanned as if Bayes were off.
 from __future__ import annotations
 
 import logging
+import time
 from typing import ClassVar
 
 from smtpproxy.common.config import BayesConfig, Config
@@ -33,6 +35,16 @@ from smtpproxy.scan.checks.base import CheckContext, Hit
 logger = logging.getLogger("smtpproxy.scan")
 
 
+# A classifier found short of min_learned is not asked again for this long:
+# until it is trained, every message would otherwise pay the tokenizing and
+# a store round trip for nothing (a fresh install, a new user). Learning
+# meanwhile shows within this delay.
+NOT_READY_RECHECK_S = 30.0
+# Owners remembered as not ready, at most (then the memory starts afresh).
+MAX_REMEMBERED = 10_000
+_clock = time.monotonic
+
+
 class BayesCheck:
     name: ClassVar[str] = "bayes"
     symbols: ClassVar[tuple[str, ...]] = ("BAYES_SPAM", "BAYES_HAM", "BAYES_UNAVAILABLE")
@@ -40,24 +52,35 @@ class BayesCheck:
 
     def __init__(self, cfg: Config | None = None):
         self.cfg: BayesConfig = cfg.scan.bayes if cfg is not None else BayesConfig()
+        self._not_ready_until: dict[str, float] = {}  # owner ("" the site) -> monotonic time
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         cfg = self.cfg
         if not cfg.enabled or ctx.store is None:
             return []
-        tokens = tokenize(ctx.message, cfg.max_tokens)
         owner = recipients_owner(ctx.rcpt_tos, cfg.per_user)
+        if owner and self._known_not_ready(owner):
+            owner = ""
+        if not owner and self._known_not_ready(""):
+            return []
+        tokens = tokenize(ctx.message, cfg.max_tokens)
         try:
             totals, result = await BayesStore(ctx.store, cfg.token_ttl_s, owner).classify(tokens)
             if owner and not self._ready(totals):
+                self._remember_not_ready(owner)
                 owner = ""
+                if self._known_not_ready(""):
+                    return []
                 totals, result = await BayesStore(ctx.store, cfg.token_ttl_s).classify(tokens)
         except StoreError as exc:
             logger.warning("bayes: store unusable: %s", exc)
             return [Hit("BAYES_UNAVAILABLE", ("store",))]
         ctx.facts["bayes"] = {"probability": result.probability, "tokens": result.used,
                               "nspam": totals.nspam, "nham": totals.nham, "owner": owner}
-        if not self._ready(totals) or result.used < cfg.min_tokens:
+        if not self._ready(totals):
+            self._remember_not_ready(owner)
+            return []
+        if result.used < cfg.min_tokens:
             return []
         options = (f"{result.probability:.3f}", f"tokens={result.used}",
                    *((f"user={owner}",) if owner else ()))
@@ -69,3 +92,12 @@ class BayesCheck:
 
     def _ready(self, totals: Counts) -> bool:
         return min(totals.nspam, totals.nham) >= self.cfg.min_learned
+
+    def _known_not_ready(self, owner: str) -> bool:
+        until = self._not_ready_until.get(owner)
+        return until is not None and _clock() < until
+
+    def _remember_not_ready(self, owner: str) -> None:
+        if len(self._not_ready_until) >= MAX_REMEMBERED:
+            self._not_ready_until.clear()
+        self._not_ready_until[owner] = _clock() + NOT_READY_RECHECK_S
