@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -51,30 +50,6 @@ def keygen(directory: Path, domain: str, selector: str, kind: str) -> Path:
                     selector, "--type", kind, "--dir", str(directory)],
                    check=True, capture_output=True, cwd=ROOT, timeout=120)
     return directory / f"{domain}.{selector}.key"
-
-
-def rate(port: int, sender: str, messages: int, concurrency: int) -> float:
-    # smtp_source from proxy_bench has a fixed sender; this one varies it.
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        ["smtp-source", "-s", str(concurrency), "-m", str(messages), "-l", str(MESSAGE_SIZE),
-         "-S", "benchmark message", "-M", "client.example.org",
-         "-f", sender, "-t", "sink@example.net", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-    )
-    # A blocking wait, the time limit by a timer: wait(timeout=...) polls every
-    # 50 ms, which rounded each run up to the next poll (at concurrency 1,
-    # 200 messages in about 0.6 s: rates in steps of some 8%).
-    limit = threading.Timer(600, proc.kill)
-    limit.start()
-    try:
-        returncode = proc.wait()
-    finally:
-        limit.cancel()
-    elapsed = time.perf_counter() - start
-    if returncode:
-        raise subprocess.CalledProcessError(returncode, proc.args)
-    return messages / elapsed
 
 
 def smtp_source_message(sender: str) -> bytes:
@@ -166,7 +141,7 @@ downstream = "127.0.0.1:{p.reinject_port}"
             ports = {"unsigned": p.inbound_port, "not ours": submission, "rsa": submission,
                      "rsa+ed": submission}
             for name, port in ports.items():  # warm-up: smtpd processes, key tables, threads
-                rate(port, SENDERS[name], 100, 10)
+                smtp_source(port, 100, 10, SENDERS[name])
             smtp_source(p.direct_port, 10, 1)
             drain(p)
             results = {}
@@ -179,7 +154,8 @@ downstream = "127.0.0.1:{p.reinject_port}"
                 for _ in range(args.rounds):
                     for name, port in ports.items():
                         before = cpu_seconds(p.proxy.proc.pid)
-                        best[name] = max(best[name], rate(port, SENDERS[name], n, concurrency))
+                        got = smtp_source(port, n, concurrency, SENDERS[name])
+                        best[name] = max(best[name], got)
                         proxy_cpu.setdefault((concurrency, name), []).append(
                             (cpu_seconds(p.proxy.proc.pid) - before) / n)
                         drain(p)
