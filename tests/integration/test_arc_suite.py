@@ -31,7 +31,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import yaml
 
 from smtpproxy.common.config import Config, DnsConfig
 from smtpproxy.common.dns import Resolver
@@ -39,6 +38,7 @@ from smtpproxy.scan.checks.arc import ArcCheck
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.hook import ClientInfo
 from smtpproxy.scan.message import parse
+from tests.support import yaml_suites
 from tests.support.dns_server import DnsTestServer
 
 pytestmark = pytest.mark.integration
@@ -52,21 +52,7 @@ EXPECTED = {"Pass": "pass", "Fail": "fail", "None": "none", "": "fail", None: "f
 XFAIL: dict[str, str] = {}
 
 
-def _scenarios() -> list[dict]:
-    if not SUITE.exists():
-        return []
-    with SUITE.open("rb") as f:
-        return [s for s in yaml.safe_load_all(f) if s]
-
-
-SCENARIOS = _scenarios()
-
-
-def _cases():
-    for index, scenario in enumerate(SCENARIOS):
-        for name, case in scenario["tests"].items():
-            marks = [pytest.mark.xfail(reason=XFAIL[name], strict=True)] if name in XFAIL else []
-            yield pytest.param(index, name, case, id=name, marks=marks)
+SCENARIOS = yaml_suites.scenarios(SUITE)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +79,7 @@ def test_the_suite_is_there():
     assert sum(len(s["tests"]) for s in SCENARIOS) == 171
 
 
-@pytest.mark.parametrize("index, name, case", list(_cases()))
+@pytest.mark.parametrize("index, name, case", list(yaml_suites.cases(SCENARIOS, XFAIL)))
 def test_arc_validation(dns_server, check, index, name, case):
     dns_server.clear()
     for record, value in SCENARIOS[index].get("txt-records", {}).items():

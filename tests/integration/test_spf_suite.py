@@ -28,13 +28,13 @@ from pathlib import Path
 
 import pytest
 import spf
-import yaml
 
 from smtpproxy.common.config import DnsConfig
 from smtpproxy.common.dns import Resolver
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.checks.spf import SpfCheck
 from smtpproxy.scan.hook import ClientInfo
+from tests.support import yaml_suites
 from tests.support.dns_server import DnsTestServer
 
 SUITE = (Path(__file__).resolve().parents[3] / "shared" / "corpora" / "spf" / "openspf-pyspf"
@@ -49,21 +49,7 @@ XFAIL: dict[str, str] = {}
 pytestmark = pytest.mark.integration
 
 
-def _scenarios() -> list[dict]:
-    if not SUITE.exists():
-        return []
-    with SUITE.open("rb") as f:
-        return [s for s in yaml.safe_load_all(f) if s]
-
-
-SCENARIOS = _scenarios()
-
-
-def _cases():
-    for index, scenario in enumerate(SCENARIOS):
-        for name, case in scenario["tests"].items():
-            marks = [pytest.mark.xfail(reason=XFAIL[name], strict=True)] if name in XFAIL else []
-            yield pytest.param(index, name, case, id=name, marks=marks)
+SCENARIOS = yaml_suites.scenarios(SUITE)
 
 
 def _rdata_value(rtype: str, value):
@@ -131,7 +117,7 @@ def test_the_suite_is_there():
     assert sum(len(s["tests"]) for s in SCENARIOS) == 203
 
 
-@pytest.mark.parametrize("index, name, case", list(_cases()))
+@pytest.mark.parametrize("index, name, case", list(yaml_suites.cases(SCENARIOS, XFAIL)))
 def test_rfc7208(dns_server, spf_check, index, name, case):
     dns_server.clear()
     load_zonedata(dns_server, SCENARIOS[index]["zonedata"])

@@ -20,24 +20,16 @@ from pathlib import Path
 
 import dkim
 import pytest
-import yaml
 
 from smtpproxy.sign.arc import seal_set
+from tests.support import yaml_suites
 
 SUITE = (Path(__file__).resolve().parents[3] / "shared" / "corpora" / "arc"
          / "valimail-arc_test_suite" / "tests" / "arc-draft-sign-tests.yml")
 
 
-def _cases() -> list:
-    if not SUITE.exists():
-        return []
-    with SUITE.open("rb") as f:
-        scenarios = [s for s in yaml.safe_load_all(f) if s]
-    return [pytest.param(scenario, name, case, id=name)
-            for scenario in scenarios for name, case in scenario["tests"].items()]
-
-
-CASES = _cases()
+SCENARIOS = yaml_suites.scenarios(SUITE)
+CASES = list(yaml_suites.cases(SCENARIOS))
 
 
 def test_the_suite_is_all_there():
@@ -53,8 +45,9 @@ def _squeeze(value: bytes | str) -> str:
     return re.sub(r"\s+", "", text)
 
 
-@pytest.mark.parametrize("scenario, name, case", CASES)
-def test_sign_suite(scenario, name, case):
+@pytest.mark.parametrize("index, name, case", CASES)
+def test_sign_suite(index, name, case):
+    scenario = SCENARIOS[index]
     message = _crlf(case["message"])
     new_set = seal_set(message, scenario["domain"], scenario["sel"],
                        scenario["privatekey"].encode(), case["srv-id"],
