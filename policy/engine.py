@@ -33,7 +33,8 @@ class Policy:
         pc = cfg.policy
         self.cfg = cfg
         self.store = store
-        self.stats = stats
+        # Counted even when nobody reads them (tests, the admin CLI): no None checks per request.
+        self.stats = stats or PolicyStats(lambda: 0, lambda: 0)
         self.whitelist = Whitelist(
             pc.greylist.whitelist_client_maps, pc.greylist.whitelist_sender_maps,
             pc.greylist.whitelist_recipient_maps,
@@ -57,15 +58,13 @@ class Policy:
         note = ""
         if self.greylister.applies(req):
             action, note = await self.greylister.check(self.store, req, now)
-            if self.stats is not None:
-                self.stats.greylist.inc(note)
+            self.stats.greylist.inc(note)
             if action is not None and action.startswith("DEFER"):
                 self._log(req, action, "greylist=" + note)
                 return action
         refusal, rl_note, rule = await self.limiter.check(self.store, req, now)
         if refusal is not None:
-            if self.stats is not None:
-                self.stats.rate_limited.inc(rule)
+            self.stats.rate_limited.inc(rule)
             self._log(req, refusal, rl_note)
             return refusal
         if action is not None:

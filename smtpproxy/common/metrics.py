@@ -141,7 +141,7 @@ class MetricsEndpoint:
 
     async def serve(self, listen: str) -> None:
         """Listen on ``listen`` (HOST:PORT; empty: nowhere), closing the old listener first."""
-        if listen == self.listen and (self._server is not None or not listen):
+        if listen == self.listen:  # self.listen is "" whenever nothing listens
             return
         self.close()
         if listen:

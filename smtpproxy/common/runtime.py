@@ -53,7 +53,7 @@ def run(main) -> int:
 # A message allocates thousands of short-lived containers (the parsed
 # message, SMTP and DNS objects): with the default threshold of 700 the
 # collector ran several times per message. Measured on the proxy benchmark
-# with scanning on: about 10% less CPU per message, no change in peak RSS.
+# with scanning on: about 10% less CPU per message, peak RSS 51 -> 54 MB.
 GC_THRESHOLDS = (20_000, 20, 10)
 
 

@@ -28,7 +28,6 @@ case that starts passing fails the run, so the list stays true).
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
@@ -43,8 +42,8 @@ from tests.support.dns_server import DnsTestServer
 
 pytestmark = pytest.mark.integration
 
-SUITE = (Path(__file__).resolve().parents[3] / "shared" / "corpora" / "arc"
-         / "valimail-arc_test_suite" / "tests" / "arc-draft-validation-tests.yml")
+SUITE = (yaml_suites.CORPORA / "arc" / "valimail-arc_test_suite" / "tests"
+         / "arc-draft-validation-tests.yml")
 
 EXPECTED = {"Pass": "pass", "Fail": "fail", "None": "none", "": "fail", None: "fail"}
 

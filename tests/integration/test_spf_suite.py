@@ -24,7 +24,6 @@ needs one gets its own xfail entry in XFAIL below, with the RFC reason.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 import spf
@@ -37,8 +36,7 @@ from smtpproxy.scan.hook import ClientInfo
 from tests.support import yaml_suites
 from tests.support.dns_server import DnsTestServer
 
-SUITE = (Path(__file__).resolve().parents[3] / "shared" / "corpora" / "spf" / "openspf-pyspf"
-         / "rfc7208-tests.yml")
+SUITE = yaml_suites.CORPORA / "spf" / "openspf-pyspf" / "rfc7208-tests.yml"
 
 # Every type pyspf queries; a bare TIMEOUT entry drops all of them but those listed before it.
 QUERY_TYPES = ("A", "AAAA", "MX", "PTR", "TXT", "SPF", "CNAME")

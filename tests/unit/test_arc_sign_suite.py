@@ -16,7 +16,6 @@ Every new set is also verified with dkimpy against the scenario's
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import dkim
 import pytest
@@ -24,8 +23,8 @@ import pytest
 from smtpproxy.sign.arc import seal_set
 from tests.support import yaml_suites
 
-SUITE = (Path(__file__).resolve().parents[3] / "shared" / "corpora" / "arc"
-         / "valimail-arc_test_suite" / "tests" / "arc-draft-sign-tests.yml")
+SUITE = (yaml_suites.CORPORA / "arc" / "valimail-arc_test_suite" / "tests"
+         / "arc-draft-sign-tests.yml")
 
 
 SCENARIOS = yaml_suites.scenarios(SUITE)

@@ -230,10 +230,9 @@ def _guarded(main) -> int:
         return EX_USAGE
 
 
-async def _bayes_keys(store: Store, tag: str | None = None) -> list[str]:
-    """The keys of one classifier (``tag``), or of all of them: {bayes} and {bayes:<owner>}."""
-    pattern = store.key(tag) + ":*" if tag else store.key(TAG)[:-1] + "*"
-    return [key async for key in store.scan(pattern, count=1 << 40)]
+async def _bayes_keys(store: Store) -> list[str]:
+    """The keys of every classifier: {bayes} and each {bayes:<owner>}."""
+    return [key async for key in store.scan(store.key(TAG)[:-1] + "*", count=1 << 40)]
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -245,13 +244,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
         try:
             bayes = BayesStore(store, cfg.scan.bayes.token_ttl_s, owner)
             totals = await bayes.counts()
-            keys = await _bayes_keys(store, bayes.tag)
-            # One message count per classifier: "<prefix>{bayes:<owner>}:nspam".
-            owners = {key.split("}", 1)[0] for key in await _bayes_keys(store)
-                      if key.endswith((":nspam", ":nham"))} - {store.key(TAG)[:-1]}
+            every = await _bayes_keys(store)
         finally:
             await store.close()
         base = store.key(bayes.tag)
+        keys = [key for key in every if key.startswith(base + ":")]
+        # One message count per classifier: "<prefix>{bayes:<owner>}:nspam".
+        owners = {key.split("}", 1)[0] for key in every
+                  if key.endswith((":nspam", ":nham"))} - {store.key(TAG)[:-1]}
         kinds = {"s": 0, "h": 0, "m": 0}
         for key in keys:
             kind = key[len(base) + 1:].split(":", 1)[0]
