@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from tests.support.postfix import free_port, port_open, wait_until
+from tests.support.net import free_port, port_open
+from tests.support.postfix import wait_until
 
 pytestmark = pytest.mark.integration
 

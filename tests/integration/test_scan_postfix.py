@@ -13,7 +13,8 @@ import uuid
 import pytest
 
 from tests.support.dns_server import DnsTestServer
-from tests.support.postfix import free_port, wait_until
+from tests.support.net import free_port
+from tests.support.postfix import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,9 @@ import pytest
 
 from tests.support.dkim_verifiers import MailDkim, Opendkim, available_mail_dkim, available_opendkim
 from tests.support.dns_server import DnsTestServer
+from tests.support.net import free_port, port_open
 from tests.support.pipeline import ProxyProcess
-from tests.support.postfix import PostfixInstance, SmtpSink, free_port, port_open, wait_until
+from tests.support.postfix import PostfixInstance, SmtpSink, wait_until
 
 pytestmark = [
     pytest.mark.integration,

@@ -17,8 +17,9 @@ import dkim
 import pytest
 
 from smtpproxy.sign import keys
+from tests.support.net import free_port
 from tests.support.pipeline import ProxyProcess
-from tests.support.postfix import SmtpSink, free_port, wait_until
+from tests.support.postfix import SmtpSink, wait_until
 
 pytestmark = pytest.mark.integration
 

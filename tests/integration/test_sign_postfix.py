@@ -25,7 +25,8 @@ import pytest
 
 from tests.support.dkim_verifiers import MailDkim, Opendkim, available_mail_dkim, available_opendkim
 from tests.support.dns_server import DnsTestServer
-from tests.support.postfix import free_port, port_open, wait_until
+from tests.support.net import free_port, port_open
+from tests.support.postfix import wait_until
 
 pytestmark = [
     pytest.mark.integration,

@@ -18,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.postfix import PostfixInstance, SmtpSink, free_port, port_open, wait_until
+from tests.support.net import free_port, port_open
+from tests.support.postfix import PostfixInstance, SmtpSink, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 REJECTED_RCPT = "rejected@example.net"

@@ -12,11 +12,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# free_port is re-exported for callers that still import it from here.
+from tests.support.net import free_port, port_open  # noqa: F401
 
 MASTER_CF_BASE = """\
 pickup    unix  n       -       n       60      1       pickup
@@ -44,12 +46,6 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
     """Poll ``predicate`` until it returns something truthy; bounded."""
     deadline = time.monotonic() + timeout
@@ -60,14 +56,6 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 class PostfixInstance:

@@ -25,14 +25,9 @@ def test_render_counters_gauges_and_histograms():
 
 def test_endpoint_moves_and_stops_as_configured():
     import asyncio
-    import socket
 
     from smtpproxy.common.metrics import MetricsEndpoint
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    from tests.support.net import free_port
 
     async def get(port: int) -> bytes | None:
         try:
