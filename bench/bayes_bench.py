@@ -62,8 +62,8 @@ from smtpproxy.scan.checks.base import CheckContext  # noqa: E402
 from smtpproxy.scan.hook import ClientInfo  # noqa: E402
 from smtpproxy.scan.message import parse  # noqa: E402
 from smtpproxy.scan.setup import build_engine, make_resolver  # noqa: E402
-from tests.policy.conftest import start_redis  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
+from tests.support.redis import start_redis  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "spam-ham"
 

@@ -1,4 +1,11 @@
-"""Make the repository importable as-is (``import smtpproxy``, ``import tests.support``)."""
+"""Make the repository importable as-is (``import smtpproxy``, ``import tests.support``),
+and offer the shared server fixtures to every test directory.
+
+``pytest_plugins`` is only allowed in this top-level conftest: the real
+redis-server fixtures (``redis_server``, ``redis_sentinel``, ``redis_cluster``)
+live in tests/support/redis.py and are used by tests/store, tests/bayes and
+tests/policy alike.
+"""
 
 import sys
 from pathlib import Path
@@ -6,3 +13,5 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+pytest_plugins = ["tests.support.redis"]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from policy.codec import format_request, parse_reply
-from tests.policy.conftest import free_port, wait_port
+from tests.support.net import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.policy.conftest import start_redis
 from tests.policy.support import PolicyDaemon, rcpt
+from tests.support.redis import start_redis
 
 pytestmark = pytest.mark.integration
 
@@ -372,7 +372,7 @@ def test_redis_hung_answers_default_action_then_recovers(daemon_factory, tmp_pat
 def test_metrics_count_replies_greylist_rate_limits_and_trouble(daemon_factory, store_url):
     import urllib.request
 
-    from tests.policy.conftest import free_port
+    from tests.support.net import free_port
 
     port = free_port()
     rule = {"name": "per_client", "key": ["client_address"], "limits": ["1/1h"], "action": "REJECT"}

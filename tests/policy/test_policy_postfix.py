@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from tests.policy.conftest import free_port
 from tests.policy.support import PolicyDaemon
+from tests.support.net import free_port
 from tests.support.postfix import PostfixInstance, SmtpSink, wait_until
 
 pytestmark = pytest.mark.integration

@@ -1,16 +1,18 @@
-"""Fixtures for the policy daemon and store tests: real redis-server processes.
+"""Real redis-server processes for tests and benchmarks: standalone, Sentinel, Cluster.
+
+``start_redis`` starts one server (the benchmarks use it too); the session
+fixtures ``redis_server``, ``redis_sentinel`` and ``redis_cluster`` are
+registered for every test directory by ``pytest_plugins`` in tests/conftest.py.
 
 Every server listens on 127.0.0.1 on a free port, keeps its files in a temp
 dir and is killed at the end. A missing redis-server is a failure, not a
-skip: the test script installs it (scripts/test-packages.txt).
+skip: scripts/test.sh installs it (Debian's redis-server package).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,41 +20,7 @@ from dataclasses import dataclass
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 45000)
-        if _port_free(port) and _port_free(port + 10000):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-def wait_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+from tests.support.net import free_cluster_port, free_port, wait_port
 
 
 def redis_binary(name: str = "redis-server") -> str:
