@@ -42,17 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from scan_bench import (  # noqa: E402
-    apt_install,
-    free_port,
-    pct,
-    port_open,
-    start_rspamd,
-    wait_until,
-)
-
+from bench.common import apt_install, pct, start_rspamd, stop  # noqa: E402
 from smtpproxy.common import config  # noqa: E402
 from smtpproxy.common.runtime import run  # noqa: E402
 from smtpproxy.common.store.sqlite import SQLiteStore  # noqa: E402
@@ -63,6 +54,8 @@ from smtpproxy.scan.hook import ClientInfo  # noqa: E402
 from smtpproxy.scan.message import parse  # noqa: E402
 from smtpproxy.scan.setup import build_engine, make_resolver  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
+from tests.support.net import free_port, port_open  # noqa: E402
+from tests.support.postfix import wait_until  # noqa: E402
 from tests.support.redis import start_redis  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "spam-ham"
@@ -281,11 +274,7 @@ def bench_rspamd(train, test, tmp: Path, dns: DnsTestServer) -> dict:
                               text=True, timeout=30).stdout.strip()
         out["redis_keys"] = info
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 30)
         redis.stop()
     out.update(figures(out["scored"], 6.0, 15.0))
     out["thresholds"] = (6.0, 15.0)

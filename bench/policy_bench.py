@@ -31,7 +31,6 @@ import asyncio
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +40,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.common import stop  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.redis import start_redis  # noqa: E402
 
 PHASE_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 20.0
@@ -146,12 +149,6 @@ async def drive(port: int, requests: list[bytes], concurrency: int) -> dict:
 # ---------------------------------------------------------------- targets
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -163,16 +160,6 @@ def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{what} not listening on {port}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 NULL_SERVER = r"""
@@ -228,18 +215,6 @@ action = "DEFER"
     proc = subprocess.Popen([sys.executable, "-m", "policy.cli", "run", "-c", str(cfg)], cwd=ROOT,
                             env=env, stderr=open(d / "log", "wb"))
     wait_port(port, proc, name)
-    return proc, port
-
-
-def start_redis(work: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    d = work / "redis"
-    d.mkdir()
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(d),
-         "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL,
-    )
-    wait_port(port, proc, "redis-server")
     return proc, port
 
 
@@ -320,13 +295,12 @@ def main() -> int:
         available = ensure_debs(sorted(available))
     work = Path(tempfile.mkdtemp(prefix="policy-bench-"))
     os.chmod(work, 0o755)
-    redis_proc = None
+    redis = None
     targets: list[tuple[str, callable]] = [("ceiling", lambda: start_null(work))]
     targets.append(("smtpproxy/sqlite", lambda: start_ours(work, f"sqlite://{work}/bench.db", "sqlite")))
     if "redis-server" in available or shutil.which("redis-server"):
-        redis_proc, redis_port = start_redis(work)
-        targets.append(("smtpproxy/redis", lambda: start_ours(
-            work, f"redis://127.0.0.1:{redis_port}/0", "redis")))
+        redis = start_redis(str(work / "redis"))
+        targets.append(("smtpproxy/redis", lambda: start_ours(work, redis.url, "redis")))
     else:
         print("redis-server not available: smtpproxy/redis skipped")
     if "postgrey" in available:
@@ -370,8 +344,8 @@ def main() -> int:
             finally:
                 stop(proc)
     finally:
-        if redis_proc is not None:
-            stop(redis_proc)
+        if redis is not None:
+            redis.stop()
 
     print()
     print(f"{'target':24s} {'conc':>4s} {'phase':6s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s} "

@@ -24,48 +24,18 @@ from __future__ import annotations
 
 import argparse
 import email.utils
-import os
 import smtplib
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import MESSAGE_SIZE, cpu_seconds, drain, pct, smtp_source  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
 from tests.support.pipeline import Pipeline  # noqa: E402
-from tests.support.postfix import wait_until  # noqa: E402
-
-MESSAGE_SIZE = 5 * 1024
-
-
-def smtp_source(port: int, messages: int, concurrency: int,
-                sender: str = "bench@example.org") -> float:
-    """Messages per second that smtp-source got accepted."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        ["smtp-source", "-s", str(concurrency), "-m", str(messages), "-l", str(MESSAGE_SIZE),
-         "-S", "benchmark message", "-M", "client.example.org",
-         "-f", sender, "-t", "sink@example.net", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-    )
-    # A blocking wait, the time limit by a timer: wait(timeout=...) polls every
-    # 50 ms, which rounded each run up to the next poll (at concurrency 1,
-    # 200 messages in about 0.6 s: rates in steps of some 8%).
-    limit = threading.Timer(600, proc.kill)
-    limit.start()
-    try:
-        returncode = proc.wait()
-    finally:
-        limit.cancel()
-    elapsed = time.perf_counter() - start
-    if returncode:
-        raise subprocess.CalledProcessError(returncode, proc.args)
-    return messages / elapsed
 
 
 def latencies(port: int, count: int) -> list[float]:
@@ -81,26 +51,11 @@ def latencies(port: int, count: int) -> list[float]:
     return out
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def drain(p: Pipeline) -> None:
-    wait_until(p.postfix.queue_is_empty, 600, "queue drained", interval=0.2)
 
 
 def main() -> int:

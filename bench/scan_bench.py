@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import apt_install, pct, start_rspamd, stop  # noqa: E402
 from smtpproxy.common import config  # noqa: E402
 from smtpproxy.common.runtime import run  # noqa: E402
 from smtpproxy.scan.checks.base import CheckContext  # noqa: E402
@@ -46,7 +47,8 @@ from smtpproxy.scan.hook import ClientInfo  # noqa: E402
 from smtpproxy.scan.message import parse  # noqa: E402
 from smtpproxy.scan.setup import build_engine, make_resolver  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
-from tests.support.postfix import free_port, port_open, wait_until  # noqa: E402
+from tests.support.net import free_port, port_open  # noqa: E402
+from tests.support.postfix import wait_until  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "spam-ham" / "spamassassin-public-corpus"
 
@@ -55,11 +57,6 @@ def corpus(n: int) -> list[Path]:
     files = sorted(p for p in CORPUS.rglob("*") if p.is_file())
     step = max(1, len(files) // n)  # spread over spam and ham alike
     return files[::step][:n]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -153,28 +150,6 @@ def rspamc_batch(rspamc: list[str], files: list[Path], concurrency: int) -> tupl
     return rate, times
 
 
-def apt_install(packages: list[str], allowed: bool) -> str | None:
-    missing = [p for p in packages if subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True
-    ).stdout != "install ok installed"]
-    if not missing:
-        return None
-    if not allowed:
-        return f"not installed: {' '.join(missing)}"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    made_policy = not os.path.exists("/usr/sbin/policy-rc.d")
-    if made_policy:  # packages must not start system-wide services
-        Path("/usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
-        os.chmod("/usr/sbin/policy-rc.d", 0o755)
-    try:
-        result = subprocess.run(["apt-get", "install", "-y", "-qq", *missing], env=env,
-                                capture_output=True, text=True, timeout=900)
-    finally:
-        if made_policy:
-            os.unlink("/usr/sbin/policy-rc.d")
-    return None if result.returncode == 0 else f"apt-get failed: {result.stderr[-300:]}"
-
-
 def bench_spamassassin(files: list[Path], tmp: Path, install: bool) -> dict:
     problem = apt_install(["spamassassin", "spamc"], install)
     if problem:
@@ -202,40 +177,6 @@ def bench_spamassassin(files: list[Path], tmp: Path, install: bool) -> dict:
         spamd.wait(30)
 
 
-RSPAMD_LOCAL = {
-    "worker-normal.inc": 'bind_socket = "127.0.0.1:{port}";\ncount = 2;\n',
-    "worker-controller.inc": 'bind_socket = "127.0.0.1:{cport}";\n',
-    "worker-proxy.inc": "enabled = false;\n",
-    "options.inc": 'dns {{ nameserver = ["{dns}"]; timeout = 1s; retransmits = 1; }}\n',
-    "logging.inc": 'type = "file"; filename = "{log}"; level = "error";\n',
-}
-RSPAMD_NETWORK_MODULES = ("rbl", "fuzzy_check", "surbl", "url_reputation", "asn", "emails",
-                          "phishing", "replies", "neural", "ratelimit", "greylist")
-
-
-def start_rspamd(conf: Path, nameserver: str,
-                 extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, int]:
-    """A private rspamd (network modules off, DNS to ``nameserver``) configured
-    under ``conf``; ``extra`` adds local.d files. Returns (process, normal
-    worker port, controller port); the caller waits for the ports and stops it."""
-    for sub in ("local.d", "db", "run", "log"):
-        (conf / sub).mkdir(parents=True)
-    port, cport = free_port(), free_port()
-    values = {"port": port, "cport": cport, "dns": nameserver, "log": conf / "log" / "rspamd.log"}
-    for name, text in RSPAMD_LOCAL.items():
-        (conf / "local.d" / name).write_text(text.format(**values))
-    for module in RSPAMD_NETWORK_MODULES:
-        (conf / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
-    for name, text in (extra or {}).items():
-        (conf / "local.d" / name).write_text(text)
-    proc = subprocess.Popen(
-        ["rspamd", "-f", "-c", "/etc/rspamd/rspamd.conf", "-u", "root", "-g", "root", "-i",
-         "--var", f"LOCAL_CONFDIR={conf}", "--var", f"DBDIR={conf / 'db'}",
-         "--var", f"RUNDIR={conf / 'run'}", "--var", f"LOGDIR={conf / 'log'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc, port, cport
-
-
 def bench_rspamd(files: list[Path], tmp: Path, dns: DnsTestServer, install: bool) -> dict:
     problem = apt_install(["rspamd"], install)
     if problem:
@@ -253,11 +194,7 @@ def bench_rspamd(files: list[Path], tmp: Path, dns: DnsTestServer, install: bool
         out["rss"] = rss_mb(children(proc.pid))
         return out
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 30)
 
 
 def main() -> int:

@@ -6,7 +6,7 @@
 One private Postfix and one proxy (tests/support/pipeline.py, scanning off),
 three paths measured alternately in the same run with Postfix's smtp-source
 (5 KB messages, concurrency 1 and 20; best of --rounds, as in
-bench/proxy_bench.py, whose smtp_source and drain are reused):
+bench/proxy_bench.py, with the same smtp_source and drain from bench/common.py):
 
     unsigned:  smtpd (proxy filter) -> proxy inbound listener -> smtpd -> queue
     rsa:       smtpd (proxy filter) -> proxy outbound listener, RSA-2048 signature
@@ -36,9 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.proxy_bench import MESSAGE_SIZE, cpu_seconds, drain, smtp_source  # noqa: E402
+from bench.common import MESSAGE_SIZE, cpu_seconds, drain, smtp_source  # noqa: E402
+from tests.support.net import free_port, port_open  # noqa: E402
 from tests.support.pipeline import Pipeline  # noqa: E402
-from tests.support.postfix import free_port, port_open, wait_until  # noqa: E402
+from tests.support.postfix import wait_until  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SENDERS = {"unsigned": "bench@example.org", "not ours": "bench@other.example",
