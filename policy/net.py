@@ -31,13 +31,17 @@ def ip_key(address: str) -> tuple[int, int] | None:
 
 
 def _parse_ip(address: str) -> tuple[int, int] | None:
+    if not address.isascii():
+        # inet_pton encodes its argument: bytes that were not UTF-8 (kept as
+        # surrogates by the codec) would raise, and no address is non-ASCII.
+        return None
     try:
         return 32, int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         pass
     try:
         value = int.from_bytes(socket.inet_pton(socket.AF_INET6, address), "big")
-    except OSError:
+    except (OSError, ValueError):
         return None
     if value >> 32 == 0xFFFF:
         return 32, value & 0xFFFFFFFF

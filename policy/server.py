@@ -12,6 +12,17 @@ Contract with Postfix (SMTPD_POLICY_README):
   the connection; Postfix then applies its own ``default_action`` for that
   attempt and reconnects. Nothing a client sends can stall the daemon.
 
+Store trouble is never silent and never fatal: each failed store call
+answers the default action, is counted (``smtpproxy_policy_store_errors_total``)
+and logged at WARNING, at most once per ``store.error_log_interval_s`` for
+each kind of trouble, the next line saying how many were held back. A store
+that cannot be opened at start-up (a corrupt or locked SQLite file) does not
+stop the daemon, which would make Postfix defer every message: it starts,
+answers the default action, logs an ERROR and retries opening the store in
+the background (``store.backoff_s`` doubling up to ``store.backoff_max_s``)
+until it works. Only a store location that cannot exist (an SQLite directory
+that cannot be created) is a configuration error that refuses to start.
+
 Map files are re-checked every ``map_check_interval_s`` in an executor.
 SIGHUP (via smtpproxy.common.runtime) swaps the configuration; a changed
 listen address needs a restart, a changed store URL opens the new store
@@ -30,7 +41,7 @@ import time
 
 from policy import replies
 from policy.codec import ProtocolError, RequestParser, format_reply
-from policy.engine import Policy
+from policy.engine import BadRequest, Policy, StoreFailure
 from policy.stats import PolicyStats
 from smtpproxy.common.config import Config, parse_hostport
 from smtpproxy.common.metrics import MetricsEndpoint
@@ -68,7 +79,8 @@ class PolicyConnection(asyncio.Protocol):
         svc = self.service
         if len(svc.connections) >= svc.cfg.policy.max_connections:
             svc.stats.refused.inc()
-            svc.log_limited("too many connections (%d); closing new ones", len(svc.connections))
+            svc.log_limited("connections", "too many connections (%d); closing new ones",
+                            len(svc.connections))
             self.closed = True
             transport.close()
             return
@@ -162,30 +174,83 @@ class PolicyService:
         self.connections: set[PolicyConnection] = set()
         self.default = replies.default_action(cfg.policy.default_action)
         self._maps_task: asyncio.Task | None = None
-        self._last_limited_log = -1e9
+        self._reopen_task: asyncio.Task | None = None
+        # Kind of trouble -> [when last logged (monotonic), lines held back since].
+        self._limited: dict[str, list] = {}
         self._inflight = 0
         self.stats = PolicyStats(lambda: len(self.connections), lambda: self._inflight)
         self.metrics = MetricsEndpoint(self.stats.registry)
 
-    def log_limited(self, message: str, *args: object) -> None:
+    def log_limited(self, kind: str, message: str, *args: object) -> None:
+        """A WARNING, at most one per ``kind`` per ``store.error_log_interval_s``.
+
+        Trouble repeats per request; one line per interval says it is still
+        there without flooding the mail log, and the count of lines held
+        back since the last one says how often. Kinds are a fixed few names.
+        """
         now = time.monotonic()
-        if now - self._last_limited_log >= self.cfg.store.error_log_interval_s:
-            self._last_limited_log = now
-            logger.warning(message, *args)
+        entry = self._limited.get(kind)
+        if entry is not None and now - entry[0] < self.cfg.store.error_log_interval_s:
+            entry[1] += 1
+            return
+        held = entry[1] if entry is not None else 0
+        self._limited[kind] = [now, 0]
+        if held:
+            message += " (%d more like it since the last report)"
+            args = (*args, held)
+        logger.warning(message, *args)
 
     # -- lifecycle
 
-    async def _open_store(self, cfg: Config) -> Store:
+    async def _open_store(self, cfg: Config, at_start: bool = False) -> Store:
+        """The store for ``cfg``, opened if it can be.
+
+        At start-up only a location that cannot exist is fatal; any other
+        failure starts the daemon on the default action (see the module
+        docstring). On a reload every failure is raised, so that the
+        running store is kept.
+        """
         store = open_store(cfg.store, cfg.state_dir)
         try:
             await store.open()
         except StoreError as exc:
-            if not store.reconnects:
+            self.stats.store_errors.inc("open")
+            if store.reconnects:
+                # Redis down at start is not fatal: its operations reconnect
+                # by themselves; requests get the default action until then.
+                logger.error("store not available at start: %s", exc)
+                return store
+            # SQLiteStore.open() raises from the OSError when the directory
+            # cannot be created: a wrong path, not trouble that passes.
+            if not at_start or isinstance(exc.__cause__, OSError):
                 raise OSError(f"store: {exc}") from exc
-            # Redis down at start is not fatal: requests get the default
-            # action until it is back.
-            logger.error("store not available at start: %s", exc)
+            logger.error("store cannot be opened: %s; answering the default action (%s) "
+                         "and retrying in the background", exc, self.default.split(" ", 1)[0])
+            self._reopen_task = asyncio.get_running_loop().create_task(self._reopen(store))
         return store
+
+    async def _reopen(self, store: Store) -> None:
+        """Open ``store`` again and again, backing off, until it works or is replaced."""
+        delay = self.cfg.store.backoff_s
+        attempts = 1
+        while True:
+            await asyncio.sleep(delay)
+            if self.store is not store:  # a reload brought another store
+                return
+            attempts += 1
+            try:
+                await store.open()
+            except StoreError as exc:
+                self.stats.store_errors.inc("open")
+                delay = min(delay * 2, self.cfg.store.backoff_max_s)
+                self.log_limited("store open", "store still cannot be opened: %s; answering "
+                                 "the default action, next try in %gs", exc, delay)
+                continue
+            if self.store is not store:
+                await store.close()
+                return
+            logger.warning("store usable again after %d attempts", attempts)
+            return
 
     async def _hostname(self, cfg: Config) -> str:
         # getfqdn() may ask DNS: never on the event loop.
@@ -195,7 +260,7 @@ class PolicyService:
 
     async def start(self) -> None:
         self.hostname = await self._hostname(self.cfg)
-        self.store = await self._open_store(self.cfg)
+        self.store = await self._open_store(self.cfg, at_start=True)
         self.policy = Policy(self.cfg, self.store, self.hostname, self.stats)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.policy.refresh_maps)
@@ -216,13 +281,13 @@ class PolicyService:
                     lambda: PolicyConnection(self), host, port, reuse_address=True, backlog=1024,
                 )
         except OSError:
-            await self.store.close()
+            await self._close_store()
             raise
         try:
             await self.metrics.serve(self.cfg.policy.metrics_listen)
         except OSError:
             self.server.close()
-            await self.store.close()
+            await self._close_store()
             raise
         self._maps_task = loop.create_task(self._watch_maps())
         logger.info("listening on %s, store %s, event loop %s", listen,
@@ -272,14 +337,20 @@ class PolicyService:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
-        if self.store is not None:
-            await self.store.close()
+        await self._close_store()
         listen = self.cfg.policy.listen
         if listen.startswith("unix:"):
             try:
                 os.unlink(listen[len("unix:"):])
             except OSError:
                 pass
+
+    async def _close_store(self) -> None:
+        if self._reopen_task is not None:
+            self._reopen_task.cancel()
+            self._reopen_task = None
+        if self.store is not None:
+            await self.store.close()
 
     # -- one request
 
@@ -293,11 +364,18 @@ class PolicyService:
             async with asyncio.timeout(self.cfg.policy.decision_timeout_s):
                 action = await policy.decide(req)
         except StoreError as exc:
-            logger.debug("store error, default action: %s", exc)
+            operation = exc.operation if isinstance(exc, StoreFailure) else "other"
+            stats.store_errors.inc(operation)
             stats.defaulted.inc("store")
             action = self.default
+            self.log_limited("store " + operation, "store trouble (%s); answering the default "
+                             "action %s", exc, action.split(" ", 1)[0])
+        except BadRequest as exc:
+            logger.warning("%s; answering the default action %s", exc, self.default.split(" ", 1)[0])
+            stats.defaulted.inc("bad_request")
+            action = self.default
         except TimeoutError:
-            self.log_limited("decision took longer than %gs; answering the default action",
+            self.log_limited("timeout", "decision took longer than %gs; answering the default action",
                              self.cfg.policy.decision_timeout_s)
             stats.defaulted.inc("timeout")
             action = self.default

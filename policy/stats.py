@@ -27,8 +27,13 @@ class PolicyStats:
         self.rate_limited = r.counter("smtpproxy_policy_rate_limited_total",
                                       "Requests refused by a rate-limit rule", ("rule",))
         self.defaulted = r.counter("smtpproxy_policy_default_action_total",
-                                   "Requests answered the default action because of trouble",
+                                   "Requests answered the default action because of trouble "
+                                   "(store, timeout, bad_request, error)",
                                    ("reason",))
+        self.store_errors = r.counter("smtpproxy_policy_store_errors_total",
+                                      "Store calls that failed: greylist, rate_limit, or open "
+                                      "(at start-up and each retry until it works)",
+                                      ("operation",))
         self.refused = r.counter("smtpproxy_policy_connections_refused_total",
                                  "Connections closed at once: max_connections reached")
         self.malformed = r.counter("smtpproxy_policy_malformed_total",
