@@ -35,7 +35,13 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from smtpproxy.common.config import StoreConfig
-from smtpproxy.common.store import GreylistParams, GreylistResult, RateResult, Store, StoreError
+from smtpproxy.common.store.base import (
+    GreylistParams,
+    GreylistResult,
+    RateResult,
+    Store,
+    StoreError,
+)
 from smtpproxy.common.store.resp import FastRedis
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from smtpproxy.common.config import StoreConfig
-from smtpproxy.common.store import (
+from smtpproxy.common.store.base import (
     GL_AWL,
     GL_EARLY,
     GL_KNOWN,
