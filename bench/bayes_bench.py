@@ -45,14 +45,15 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import apt_install, pct, start_rspamd, stop  # noqa: E402
 from smtpproxy.common import config  # noqa: E402
+from smtpproxy.common.dns import Resolver  # noqa: E402
 from smtpproxy.common.runtime import run  # noqa: E402
 from smtpproxy.common.store.sqlite import SQLiteStore  # noqa: E402
 from smtpproxy.scan.bayes.cli import learn_files  # noqa: E402
 from smtpproxy.scan.bayes.storage import HAM, SPAM, BayesStore  # noqa: E402
 from smtpproxy.scan.checks.base import CheckContext  # noqa: E402
-from smtpproxy.scan.hook import ClientInfo  # noqa: E402
+from smtpproxy.scan.hook import build_engine  # noqa: E402
 from smtpproxy.scan.message import parse  # noqa: E402
-from smtpproxy.scan.setup import build_engine, make_resolver  # noqa: E402
+from smtpproxy.transaction import ClientInfo  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
 from tests.support.net import free_port, port_open  # noqa: E402
 from tests.support.postfix import wait_until  # noqa: E402
@@ -115,7 +116,7 @@ def bench_smtpproxy(train, test, tmp: Path, dns: DnsTestServer) -> dict:
         for cls in (SPAM, HAM):
             await learn_files(bayes, cls, [str(p) for p, label in train if label == cls], bcfg.max_tokens)
         out["learn_rate"] = len(train) / (time.perf_counter() - start)
-        resolver = make_resolver(cfg)
+        resolver = Resolver(cfg.dns)
         scored, times = [], []
         for path, label in test:
             raw = path.read_bytes()

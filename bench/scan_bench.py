@@ -41,11 +41,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import apt_install, pct, start_rspamd, stop  # noqa: E402
 from smtpproxy.common import config  # noqa: E402
+from smtpproxy.common.dns import Resolver  # noqa: E402
 from smtpproxy.common.runtime import run  # noqa: E402
 from smtpproxy.scan.checks.base import CheckContext  # noqa: E402
-from smtpproxy.scan.hook import ClientInfo  # noqa: E402
+from smtpproxy.scan.hook import build_engine  # noqa: E402
 from smtpproxy.scan.message import parse  # noqa: E402
-from smtpproxy.scan.setup import build_engine, make_resolver  # noqa: E402
+from smtpproxy.transaction import ClientInfo  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
 from tests.support.net import free_port, port_open  # noqa: E402
 from tests.support.postfix import wait_until  # noqa: E402
@@ -86,7 +87,7 @@ def bench_smtpproxy(files: list[Path], dns: DnsTestServer) -> dict:
     results: dict = {}
 
     async def main() -> None:
-        resolver = make_resolver(cfg)
+        resolver = Resolver(cfg.dns)
         for concurrency in (1, 8):
             times: list[float] = []
             gate = asyncio.Semaphore(concurrency)

@@ -71,8 +71,8 @@ def signer_cpu_ms(key_table: Path, signing_table: Path, messages: int) -> dict[s
     import asyncio
 
     from smtpproxy.common import config
-    from smtpproxy.scan.hook import ClientInfo, Transaction
     from smtpproxy.sign.setup import build_signer
+    from smtpproxy.transaction import ClientInfo, Transaction
 
     cfg = config.build(config.Config, {"sign": {"key_table": str(key_table),
                                                 "signing_table": str(signing_table)}})

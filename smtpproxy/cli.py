@@ -15,64 +15,31 @@ several listeners, --listen and --downstream change the first one.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib
+import json
 import os
 import sys
+import time
 from typing import Any
 
+from smtpproxy.cliconfig import config_path, ensure_state_dir, load_with_flags
 from smtpproxy.common import config as config_mod
 from smtpproxy.common import log as logsetup
-from smtpproxy.common.config import Config, ConfigError
+from smtpproxy.common.config import ConfigError
+from smtpproxy.common.dns import Resolver
 from smtpproxy.common.runtime import run, serve
+from smtpproxy.daemon import ProxyService
+from smtpproxy.scan.bayes import cli as bayes_cli
+from smtpproxy.scan.checks.base import CheckContext
+from smtpproxy.scan.hook import build_engine
+from smtpproxy.scan.message import parse
+from smtpproxy.sign import cli as sign_cli
+from smtpproxy.sign.setup import build_signer, key_warnings
+from smtpproxy.transaction import ClientInfo
 
 PROGRAM = "smtpproxy"
 
 
-def config_path(arg: str | None) -> str | None:
-    if arg:
-        return arg
-    env = os.environ.get("SMTPPROXY_CONFIG")
-    if env:
-        return env
-    return config_mod.DEFAULT_CONFIG_PATH if os.path.exists(config_mod.DEFAULT_CONFIG_PATH) else None
-
-
-def load_with_flags(args: argparse.Namespace) -> Config:
-    """The file's configuration with the command-line flags applied on top."""
-    overrides: dict[str, Any] = {}
-    if getattr(args, "state_dir", None):
-        overrides["state_dir"] = args.state_dir
-    cfg = config_mod.load(config_path(args.config), overrides)
-    listen = getattr(args, "listen", None)
-    downstream = getattr(args, "downstream", None)
-    if listen or downstream:
-        first = cfg.proxy.listeners[0]
-        changes = {}
-        if listen:
-            config_mod.parse_hostport(listen, "--listen")
-            changes["listen"] = listen
-        if downstream:
-            config_mod.parse_hostport(downstream, "--downstream")
-            changes["downstream"] = downstream
-        listeners = (dataclasses.replace(first, **changes), *cfg.proxy.listeners[1:])
-        cfg = dataclasses.replace(cfg, proxy=dataclasses.replace(cfg.proxy, listeners=listeners))
-        cfg.proxy.check("proxy.")
-    return cfg
-
-
-def ensure_state_dir(cfg: Config) -> None:
-    try:
-        os.makedirs(cfg.state_dir, mode=0o750, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            "state_dir", f"cannot create {cfg.state_dir}: {exc.strerror} (set --state-dir)"
-        ) from None
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from smtpproxy.daemon import ProxyService
-
     cfg = load_with_flags(args)
     ensure_state_dir(cfg)
     logsetup.setup(cfg.log, PROGRAM)
@@ -82,11 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_configtest(args: argparse.Namespace) -> int:
     cfg = load_with_flags(args)
     if cfg.scan.enabled:
-        from smtpproxy.scan.setup import build_engine
-
         build_engine(cfg)  # the symbols table and every check's symbols
-    from smtpproxy.sign.setup import build_signer, key_warnings
-
     build_signer(cfg)  # every signing key loads, or a ConfigError names it
     for warning in key_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)
@@ -111,14 +74,6 @@ def _message_files(target: str) -> list[str]:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    import json
-    import time
-
-    from smtpproxy.scan.checks.base import CheckContext
-    from smtpproxy.scan.hook import ClientInfo
-    from smtpproxy.scan.message import parse
-    from smtpproxy.scan.setup import build_engine, make_resolver
-
     overrides: dict[str, Any] = {"log.level": "error"}
     if args.dns:
         overrides["dns.nameserver"] = args.dns
@@ -130,8 +85,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     client = ClientInfo(addr=args.ip, helo=args.helo, name=None)
 
     async def scan_all() -> int:
-        resolver = make_resolver(cfg)
-        store = await _scan_store(cfg)
+        resolver = Resolver(cfg.dns)
+        store = await bayes_cli.open_existing_store(cfg)
         status = 0
         for path in args.files:
             for name in _message_files(path):
@@ -170,15 +125,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return run(scan_all())
 
 
-async def _scan_store(cfg: Config):
-    """The store, when Bayes can use one (smtpproxy.scan.bayes.cli); else None."""
-    try:
-        from smtpproxy.scan.bayes.cli import open_existing_store
-    except ModuleNotFoundError:
-        return None
-    return await open_existing_store(cfg)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description="Before-queue content filter for Postfix")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -210,13 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands of features that live in their own packages (learn and
     # bayes; dkim): each module offers add_parsers(sub, with_config).
-    for module in ("smtpproxy.scan.bayes.cli", "smtpproxy.sign.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not (module + ".").startswith(exc.name + "."):
-                raise  # a missing dependency inside the feature is a real error
-            continue
+    for mod in (bayes_cli, sign_cli):
         mod.add_parsers(sub, with_config)
 
     dump = with_config(sub.add_parser("configdump", help="print the effective configuration"))

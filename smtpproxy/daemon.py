@@ -1,8 +1,14 @@
 """The proxy service: its listeners, admission, reload and draining.
 
 Each configured listener is one asyncio server with a profile and its own
-downstream. Admission happens before the greeting: clients outside the
+downstream. Admission happens here, before the greeting: clients outside the
 listener's networks get 554, clients beyond the session cap get 421.
+
+The service owns what lives as long as the process: the store, the one DNS
+Resolver (built once, handed to the scan and the signer, so both share its
+cache) and the downstream pools. Per configuration it builds a Delivery
+(delivery.py: the scan hook, the signer and their settings), which sessions
+use at end-of-data.
 
 Reload (SIGHUP) swaps the configuration for new sessions only: running
 sessions keep the configuration they started with. Listeners whose address
@@ -25,14 +31,35 @@ import socket
 import stat
 
 from smtpproxy import replies
-from smtpproxy.common.config import Config, ListenerConfig, parse_hostport, parse_socket_mode
+from smtpproxy.common.config import (
+    Config,
+    ListenerConfig,
+    parse_hostport,
+    parse_networks,
+    parse_socket_mode,
+)
+from smtpproxy.common.dns import Resolver
 from smtpproxy.common.metrics import MetricsEndpoint, Registry
+from smtpproxy.common.store import Store, open_store
+from smtpproxy.delivery import Delivery
 from smtpproxy.relay import Downstream, DownstreamPool
-from smtpproxy.scan.hook import NoScan, ScanHook
-from smtpproxy.server import ProxySMTP, client_allowed, listener_networks
-from smtpproxy.sign import NoSigner, Signer
+from smtpproxy.scan.hook import build_hook
+from smtpproxy.server import ProxySMTP
+from smtpproxy.sign import NoSigner
+from smtpproxy.sign.setup import build_signer
+from smtpproxy.transaction import NoScan, ScanHook, parse_client_address
 
 logger = logging.getLogger("smtpproxy")
+
+
+def listener_networks(cfg: Config, listener: ListenerConfig) -> tuple:
+    networks = listener.client_networks or cfg.proxy.client_networks
+    return parse_networks(networks, "client_networks")
+
+
+def client_allowed(peer_addr: str, networks: tuple) -> bool:
+    addr = parse_client_address(peer_addr)
+    return addr is not None and any(addr in net for net in networks)
 
 
 class _Listener:
@@ -73,15 +100,15 @@ class ProxyService:
         # scoring engine when scan.enabled, and reload() rebuilds it.
         self.stats = ProxyStats(self)
         self.metrics = MetricsEndpoint(self.stats.registry)
-        self._fixed_hook = hook is not None
-        self.hook: ScanHook = hook or NoScan()
-        self._store = None
-        self._resolver = None
-        self.signer: Signer = NoSigner()
+        self._fixed_hook = hook
+        self._store: Store | None = None
+        self.resolver = Resolver(cfg.dns)
+        self.hostname = cfg.proxy.hostname or socket.getfqdn()
+        # Replaced by start(): what the configuration asks for is built there.
+        self.delivery = Delivery(cfg, hook or NoScan(), NoSigner(), self.stats, self.hostname)
         self.sessions: set[ProxySMTP] = set()
         self._listeners: dict[str, _Listener] = {}
         self._stopping = False
-        self.hostname = cfg.proxy.hostname or socket.getfqdn()
         self._pools: dict[str, DownstreamPool] = {}
         self._expiry: asyncio.Task | None = None
 
@@ -166,35 +193,27 @@ class ProxyService:
         # the next session without rebinding the socket.
         return ProxySMTP(self, self._listeners[name].cfg, self.hostname)
 
-    async def _build_hook(self, cfg: Config) -> ScanHook:
+    async def _build_hook(self, cfg: Config, hostname: str) -> ScanHook:
         """The scoring engine for ``cfg``; raises ConfigError for a bad symbols table."""
-        if self._fixed_hook:
-            return self.hook
+        if self._fixed_hook is not None:
+            return self._fixed_hook
         if not cfg.scan.enabled:
             return NoScan()
-        from smtpproxy.scan.setup import build_hook
-
         if self._store is None:
-            from smtpproxy.common.store import open_store
-
             store = open_store(cfg.store, cfg.state_dir)
             await store.open()
             self._store = store
-        hook, self._resolver = build_hook(cfg, self._store, self._resolver, self.hostname)
-        return hook
+        return build_hook(cfg, self._store, self.resolver, hostname)
 
-    def _build_signer(self, cfg: Config) -> Signer:
-        """The DKIM/ARC signer for ``cfg``; raises ConfigError for bad keys or tables.
-
-        ARC sealing verifies the existing chain: with the scoring engine's
-        resolver when there is one, so both share one cache."""
-        from smtpproxy.sign.setup import build_signer
-
-        return build_signer(cfg, self._resolver)
+    async def _build_delivery(self, cfg: Config) -> Delivery:
+        """Everything ``cfg`` needs at end-of-data, built before any of it is used:
+        a bad symbols table, key or signing table raises ConfigError and nothing changes."""
+        hostname = cfg.proxy.hostname or socket.getfqdn()
+        hook = await self._build_hook(cfg, hostname)
+        return Delivery(cfg, hook, build_signer(cfg, self.resolver), self.stats, hostname)
 
     async def start(self) -> None:
-        self.hook = await self._build_hook(self.cfg)
-        self.signer = self._build_signer(self.cfg)
+        self.delivery = await self._build_delivery(self.cfg)
         await self.metrics.serve(self.cfg.proxy.metrics_listen)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
@@ -215,11 +234,11 @@ class ProxyService:
 
     async def reload(self, cfg: Config) -> None:
         old = self._listeners
-        self.hook = await self._build_hook(cfg)  # a bad table raises: the old config stays
-        self.signer = self._build_signer(cfg)
+        delivery = await self._build_delivery(cfg)  # a bad table or key raises: the old config stays
         await self.metrics.serve(cfg.proxy.metrics_listen)  # moved, started or stopped
+        self.delivery = delivery
         self.cfg = cfg
-        self.hostname = cfg.proxy.hostname or socket.getfqdn()
+        self.hostname = delivery.hostname
         # Pools are rebuilt with the new settings; sessions holding a
         # connection keep it until they end.
         self._close_pools()

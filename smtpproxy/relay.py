@@ -37,6 +37,17 @@ class Reply(NamedTuple):
     def ok(self) -> bool:
         return 200 <= self.code < 300
 
+    @property
+    def relayable(self) -> bool:
+        """Only final replies of the three legal classes are passed to the client."""
+        return self.code // 100 in (2, 4, 5) and self.code < 600
+
+    @classmethod
+    def parse(cls, reply: str) -> Reply:
+        """One of our own replies (replies.py, "451 4.3.0 text") as a Reply."""
+        code, _, text = reply.partition(" ")
+        return cls(int(code), text)
+
     def __str__(self) -> str:
         return f"{self.code} {self.text}".replace("\n", " / ")
 
@@ -177,6 +188,15 @@ class Downstream:
         if not reply.ok:
             self.close()
             raise DownstreamError(f"RSET refused: {reply}")
+
+    async def abandon(self) -> str | None:
+        """``reset()`` that never raises: the failure's text for the log, or None.
+        A connection whose RSET failed is closed, so nothing of it is queued."""
+        try:
+            await self.reset()
+        except DownstreamError as exc:
+            return str(exc)
+        return None
 
     async def quit(self) -> None:
         """Polite goodbye; never raises."""

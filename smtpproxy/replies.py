@@ -1,5 +1,11 @@
 """Every SMTP reply the proxy itself composes, in one place.
 
+The one mapping from a failure to its reply: a downstream failure at any verb
+is TEMPFAIL (server.py's ``_downstream_failed``); a scan that could not
+finish SCAN_TEMPFAIL and a message that must not leave unsigned
+SIGN_TEMPFAIL (delivery.py); the scan's own reject and greylist replies are
+configured (scan.reject_reply, ...), REJECT when a verdict carries none.
+
 Replies that come from the downstream listener are relayed verbatim and are
 not listed here. Texts are deliberately generic: a client never learns why a
 downstream connection failed or which internal step broke; the details go to
@@ -22,6 +28,9 @@ START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 TEMPFAIL = "451 4.3.0 Error: temporary failure, try again later"
 SCAN_TEMPFAIL = "451 4.7.1 Error: message could not be checked, try again later"
 SIGN_TEMPFAIL = "451 4.7.0 Error: message could not be signed, try again later"
+
+# The scan refused the message; a verdict without a reply of its own gets this.
+REJECT = "550 5.7.1 Rejected"
 
 # Client mistakes.
 SYNTAX_MAIL = "501 5.5.4 Syntax: MAIL FROM:<address> [parameters]"

@@ -8,36 +8,34 @@ bytes, so the verbs that matter are overridden here; aiosmtpd keeps the
 connection, the command loop and the idle timer.
 
 The promise: MAIL and every RCPT are relayed to the downstream listener as
-they arrive and its reply is relayed back, so per-recipient rejects work; the
-message goes downstream only after the scan hook accepted it; the client gets
-250 for the message only when the downstream said 250. Any failure of ours or
-of the downstream is a generic 451 4.3.0, the detail goes to the log, and the
-downstream transaction is abandoned so nothing is queued twice or half.
+they arrive and its reply is relayed back, so per-recipient rejects work; at
+end-of-data the message goes through the delivery pipeline (delivery.py:
+scan, header edits, signing, relay), and the client gets 250 for the message
+only when the downstream said 250. Every failure of the downstream, at any
+verb, goes through one method, ``_downstream_failed``: a generic 451 4.3.0,
+the detail in the log, the downstream connection dropped so nothing is
+queued twice or half. This module holds the verbs only; admission is the
+daemon's (daemon.py), every reply text is in replies.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import itertools
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiosmtpd.smtp import SMTP, Session
 
 from smtpproxy import replies, xforward
-from smtpproxy.common.config import Config, ListenerConfig, parse_networks
+from smtpproxy.common.config import Config, ListenerConfig
 from smtpproxy.common.log import quote
-from smtpproxy.relay import Downstream, DownstreamError, Reply
-from smtpproxy.scan.headers import prepend_headers, remove_headers
-from smtpproxy.scan.hook import ClientInfo, Transaction, Verdict
-from smtpproxy.sign import SignTempfail
-
-if TYPE_CHECKING:
-    from smtpproxy.daemon import ProxyService
+from smtpproxy.delivery import Delivery
+from smtpproxy.relay import Downstream, DownstreamError, DownstreamPool, Reply
+from smtpproxy.transaction import ClientInfo, Transaction
 
 logger = logging.getLogger("smtpproxy")
 
@@ -111,9 +109,21 @@ def params_valid(params: list[str]) -> bool:
     return True
 
 
-def relayable(reply: Reply) -> bool:
-    """Only final replies of the three legal classes are passed to the client."""
-    return reply.code // 100 in (2, 4, 5) and reply.code < 600
+# The log's words for where a downstream failure happened, by metrics stage.
+_STAGES = {"mail": "unavailable at MAIL", "rcpt": "failed at RCPT", "data": "failed at end of data"}
+
+
+class Service(Protocol):
+    """What a session needs of the daemon (daemon.ProxyService)."""
+
+    cfg: Config
+    sessions: set
+    stats: object  # daemon.ProxyStats
+    delivery: Delivery
+
+    def admit(self, session: ProxySMTP) -> str | None: ...
+
+    def pool(self, downstream: str) -> DownstreamPool: ...
 
 
 class ProxySMTP(SMTP):
@@ -125,7 +135,7 @@ class ProxySMTP(SMTP):
 
     _verbs: tuple[str, ...] = ()
 
-    def __init__(self, service: ProxyService, listener: ListenerConfig, hostname: str):
+    def __init__(self, service: Service, listener: ListenerConfig, hostname: str):
         self.service = service
         self.listener = listener
         self.cfg: Config = service.cfg  # a reload never changes a running session
@@ -277,15 +287,30 @@ class ProxySMTP(SMTP):
     async def _abandon_downstream_transaction(self) -> None:
         if self.downstream is None:
             return
-        try:
-            await self.downstream.reset()
-        except DownstreamError as exc:
-            logger.warning("%s: abandoning downstream transaction: %s", self.session_id, exc)
+        problem = await self.downstream.abandon()
+        if problem:
+            logger.warning("%s: abandoning downstream transaction: %s", self.session_id, problem)
             self._drop_downstream()
 
     def _end_transaction(self) -> None:
         self.in_transaction = False
         self._set_rset_state()
+
+    def _downstream_failed(self, stage: str, problem: object, size: int | None = None,
+                           summary: str = "") -> Reply:
+        """The one mapping of a downstream failure (any verb) to the client's reply.
+
+        Logged with the stage, counted, the transaction logged and ended, the
+        connection dropped (Postfix discards a transaction left open that
+        way): the client gets the generic 451 and retries; nothing was queued.
+        """
+        logger.warning("%s: downstream %s %s: %s", self.session_id, self.listener.downstream,
+                       _STAGES[stage], problem)
+        self.service.stats.downstream_errors.inc(self.listener.name, stage)
+        self._log_transaction(size, "tempfail", f"downstream {_STAGES[stage]}: {problem}", summary)
+        self._drop_downstream()
+        self._end_transaction()
+        return Reply.parse(replies.TEMPFAIL)
 
     # ---------------------------------------------------------- greeting verbs
 
@@ -360,26 +385,21 @@ class ProxySMTP(SMTP):
                 return
         assert arg is not None
         self._txn_started = time.monotonic()
+        self.envelope.mail_from = address  # for the log line, also of a failure
         try:
             reply = await self._begin_downstream(arg.encode("utf-8", "surrogateescape"))
         except DownstreamError as exc:
-            logger.warning(
-                "%s: downstream %s unavailable at MAIL from=<%s>: %s",
-                self.session_id, self.listener.downstream, address, exc,
-            )
-            self.service.stats.downstream_errors.inc(self.listener.name, "mail")
-            self._drop_downstream()
-            await self.push(replies.TEMPFAIL)
+            await self.push_reply(self._downstream_failed("mail", exc))
             return
-        if not relayable(reply):
-            await self._abandon_downstream_transaction()
-            await self.push(replies.TEMPFAIL)
+        if not reply.relayable:
+            await self.push_reply(self._downstream_failed("mail", f"bad reply {reply}"))
             return
         if reply.ok:
             self.in_transaction = True
-            self.envelope.mail_from = address
             self.envelope.mail_options = params
             self.envelope.smtp_utf8 = any(p.upper() == "SMTPUTF8" for p in params)
+        else:
+            self.envelope.mail_from = None
         await self.push_reply(reply)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -402,18 +422,10 @@ class ProxySMTP(SMTP):
         try:
             reply = await self.downstream.rcpt(arg.encode("utf-8", "surrogateescape"))
         except DownstreamError as exc:
-            logger.warning(
-                "%s: downstream %s failed at RCPT to=<%s>: %s",
-                self.session_id, self.listener.downstream, address, exc,
-            )
-            self.service.stats.downstream_errors.inc(self.listener.name, "rcpt")
-            self._log_transaction(size=None, verdict="tempfail", reply="downstream failed at RCPT")
-            self._drop_downstream()
-            self._end_transaction()
-            await self.push(replies.TEMPFAIL)
+            await self.push_reply(self._downstream_failed("rcpt", f"to=<{address}>: {exc}"))
             return
-        if not relayable(reply):
-            await self.push(replies.TEMPFAIL)
+        if not reply.relayable:
+            await self.push_reply(self._downstream_failed("rcpt", f"to=<{address}>: bad reply {reply}"))
             return
         if reply.ok:
             self.envelope.rcpt_tos.append(address)
@@ -492,80 +504,25 @@ class ProxySMTP(SMTP):
         self.busy = True
         try:
             if content is None:
-                reply = Reply(*_split(replies.MESSAGE_TOO_BIG))
+                reply = Reply.parse(replies.MESSAGE_TOO_BIG)
                 await self._abandon_downstream_transaction()
                 self._log_transaction(size=size, verdict="too-big", reply=str(reply))
             else:
-                reply = await self._finish_message(content, size)
+                reply = await self._deliver(content, size)
             self._end_transaction()
             await self.push_reply(reply)
         finally:
             self.busy = False
             self._reset_timeout()
 
-    async def _finish_message(self, content: bytes, size: int) -> Reply:
-        """Scan, then send downstream; the reply for the client's end-of-data."""
-        assert self.session is not None and self.envelope is not None
-        verdict = await self._scan(content)
-        stats = self.service.stats
-        if verdict.scan_action:
-            stats.actions.inc(verdict.scan_action)
-            stats.scan_seconds.observe(verdict.scan_seconds)
-            for symbol in verdict.symbols:
-                stats.symbols.inc(symbol)
-        if verdict.action != "accept":
-            await self._abandon_downstream_transaction()
-            default = replies.SCAN_TEMPFAIL if verdict.action == "tempfail" else "550 5.7.1 Rejected"
-            reply = Reply(*_split(verdict.reply or default))
-            self._log_transaction(size, verdict.action, str(reply), verdict.summary)
-            return reply
-        added = list(verdict.add_headers)
-        if self.cfg.proxy.trace_header:
-            added.insert(0, ("X-Smtpproxy", f"{self.hostname}; id={self.session_id}; "
-                                            f"profile={self.listener.profile}"))
-        content = prepend_headers(
-            remove_headers(content, verdict.remove_headers, verdict.remove_matching), added)
-        try:
-            content = await self.service.signer.sign(self._transaction(content))
-        except SignTempfail as exc:
-            logger.warning("%s: not signed, deferred: %s", self.session_id, exc)
-            await self._abandon_downstream_transaction()
-            reply = Reply(*_split(replies.SIGN_TEMPFAIL))
-            self._log_transaction(size, "tempfail", f"signing failed: {exc}", verdict.summary)
-            return reply
+    async def _deliver(self, content: bytes, size: int) -> Reply:
+        """The delivery pipeline (delivery.py) on this transaction; the reply to its end-of-data."""
         assert self.downstream is not None
-        try:
-            reply = await self.downstream.send_message(content)
-        except DownstreamError as exc:
-            logger.warning(
-                "%s: downstream %s failed at end of data: %s",
-                self.session_id, self.listener.downstream, exc,
-            )
-            self.service.stats.downstream_errors.inc(self.listener.name, "data")
-            self._drop_downstream()
-            reply = Reply(*_split(replies.TEMPFAIL))
-            self._log_transaction(size, "tempfail", f"downstream failed: {exc}", verdict.summary)
-            return reply
-        if not relayable(reply):
-            self._drop_downstream()
-            bad, reply = reply, Reply(*_split(replies.TEMPFAIL))
-            self._log_transaction(size, "tempfail", f"bad downstream reply {bad}", verdict.summary)
-            return reply
-        self._log_transaction(size, "accept" if reply.ok else "downstream-refused",
-                              str(reply), verdict.summary)
-        return reply
-
-    async def _scan(self, content: bytes) -> Verdict:
-        txn = self._transaction(content)
-        try:
-            async with asyncio.timeout(self.cfg.proxy.scan_timeout_s):
-                return await self.service.hook.scan(txn)
-        except TimeoutError:
-            logger.warning("%s: scan exceeded %ss", self.session_id, self.cfg.proxy.scan_timeout_s)
-            return Verdict(action="tempfail", summary="scan timeout")
-        except Exception:
-            logger.exception("%s: scan failed", self.session_id)
-            return Verdict(action="tempfail", summary="scan error")
+        outcome = await self.service.delivery.deliver(self._transaction(content), self.downstream)
+        if outcome.failure is not None:
+            return self._downstream_failed("data", outcome.failure, size, outcome.summary)
+        self._log_transaction(size, outcome.verdict, outcome.detail, outcome.summary)
+        return outcome.reply
 
     def _transaction(self, content: bytes) -> Transaction:
         """What the scan and the signer see of this transaction."""
@@ -653,23 +610,3 @@ async def read_data(reader: asyncio.StreamReader, limit: int) -> tuple[bytes | N
         data = data[1:]
     data = data.replace(b"\r\n.", b"\r\n")
     return data, len(data)
-
-
-def _split(reply: str) -> tuple[int, str]:
-    code, _, text = reply.partition(" ")
-    return int(code), text
-
-
-def listener_networks(cfg: Config, listener: ListenerConfig) -> tuple:
-    networks = listener.client_networks or cfg.proxy.client_networks
-    return parse_networks(networks, "client_networks")
-
-
-def client_allowed(peer_addr: str, networks: tuple) -> bool:
-    try:
-        addr = ipaddress.ip_address(peer_addr.split("%")[0])
-    except ValueError:
-        return False
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)

@@ -1,71 +1,95 @@
-"""The end-of-data scan hook: the contract between the proxy and the checks.
+"""The scan hook: the scoring engine behind the proxy's end-of-data contract.
 
-At end-of-data the proxy hands the hook a Transaction (who sent what to whom,
-and the message bytes) and gets back a Verdict: accept (optionally with
-headers added or removed), reject, or tempfail. The proxy applies it: an
-accepted message goes downstream, a rejected or tempfailed one never does and
-the downstream transaction is abandoned.
+``EngineHook.scan(txn)`` parses the message once (scan/message.py), runs the
+checks (scan/engine.py), lets Bayes autolearn, and turns the action into a
+Verdict (smtpproxy/transaction.py):
 
-NoScan is the hook in place until the scoring engine plugs in: it accepts
-everything unchanged.
+  reject           550 5.7.1 (scan.reject_reply); nothing is queued
+  soft reject      451 4.7.1 (scan.soft_reject_reply); the sender retries
+  greylist         451 4.7.1 on first sight, the retry accepted (greylist.py)
+  rewrite subject  accepted, Subject rewritten
+  add header       accepted with "X-Spam: Yes"
+  no action        accepted
+
+An accepted message carries the result headers (results.py) and the ARC
+chain status the ARC check verified, which the signer seals with.
+
+``build_hook(cfg, store, resolver, hostname)`` assembles it at start-up and
+on reload; the daemon owns the store and the resolver and hands them in.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+import logging
+
+from smtpproxy.common.config import Config
+from smtpproxy.common.store import Store
+from smtpproxy.scan.bayes.autolearn import autolearn
+from smtpproxy.scan.checks.all import all_checks
+from smtpproxy.scan.checks.base import CheckContext
+from smtpproxy.scan.engine import Engine, ScanResult
+from smtpproxy.scan.greylist import greylist
+from smtpproxy.scan.message import parse
+from smtpproxy.scan.results import own_authres_pattern, result_headers
+from smtpproxy.transaction import Transaction, Verdict
+
+logger = logging.getLogger("smtpproxy.scan")
 
 
-@dataclass(frozen=True)
-class ClientInfo:
-    """The real client, as XFORWARD told us (None: not known)."""
+class EngineHook:
+    """The scan hook the proxy calls at end-of-data when scanning is enabled."""
 
-    name: str | None = None
-    addr: str | None = None
-    port: str | None = None
-    proto: str | None = None
-    helo: str | None = None
-    ident: str | None = None
-    source: str | None = None
-
-
-@dataclass
-class Transaction:
-    session_id: str
-    listener: str
-    profile: str
-    client: ClientInfo
-    mail_from: str
-    mail_options: list[str]
-    rcpt_tos: list[str]
-    rcpt_options: list[list[str]]
-    content: bytes
-
-
-@dataclass
-class Verdict:
-    action: Literal["accept", "reject", "tempfail"] = "accept"
-    # For reject/tempfail: the full reply, e.g. "550 5.7.1 Message rejected as spam".
-    reply: str = ""
-    add_headers: list[tuple[str, str]] = field(default_factory=list)
-    remove_headers: list[str] = field(default_factory=list)
-    # (header name, pattern on its unfolded value): removed when it matches.
-    remove_matching: list[tuple[str, re.Pattern[bytes]]] = field(default_factory=list)
-    # One short phrase for the proxy's log line (score, action, symbols).
-    summary: str = ""
-    # For the metrics: the scoring action, the symbols found, the scan time.
-    scan_action: str = ""
-    symbols: tuple[str, ...] = ()
-    scan_seconds: float = 0.0
-
-
-class ScanHook(Protocol):
-    async def scan(self, txn: Transaction) -> Verdict: ...
-
-
-class NoScan:
-    """Accepts every message unchanged."""
+    def __init__(self, cfg: Config, engine: Engine, store: Store | None, resolver, authserv_id: str):
+        self.cfg = cfg
+        self.engine = engine
+        self.store = store
+        self.resolver = resolver
+        self.authserv_id = authserv_id
+        self._own_ar = own_authres_pattern(authserv_id)
 
     async def scan(self, txn: Transaction) -> Verdict:
-        return Verdict()
+        ctx = CheckContext(
+            message=parse(txn.content), client=txn.client, mail_from=txn.mail_from,
+            rcpt_tos=txn.rcpt_tos, profile=txn.profile, resolver=self.resolver, store=self.store,
+        )
+        result = await self.engine.scan(ctx)
+        if self.store is not None and self.cfg.scan.bayes.autolearn:
+            learned = await autolearn(self.store, self.cfg.scan.bayes, ctx.message, result, txn.profile)
+            if learned:
+                logger.info("bayes autolearn: %s", learned)
+        verdict = await self.verdict(result, txn)
+        verdict.scan_action = result.action
+        verdict.symbols = tuple(result.symbols)
+        verdict.scan_seconds = result.elapsed_s
+        return verdict
+
+    async def verdict(self, result: ScanResult, txn: Transaction) -> Verdict:
+        scan = self.cfg.scan
+        action = result.action
+        summary = result.summary()
+        if action == "reject":
+            return Verdict("reject", scan.reject_reply, summary=summary)
+        if action == "soft reject":
+            return Verdict("tempfail", scan.soft_reject_reply, summary=summary)
+        if action == "greylist":
+            waited = await greylist(self.store, scan, txn)
+            if waited is None:
+                return Verdict("tempfail", scan.greylist_reply, summary=summary + " greylist=deferred")
+            summary += f" greylist=passed after {waited:.0f}s"
+        add, remove = result_headers(result, self.authserv_id, scan, txn.content)
+        arc = result.facts.get("arc")
+        return Verdict(
+            "accept", add_headers=add, remove_headers=remove,
+            remove_matching=[("Authentication-Results", self._own_ar)], summary=summary,
+            arc_result=arc.get("result") if arc and arc.get("reason") != "no resolver" else None,
+        )
+
+
+def build_engine(cfg: Config) -> Engine:
+    """Raises ConfigError (naming the key) when the symbols table is unusable."""
+    return Engine(cfg.scan, all_checks(cfg))
+
+
+def build_hook(cfg: Config, store: Store | None, resolver, hostname: str) -> EngineHook:
+    authserv_id = cfg.scan.authserv_id or cfg.proxy.hostname or hostname
+    return EngineHook(cfg, build_engine(cfg), store, resolver, authserv_id)

@@ -1,8 +1,10 @@
 """Outbound signing: DKIM signatures and ARC seals added to the message on its way downstream.
 
-The proxy calls ``service.signer.sign(txn)`` after the scan accepted the
-message and its result headers were applied, so the signature covers the
-message exactly as it is re-injected. A signer returns the message to send
+The delivery pipeline (smtpproxy/delivery.py) calls ``signer.sign(txn,
+arc_result)`` after the scan accepted the message and its result headers were
+applied, so the signature covers the message exactly as it is re-injected;
+``arc_result`` is the ARC chain status the scan verified (None: not verified,
+the sealer verifies it itself). A signer returns the message to send
 (normally the same bytes with new header fields on top). It raises
 ``SignTempfail`` when policy says a message it cannot sign must wait (the
 client then gets 451 4.7.0 and retries); any other trouble it logs and
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from smtpproxy.scan.hook import Transaction
+from smtpproxy.transaction import Transaction
 
 
 class SignTempfail(Exception):
@@ -23,9 +25,9 @@ class SignTempfail(Exception):
 
 
 class Signer(Protocol):
-    async def sign(self, txn: Transaction) -> bytes: ...
+    async def sign(self, txn: Transaction, arc_result: str | None = None) -> bytes: ...
 
 
 class NoSigner:
-    async def sign(self, txn: Transaction) -> bytes:
+    async def sign(self, txn: Transaction, arc_result: str | None = None) -> bytes:
         return txn.content

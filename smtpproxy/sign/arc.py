@@ -15,9 +15,9 @@ Contract:
   (tests/unit/test_arc_sign_suite.py, 17/17).
 - ``with_arc_result(content, srv_id, cv)`` merges our Authentication-Results
   into one field on top carrying the chain status we verified ourselves
-  (``arc=pass|fail|none``) and no older arc= result: the proxy verifies the
-  chain right before sealing (scan/checks/arc.py's verification, its DNS
-  through the one Resolver) rather than trusting whatever the scan wrote.
+  (``arc=pass|fail|none``) and no older arc= result: the status the proxy
+  verified itself (smtpproxy/mailauth/arc.py, by the scan or, when the scan
+  did not, by the signer), never whatever an incoming header says.
 
 dkimpy parses the message and canonicalises the body; the set is assembled,
 its header fields canonicalised, by smtpproxy/sign/dkim.py's ``gen_header``
@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 
+from smtpproxy.headers import split_fields
 from smtpproxy.sign.dkim import gen_header
 from smtpproxy.sign.keys import KeyError_, PrivateKey, parse_key
 
@@ -152,26 +153,14 @@ def seal_set(content: bytes, domain: str, selector: str, key: PrivateKey | bytes
             b"ARC-Authentication-Results:" + aar]
 
 
-def _split_header(content: bytes) -> tuple[list[bytes], bytes]:
-    """Header fields (each with its folded lines and CRLF) and the rest."""
-    end = content.find(b"\r\n\r\n")
-    head, rest = (content, b"") if end < 0 else (content[:end + 2], content[end + 2:])
-    fields: list[bytes] = []
-    for line in head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line + b"\r\n"
-        else:
-            fields.append(line + b"\r\n")
-    return fields, rest
-
-
 def _authserv_id(field_value: bytes) -> str:
     return field_value.split(b";", 1)[0].split(b"(", 1)[0].strip().decode("utf-8", "replace").lower()
 
 
 def with_arc_result(content: bytes, srv_id: str, cv: str) -> bytes:
     """``content`` with our Authentication-Results merged into one field on top, arc=``cv`` in it."""
-    fields, rest = _split_header(content)
+    fields, end = split_fields(content)
+    rest = content[end:]
     results: list[bytes] = []
     kept: list[bytes] = []
     for field in fields:

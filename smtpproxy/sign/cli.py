@@ -48,7 +48,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from smtpproxy.cli import load_with_flags
+    from smtpproxy.cliconfig import load_with_flags
     from smtpproxy.common.dns import DnsTempError, Resolver
     from smtpproxy.common.runtime import run
     from smtpproxy.sign.tables import TableError, load_tables

@@ -12,13 +12,15 @@ from __future__ import annotations
 import socket
 
 from smtpproxy.common.config import Config, ConfigError
-from smtpproxy.scan.checks import worker
+from smtpproxy.mailauth.bridge import shared_pool
 from smtpproxy.sign import NoSigner, Signer
 from smtpproxy.sign.keys import KeyError_, load_key, loose_permissions
 from smtpproxy.sign.tables import TableError, TableSource
 
 
 def build_signer(cfg: Config, resolver=None) -> Signer:
+    """The signer for ``cfg``; ``resolver`` (the daemon's one Resolver) verifies ARC chains
+    the scan did not verify. Without one (configtest) such a chain cannot be sealed."""
     sign = cfg.sign
     if not sign.key_table and not sign.arc.profiles:
         return NoSigner()
@@ -38,14 +40,10 @@ def build_signer(cfg: Config, resolver=None) -> Signer:
             raise ConfigError("sign.arc.key_file", str(exc)) from None
         if key.key_type != "rsa":
             raise ConfigError("sign.arc.key_file", "ARC seals with RSA keys only")
-        if resolver is None:
-            from smtpproxy.scan.setup import make_resolver
-
-            resolver = make_resolver(cfg)
         authserv_id = (sign.arc.authserv_id or cfg.scan.authserv_id or cfg.proxy.hostname
                        or socket.getfqdn())
         sealer = ArcSealer(sign.arc, authserv_id, key, resolver, cfg.scan.arc.min_rsa_key_bits)
-    return ProxySigner(sign, tables, sealer, worker.shared_pool("sign", sign.pool_threads))
+    return ProxySigner(sign, tables, sealer, shared_pool("sign", sign.pool_threads))
 
 
 def key_warnings(cfg: Config) -> list[str]:

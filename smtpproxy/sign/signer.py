@@ -4,8 +4,9 @@ Contract (smtpproxy/sign/__init__.py): ``await signer.sign(txn)`` returns
 the bytes to send downstream. What happens, in order:
 
 1. ARC, when the listener's profile is in ``sign.arc.profiles``: the
-   existing chain is verified (dkimpy in a worker thread, key lookups through
-   the one async Resolver, as the ARC check does), our
+   chain status is the one the scan's ARC check verified on the message as
+   received (``arc_result``); only when the scan did not verify it is it
+   verified here (smtpproxy/mailauth/arc.py, the same code). Our
    Authentication-Results get ``arc=`` with that result.
 2. DKIM, when the profile is in ``sign.profiles`` or the client is in
    ``sign.trusted_networks``, the From header names exactly one domain set
@@ -32,14 +33,13 @@ import logging
 from dataclasses import dataclass
 
 from smtpproxy.common.config import ArcSealConfig, SignConfig
-from smtpproxy.scan.checks import dkimdns
-from smtpproxy.scan.checks.arc import _verify as verify_chain
-from smtpproxy.scan.hook import Transaction
+from smtpproxy.mailauth.arc import verify_chain
 from smtpproxy.sign import SignTempfail
 from smtpproxy.sign import arc as arcseal
 from smtpproxy.sign import dkim as dkimsign
 from smtpproxy.sign.keys import PrivateKey
 from smtpproxy.sign.tables import TableSource
+from smtpproxy.transaction import Transaction
 
 logger = logging.getLogger("smtpproxy.sign")
 
@@ -79,16 +79,10 @@ class ProxySigner:
             return False
         if txn.profile in self.cfg.profiles:
             return True
-        text = txn.client.addr or ""
-        if text[:5].lower() == "ipv6:":  # XFORWARD writes IPv6 addresses as IPV6:...
-            text = text[5:]
-        try:
-            addr = ipaddress.ip_address(text)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.networks)
+        addr = txn.client.ip
+        return addr is not None and any(addr in net for net in self.networks)
 
-    async def sign(self, txn: Transaction) -> bytes:
+    async def sign(self, txn: Transaction, arc_result: str | None = None) -> bytes:
         do_dkim = self._dkim_applies(txn)
         do_arc = self.sealer is not None and txn.profile in self.sealer.cfg.profiles
         if not (do_dkim or do_arc):
@@ -96,7 +90,7 @@ class ProxySigner:
         content = txn.content
         loop = asyncio.get_running_loop()
         try:
-            cv = await self._verify_chain(content) if do_arc else ""
+            cv = await self._chain_status(content, arc_result) if do_arc else ""
             if do_dkim and len(content) <= INLINE_SIGN_MAX_BYTES:
                 content = self._dkim(txn.session_id, content, txn.mail_from)
             elif do_dkim:
@@ -146,17 +140,19 @@ class ProxySigner:
             f"d={k.domain} s={k.selector} a={k.key.algorithm.decode()}" for k in todo))
         return b"".join(fields) + content
 
-    async def _verify_chain(self, content: bytes) -> str:
+    async def _chain_status(self, content: bytes, scanned: str | None) -> str:
+        """pass, fail or none: what the scan verified, else verified here the same way."""
         assert self.sealer is not None
-        if self.sealer.resolver is None:
-            raise SignError("ARC chain not verified: no resolver")
-        # The ARC check's own verification (dkimpy in a worker thread, DNS
-        # through the Resolver): the chain we seal is judged as the scan judges it.
-        out = await dkimdns.run_in_pool(dkimdns.shared_pool("arc"), self.sealer.resolver,
-                                        verify_chain, content, self.sealer.min_rsa_key_bits)
-        if out["result"] == "temperror":
-            raise SignError(f"ARC chain not verified: {out['reason']}")
-        return out["result"]  # pass, fail or none
+        if scanned is None:
+            if self.sealer.resolver is None:
+                raise SignError("ARC chain not verified: no resolver")
+            out = await verify_chain(self.sealer.resolver, content, self.sealer.min_rsa_key_bits)
+            scanned, reason = out["result"], out["reason"]
+        else:
+            reason = "the scan's key lookups failed"
+        if scanned not in ("pass", "fail", "none"):
+            raise SignError(f"ARC chain not verified: {reason}")
+        return scanned
 
     def _seal(self, session_id: str, content: bytes, cv: str) -> bytes:
         assert self.sealer is not None

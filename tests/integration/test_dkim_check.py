@@ -35,8 +35,8 @@ from smtpproxy.common.config import Config, DnsConfig
 from smtpproxy.common.dns import Resolver
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.checks.dkim import DkimCheck
-from smtpproxy.scan.hook import ClientInfo
 from smtpproxy.scan.message import parse
+from smtpproxy.transaction import ClientInfo
 from tests.support.dns_server import DnsTestServer
 
 pytestmark = pytest.mark.integration

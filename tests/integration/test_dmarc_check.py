@@ -33,8 +33,8 @@ from smtpproxy.common.dns import Resolver
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.checks.dkim import DkimCheck
 from smtpproxy.scan.checks.dmarc import DmarcCheck, author_domains
-from smtpproxy.scan.hook import ClientInfo
 from smtpproxy.scan.message import parse
+from smtpproxy.transaction import ClientInfo
 from tests.support.dns_server import DnsTestServer
 
 pytestmark = pytest.mark.integration
@@ -368,9 +368,9 @@ ENGINE_RECORDS = {
 def test_through_the_engine(label, signed, addr, symbols, ar):
     import dkim as dkimpy
 
-    from smtpproxy.scan.checks import all_checks
+    from smtpproxy.scan.checks.all import all_checks
     from smtpproxy.scan.engine import Engine
-    from smtpproxy.scan.verdict import authentication_results
+    from smtpproxy.scan.results import authentication_results
 
     raw = (b"From: Test <test@example.com>\r\nTo: x@example.net\r\nSubject: hello\r\n"
            b"Date: Mon, 01 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@example.com>\r\n\r\nHello.\r\n")

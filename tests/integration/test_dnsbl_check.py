@@ -14,12 +14,12 @@ import pytest
 from smtpproxy.common import config
 from smtpproxy.common.config import DnsConfig
 from smtpproxy.common.dns import Resolver
-from smtpproxy.scan.checks import all_checks
+from smtpproxy.scan.checks.all import all_checks
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.checks.dnsbl import DnsblCheck
 from smtpproxy.scan.engine import Engine
-from smtpproxy.scan.hook import ClientInfo
 from smtpproxy.scan.message import parse
+from smtpproxy.transaction import ClientInfo
 from tests.support.dns_server import DnsTestServer
 
 pytestmark = pytest.mark.integration

@@ -9,13 +9,13 @@ import asyncio
 import pytest
 
 from smtpproxy.common import config
-from smtpproxy.scan.checks import all_checks
+from smtpproxy.scan.checks.all import all_checks
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.checks.multimap import MultimapCheck
 from smtpproxy.scan.engine import Engine
-from smtpproxy.scan.hook import ClientInfo, Transaction
+from smtpproxy.scan.hook import EngineHook
 from smtpproxy.scan.message import parse
-from smtpproxy.scan.verdict import EngineHook
+from smtpproxy.transaction import ClientInfo, Transaction
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ from smtpproxy.scan.checks.gtube import GtubeCheck
 from smtpproxy.scan.checks.headers import HeadersCheck
 from smtpproxy.scan.checks.mime import MimeCheck
 from smtpproxy.scan.engine import Engine
-from smtpproxy.scan.hook import ClientInfo
 from smtpproxy.scan.message import parse
+from smtpproxy.transaction import ClientInfo
 
 CORPORA = Path(__file__).resolve().parents[2].parent / "shared" / "corpora"
 NOT_MESSAGES = (".md", ".tsv", ".yml", ".yaml", ".json", ".py", ".key", ".private", ".pem",

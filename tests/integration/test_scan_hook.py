@@ -15,8 +15,9 @@ import pytest
 
 from smtpproxy.common import config
 from smtpproxy.daemon import ProxyService
-from smtpproxy.scan.hook import Transaction, Verdict
-from tests.support.postfix import free_port, wait_until
+from smtpproxy.transaction import Transaction, Verdict
+from tests.support.net import free_port
+from tests.support.postfix import wait_until
 
 pytestmark = pytest.mark.integration
 

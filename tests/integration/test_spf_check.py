@@ -13,7 +13,7 @@ from smtpproxy.common.config import DnsConfig
 from smtpproxy.common.dns import Resolver
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.checks.spf import SpfCheck
-from smtpproxy.scan.hook import ClientInfo
+from smtpproxy.transaction import ClientInfo
 from tests.support.dns_server import DnsTestServer
 
 pytestmark = pytest.mark.integration

@@ -32,7 +32,7 @@ from smtpproxy.common.config import DnsConfig
 from smtpproxy.common.dns import Resolver
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.checks.spf import SpfCheck
-from smtpproxy.scan.hook import ClientInfo
+from smtpproxy.transaction import ClientInfo
 from tests.support import yaml_suites
 from tests.support.dns_server import DnsTestServer
 

@@ -31,8 +31,8 @@ from smtpproxy.scan.bayes.tokenizer import tokenize
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.checks.bayes import BayesCheck
 from smtpproxy.scan.engine import Engine
-from smtpproxy.scan.hook import ClientInfo
 from smtpproxy.scan.message import parse
+from smtpproxy.transaction import ClientInfo
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "corpora")
 
@@ -495,8 +495,8 @@ def test_autolearn_rules(label, result, profile, expected):
 
 def test_autolearn_through_the_hook_with_class_balance(tmp_path):
     """Spam is autolearned until it outweighs ham by autolearn_max_ratio."""
-    from smtpproxy.scan.hook import Transaction
-    from smtpproxy.scan.verdict import EngineHook
+    from smtpproxy.scan.hook import EngineHook
+    from smtpproxy.transaction import Transaction
 
     cfg = config_mod.load(None, {"state_dir": str(tmp_path), "scan.bayes.autolearn": True,
                                  "scan.bayes.min_learned": 1, "scan.bayes.autolearn_max_ratio": 2.0,

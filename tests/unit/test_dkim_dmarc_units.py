@@ -26,7 +26,7 @@ from dkim.canonicalization import Relaxed, Simple
 from smtpproxy.common import config
 from smtpproxy.scan.checks.dmarc import NoPolicy, RecordError, author_domains, parse_record
 from smtpproxy.scan.psl import PublicSuffixList
-from smtpproxy.scan.verdict import authentication_results
+from smtpproxy.scan.results import authentication_results
 
 CORPORA = Path(__file__).resolve().parents[3] / "shared" / "corpora"
 FLANKER = CORPORA / "dkim" / "flanker-canonicalization"

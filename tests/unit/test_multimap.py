@@ -10,14 +10,14 @@ import pytest
 
 from smtpproxy.common import config
 from smtpproxy.common.config import ConfigError
-from smtpproxy.scan.checks import all_checks
+from smtpproxy.scan.checks.all import all_checks
 from smtpproxy.scan.checks.base import CheckContext, Hit
-from smtpproxy.scan.checks.dnsbl import client_address, public_suffix_list, reversed_name
+from smtpproxy.scan.checks.dnsbl import public_suffix_list, reversed_name
 from smtpproxy.scan.checks.multimap import MultimapCheck, address_matches, compile_map, name_matches
 from smtpproxy.scan.engine import Engine, load_symbols
-from smtpproxy.scan.hook import ClientInfo
 from smtpproxy.scan.message import parse
 from smtpproxy.scan.psl import PublicSuffixList
+from smtpproxy.transaction import ClientInfo, parse_client_address
 
 MESSAGE = (
     b"From: Alice <Alice@Example.ORG>\r\nTo: bob@example.net\r\nSubject: Cheap watches today\r\n"
@@ -64,7 +64,7 @@ def context(addr="192.0.2.7", helo="mail.example.org", mail_from="alice@example.
 def test_map_formats(label, kind, text, value, expected):
     c = compile_map(text, kind, "test")
     if kind == "ip":
-        got = c.has_ip(client_address(value))
+        got = c.has_ip(parse_client_address(value))
     elif kind in ("sender", "from", "rcpt"):
         got = address_matches(c, value)
     elif kind in ("helo", "url"):
@@ -219,12 +219,12 @@ def test_bad_values_name_the_key(overrides, key):
     ("::ffff:192.0.2.1", "1.2.0.192"),
 ])
 def test_reversed_names(addr, name):
-    assert reversed_name(client_address(addr)) == name
+    assert reversed_name(parse_client_address(addr)) == name
 
 
 @pytest.mark.parametrize("addr", [None, "", "[UNAVAILABLE]", "unknown"])
-def test_no_client_address(addr):
-    assert client_address(addr) is None
+def test_no_parse_client_address(addr):
+    assert parse_client_address(addr) is None
 
 
 PSL = """// comment

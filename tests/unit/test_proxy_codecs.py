@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from smtpproxy import replies, xforward
+from smtpproxy.headers import prepend_headers, remove_headers
 from smtpproxy.relay import dot_stuff
-from smtpproxy.scan.headers import prepend_headers, remove_headers
 from smtpproxy.server import params_valid, parse_path, read_data
 
 # ------------------------------------------------------------------ XFORWARD

@@ -11,8 +11,8 @@ from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.checks.gtube import GTUBE, GtubeCheck
 from smtpproxy.scan.checks.headers import HeadersCheck
 from smtpproxy.scan.checks.mime import MimeCheck
-from smtpproxy.scan.hook import ClientInfo
 from smtpproxy.scan.message import parse
+from smtpproxy.transaction import ClientInfo
 
 NOW = 1_800_000_000.0
 DATE = email.utils.formatdate(NOW)

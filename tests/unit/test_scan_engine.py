@@ -10,13 +10,14 @@ import pytest
 
 from smtpproxy.common import config
 from smtpproxy.common.store import open_store
-from smtpproxy.scan.checks import all_checks
+from smtpproxy.headers import prepend_headers, remove_headers
+from smtpproxy.scan.checks.all import all_checks
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.engine import Engine, SymbolDef, load_symbols
-from smtpproxy.scan.headers import prepend_headers, remove_headers
-from smtpproxy.scan.hook import ClientInfo, Transaction
+from smtpproxy.scan.hook import EngineHook
 from smtpproxy.scan.message import parse
-from smtpproxy.scan.verdict import EngineHook, spamd_result
+from smtpproxy.scan.results import spamd_result
+from smtpproxy.transaction import ClientInfo, Transaction
 
 SYMBOLS = {
     "A": SymbolDef(2.0, "a"), "B": SymbolDef(3.0, "b"), "NEG": SymbolDef(-1.0, "n"),

@@ -18,11 +18,11 @@ import pytest
 
 from smtpproxy.common import config
 from smtpproxy.common.config import ConfigError
-from smtpproxy.scan.hook import ClientInfo, Transaction
 from smtpproxy.sign import NoSigner, SignTempfail, keys
 from smtpproxy.sign import dkim as dkimsign
 from smtpproxy.sign.setup import build_signer, key_warnings
 from smtpproxy.sign.tables import TableError, TableSource, load_tables
+from smtpproxy.transaction import ClientInfo, Transaction
 
 ROOT = Path(__file__).resolve().parents[2]
 

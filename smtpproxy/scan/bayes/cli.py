@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from smtpproxy.cliconfig import ensure_state_dir, load_with_flags
 from smtpproxy.common.config import Config
 from smtpproxy.common.store import Store, StoreError, open_store
 from smtpproxy.scan.bayes.storage import (
@@ -52,8 +53,6 @@ PROGRAM = "smtpproxy"
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from smtpproxy.cli import ensure_state_dir, load_with_flags
-
     cfg = load_with_flags(args)
     if not cfg.store.url:
         ensure_state_dir(cfg)

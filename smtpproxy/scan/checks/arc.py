@@ -22,32 +22,21 @@ REJECT (cryptographic: the signatures or keys) and INVALID (structure) is
 made on that text, see ``_REJECT_REASONS``. RSA keys under
 ``scan.arc.min_rsa_key_bits`` (never less than 1024, RFC 8301) fail the chain.
 
-Design as for DKIM (checks/dkimdns.py): dkimpy runs in a worker thread and
-its key lookups are answered by the event loop's Resolver.
+The verification itself is smtpproxy/mailauth/arc.py (the sealer records
+the same result): dkimpy in a worker thread, its key lookups answered by the
+event loop's Resolver.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import ClassVar
 
-import dkim
 import dkim.util
 
 from smtpproxy.common.config import Config
+from smtpproxy.mailauth.arc import verify_chain
+from smtpproxy.mailauth.bridge import strip_mbox_line
 from smtpproxy.scan.checks.base import CheckContext, Hit
-from smtpproxy.scan.checks.dkimdns import (
-    DnsTemporary,
-    TxtBridge,
-    reason_text,
-    run_in_pool,
-    shared_pool,
-    strip_mbox_line,
-)
-
-_quiet = logging.getLogger("smtpproxy.scan.dkimpy")
-_quiet.addHandler(logging.NullHandler())
-_quiet.propagate = False
 
 _ARC_FIELDS = ("arc-seal", "arc-message-signature", "arc-authentication-results")
 
@@ -67,47 +56,24 @@ _REJECT_REASONS = (
 )
 
 
-def _text(value) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value or "")
+def _seal_domains(headers: list[tuple[str, str]]) -> list[tuple[int, str, str]]:
+    """(instance, d=, s=) of every ARC-Seal, newest first, best effort (for the evidence).
 
-
-def _verify(bridge: TxtBridge, raw: bytes, min_rsa_key_bits: int) -> dict:
-    """Runs in a worker thread: dkimpy's verdict on the chain, as plain data."""
-    try:
-        arc = dkim.ARC(raw, logger=_quiet, minkey=min_rsa_key_bits)
-        cv, results, reason = arc.verify(dnsfunc=bridge.dnsfunc)
-    except DnsTemporary as exc:
-        return {"result": "temperror", "reason": f"key lookup {exc.name}: {exc.reason}", "results": []}
-    except dkim.DKIMException as exc:
-        return {"result": "fail", "reason": reason_text(exc), "results": []}
-    except Exception as exc:  # dkimpy trips over some malformed values
-        return {"result": "fail", "reason": f"unverifiable: {type(exc).__name__}", "results": []}
-    result = {dkim.CV_Pass: "pass", dkim.CV_None: "none"}.get(cv, "fail")
-    return {"result": result, "reason": reason_text(_text(reason)), "results": [
-        {"instance": r.get("instance"), "cv": _text(r.get("cv")),
-         "as_domain": _text(r.get("as-domain")), "as_selector": _text(r.get("as-selector")),
-         "ams_domain": _text(r.get("ams-domain")), "ams_selector": _text(r.get("ams-selector"))}
-        for r in results]}
-
-
-def _seal_domains(raw: bytes) -> list[tuple[int, str, str]]:
-    """(instance, d=, s=) of every ARC-Seal, newest first, best effort (for the evidence)."""
+    Read from the message model's header fields: the message is not parsed again."""
     seals = []
-    try:
-        headers, _body = dkim.rfc822_parse(raw)
-    except Exception:
-        return []
     for name, value in headers:
-        if name.lower() != b"arc-seal":
+        if name.lower() != "arc-seal":
             continue
         try:
-            tags = dkim.util.parse_tag_value(value)
+            tags = dkim.util.parse_tag_value(value.encode("utf-8", "replace"))
             seals.append((int(tags.get(b"i", b"0")), _text(tags.get(b"d")), _text(tags.get(b"s"))))
         except Exception:
             continue
     return sorted(seals, reverse=True)
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("utf-8", "replace") if value else ""
 
 
 class ArcCheck:
@@ -122,7 +88,6 @@ class ArcCheck:
 
     def __init__(self, cfg: Config | None = None):
         self.cfg = (cfg or Config()).scan.arc
-        self._pool = shared_pool("arc")
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         if not any(k.lower() in _ARC_FIELDS for k, _ in ctx.message.headers):
@@ -131,9 +96,9 @@ class ArcCheck:
         if ctx.resolver is None:
             ctx.facts["arc"] = {"result": "none", "reason": "no resolver", "sealers": []}
             return [Hit("ARC_NA", ("no resolver",))]
-        raw = strip_mbox_line(ctx.message.raw)
-        out = await run_in_pool(self._pool, ctx.resolver, _verify, raw, self.cfg.min_rsa_key_bits)
-        seals = _seal_domains(raw)
+        out = await verify_chain(ctx.resolver, strip_mbox_line(ctx.message.raw),
+                                 self.cfg.min_rsa_key_bits)
+        seals = _seal_domains(ctx.message.headers)
         facts = {"result": out["result"], "reason": out["reason"],
                  "sealers": [d for _, d, _ in seals], "instances": len(out["results"])}
         if seals:

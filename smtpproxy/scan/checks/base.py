@@ -3,8 +3,8 @@
 A check never scores (scores live in config, see smtpproxy/scan/symbols.toml)
 and never raises for DNS or content problems: a DNS failure is a symbol of
 its own (``*_DNSFAIL`` / ``*_TEMPFAIL``), malformed content is a symbol too.
-An exception escaping ``run`` is a bug; the engine logs it and reports the
-check's ``<NAME>_ERROR``-style failure without crashing the scan.
+An exception escaping ``run`` is a bug; the engine logs it and reports
+CHECK_ERROR with the check's name as option, without crashing the scan.
 
 Checks run concurrently, each under its own timeout. A check that needs the
 results of others (DMARC needs SPF and DKIM) names them in ``after``; the
@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 if TYPE_CHECKING:
     from smtpproxy.common.dns import Resolver
     from smtpproxy.common.store import Store
-    from smtpproxy.scan.hook import ClientInfo
     from smtpproxy.scan.message import Message
+    from smtpproxy.transaction import ClientInfo
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ a= names one key type while the key record holds another is permerror
 
 Design: dkimpy does the canonicalisation and the arithmetic, in a worker
 thread; its key lookups come back to the event loop's Resolver
-(checks/dkimdns.py). The steps of dkimpy's own ``DKIM.verify`` are called one
+(smtpproxy/mailauth/bridge.py). The steps of dkimpy's own ``DKIM.verify`` are called one
 by one so that each failure keeps its kind: dkimpy's ``verify`` folds every
 problem into False.
 """
@@ -41,8 +41,7 @@ import dkim
 import dkim.util
 
 from smtpproxy.common.config import Config
-from smtpproxy.scan.checks.base import CheckContext, Hit
-from smtpproxy.scan.checks.dkimdns import (
+from smtpproxy.mailauth.bridge import (
     DnsTemporary,
     TxtBridge,
     reason_text,
@@ -50,6 +49,7 @@ from smtpproxy.scan.checks.dkimdns import (
     shared_pool,
     strip_mbox_line,
 )
+from smtpproxy.scan.checks.base import CheckContext, Hit
 
 RESULT_SYMBOLS = {
     "pass": "R_DKIM_ALLOW",
@@ -177,7 +177,7 @@ class DkimCheck:
         if ctx.resolver is None:
             ctx.facts["dkim"] = {"signatures": []}
             return [Hit("R_DKIM_NA", ("no resolver",))]
-        signatures = await run_in_pool(self._pool, ctx.resolver, _verify_all, raw,
+        signatures = await run_in_pool(self._pool, TxtBridge(ctx.resolver), _verify_all, raw,
                                        self.cfg.max_signatures, self.cfg.min_rsa_key_bits)
         ctx.facts["dkim"] = {"signatures": signatures}
         return hits_for(signatures) or [Hit("R_DKIM_NA")]

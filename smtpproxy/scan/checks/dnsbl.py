@@ -86,21 +86,6 @@ def _ascii(name: str) -> str:
         return ""
 
 
-def client_address(addr: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The XFORWARD ADDR as an address; Postfix writes IPv6 as "IPv6:2001:db8::1"."""
-    if not addr:
-        return None
-    if addr[:5].lower() == "ipv6:":
-        addr = addr[5:]
-    try:
-        ip = ipaddress.ip_address(addr.strip("[]"))
-    except ValueError:
-        return None  # [UNAVAILABLE], unknown
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
 def reversed_name(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     """1.2.0.192 for 192.0.2.1; 32 reversed nibbles for IPv6 (no .in-addr.arpa / .ip6.arpa)."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -137,7 +122,7 @@ class DnsblCheck:
         if not self.zones or ctx.resolver is None or ctx.profile not in self.cfg.profiles:
             return []
         lookups: list[tuple[DnsblZone, str, str]] = []  # (zone, what, query name)
-        ip = client_address(ctx.client.addr)
+        ip = ctx.client.ip
         if ip is not None and not any(ip in net for net in self.exclude):
             for zone in self.zones:
                 if zone.kind == "ip" and (zone.ipv6 if ip.version == 6 else zone.ipv4):

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 from smtpproxy.common.config import Config, MultimapMap
 from smtpproxy.scan.checks.base import CheckContext, Hit
-from smtpproxy.scan.checks.dnsbl import client_address
 from smtpproxy.scan.engine import SymbolDef
 from smtpproxy.scan.message import MAX_TEXT_CHARS
 
@@ -196,7 +195,7 @@ class MapFile:
         """The matched values (the evidence); empty: no match."""
         c, kind, msg = self.compiled, self.definition.type, ctx.message
         if kind == "ip":
-            ip = client_address(ctx.client.addr)
+            ip = ctx.client.ip
             return [str(ip)] if ip is not None and c.has_ip(ip) else []
         if kind == "sender":
             return [ctx.mail_from or "<>"] if address_matches(c, ctx.mail_from) else []

@@ -31,7 +31,7 @@ loop never blocks:
   answers are cached costs no wait at all. pyspf swallows any exception
   while fetching an ``exp=`` explanation, so "asked for something not at
   hand" is recorded on the lookup, not just raised.
-- In a worker thread (worker.py, shared with DKIM and ARC), after
+- In a worker thread (smtpproxy/mailauth/bridge.py, shared with DKIM and ARC), after
   MAX_INLINE_LOOKUPS answers fetched that way (a record with many includes):
   pyspf runs once more, with the answers so far, and every other lookup is
   sent back to the event loop (``asyncio.run_coroutine_threadsafe``) and
@@ -53,15 +53,14 @@ R_SPF_PERMFAIL (permerror) the domain and pyspf's reason.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import threading
 from typing import TYPE_CHECKING, ClassVar
 
 import spf
 
 from smtpproxy.common.dns import DnsTempError
+from smtpproxy.mailauth.bridge import LookupAbandoned, LoopBridge, run_in_pool, shared_pool
 from smtpproxy.scan.checks.base import CheckContext, Hit
-from smtpproxy.scan.checks.worker import LookupAbandoned, LoopBridge, run_in_pool, shared_pool
 
 if TYPE_CHECKING:
     from smtpproxy.common.dns import Resolver
@@ -240,7 +239,7 @@ class SpfCheck:
         self.on_loop = on_loop
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
-        ip = _client_ip(ctx.client.addr)
+        ip = str(ctx.client.ip) if ctx.client.ip is not None else None
         helo = (ctx.client.helo or "").strip()
         helo = "" if helo in _UNKNOWN else helo
         sender = ctx.mail_from or ""
@@ -288,18 +287,6 @@ class SpfCheck:
                     "identity": "mailfrom" if sender else "helo",
                     "explanation": f"SPF evaluation failed: {type(exc).__name__}",
                     "mechanism": "", "problem": f"internal error: {type(exc).__name__}: {exc}"}
-
-def _client_ip(addr: str | None) -> str | None:
-    if not addr or addr in _UNKNOWN:
-        return None
-    # Postfix writes IPv6 client addresses as "IPv6:2001:db8::1" in XFORWARD.
-    if addr[:5].lower() == "ipv6:":
-        addr = addr[5:]
-    try:
-        return str(ipaddress.ip_address(addr))
-    except ValueError:
-        return None
-
 
 def _hit(outcome: dict) -> Hit:
     result = outcome["result"]

@@ -1,5 +1,6 @@
 """Synchronous mail libraries in worker threads, their DNS answered on the event loop.
 
+Shared by the scan's checks (SPF, DKIM, ARC) and the signer (ARC sealing).
 pyspf (SPF) and dkimpy (DKIM, ARC) are synchronous and do their own DNS.
 Each runs in a small thread pool; every lookup it makes is handed back to
 the event loop (``asyncio.run_coroutine_threadsafe``) and answered by the
@@ -12,15 +13,26 @@ fail at once with ``LookupAbandoned``, so the worker thread is free again
 within one lookup. Pools are shared per kind and size, not per check
 instance: a configuration reload builds new checks, and a pool per instance
 would leave idle threads behind.
+
+``TxtBridge`` is dkimpy's ``dnsfunc(name, timeout=...)`` on that hand-back.
+Its contract: the TXT record's character-strings joined (RFC 6376 3.6.2.2)
+as bytes, the first record when there are several; None when the name has
+no TXT record (NXDOMAIN/NODATA: dkimpy's "missing public key", a permanent
+failure per RFC 6376 6.1.2); ``DnsTemporary`` (deliberately not a dkimpy
+exception, so it escapes dkimpy's own handlers) for a timeout, SERVFAIL or a
+lookup abandoned because the check was cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from smtpproxy.common.dns import DnsTempError
 
 if TYPE_CHECKING:
     from smtpproxy.common.dns import Resolver
@@ -29,6 +41,8 @@ T = TypeVar("T")
 
 # Slack on top of the resolver's own timeout for the hop back to the loop.
 LOOKUP_MARGIN_S = 1.0
+# Threads per dkimpy pool: bounds how many verifications run at once (the rest queue).
+DKIM_POOL_THREADS = 4
 
 
 class LookupAbandoned(Exception):
@@ -85,10 +99,56 @@ _pools: dict[tuple[str, int], concurrent.futures.ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
-def shared_pool(kind: str, size: int) -> concurrent.futures.ThreadPoolExecutor:
+def shared_pool(kind: str, size: int = DKIM_POOL_THREADS) -> concurrent.futures.ThreadPoolExecutor:
     with _pools_lock:
         pool = _pools.get((kind, size))
         if pool is None:
             pool = _pools[(kind, size)] = concurrent.futures.ThreadPoolExecutor(
                 size, thread_name_prefix=f"{kind}{size}")
         return pool
+
+
+class DnsTemporary(Exception):
+    """A key lookup failed for now; the verification result is temperror."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class TxtBridge(LoopBridge):
+    """dkimpy's dnsfunc for one verification: lookups go to the loop's Resolver."""
+
+    def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop | None = None):
+        super().__init__(resolver, loop or asyncio.get_running_loop())
+        self.names: list[str] = []  # every name asked, for the evidence and tests
+
+    def dnsfunc(self, name: bytes | str, timeout: object = None) -> bytes | None:
+        if isinstance(name, bytes):
+            try:
+                name = name.decode("utf-8")
+            except UnicodeDecodeError:
+                return None  # not a name DNS can hold: no key
+        name = name.rstrip(".")
+        self.names.append(name)
+        try:
+            records = self.call(lambda: self.resolver.txt(name))
+        except DnsTempError as exc:
+            raise DnsTemporary(name, f"DNS {exc.reason}") from None
+        except LookupAbandoned as exc:
+            raise DnsTemporary(name, f"lookup abandoned: {exc}") from None
+        return records[0] if records else None
+
+
+_BYTES_REPR = re.compile(r"""b'([^']*)'""")
+
+
+def reason_text(exc: object) -> str:
+    """dkimpy's messages quote values as Python bytes (b'rsa-sha1'): plain text for the evidence."""
+    return _BYTES_REPR.sub(r"\1", str(exc))
+
+
+def strip_mbox_line(raw: bytes) -> bytes:
+    """An mbox "From " line (corpora, ``smtpproxy scan`` on files) is not a header."""
+    return raw[raw.find(b"\n") + 1:] if raw.startswith(b"From ") else raw

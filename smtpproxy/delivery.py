@@ -1,0 +1,123 @@
+"""The end-of-data pipeline: scan -> decide -> edit headers -> sign -> relay -> outcome.
+
+``Delivery.deliver(txn, downstream)`` takes a complete message whose MAIL
+and RCPTs the downstream listener has already accepted, and returns the
+Outcome the client's end-of-data gets. In order:
+
+1. scan: the hook (transaction.py's ScanHook) under ``proxy.scan_timeout_s``;
+   a timeout or a bug of the scan is a tempfail, never an accept;
+2. decide: reject or tempfail abandons the downstream transaction and
+   answers the verdict's reply (replies.REJECT / SCAN_TEMPFAIL by default);
+3. edit headers: remove the verdict's fields (forged results among them),
+   then add its result headers and the trace header, in one pass;
+4. sign: DKIM and ARC (sign/), sealing with the ARC status the scan verified;
+   a signer that must not pass the message unsigned answers SIGN_TEMPFAIL;
+5. relay: the message downstream; its reply is the client's reply. A
+   downstream that fails, or answers what cannot be relayed, is an Outcome
+   with ``failure`` set: the session maps it to its 451 in the one place
+   every verb uses (server.py, ``ProxySMTP._downstream_failed``).
+
+One Delivery is built per configuration (daemon.py), so a reload swaps the
+hook, the signer and their settings together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from smtpproxy import replies
+from smtpproxy.common.config import Config
+from smtpproxy.headers import prepend_headers, remove_headers
+from smtpproxy.relay import Downstream, DownstreamError, Reply
+from smtpproxy.sign import Signer, SignTempfail
+from smtpproxy.transaction import ScanHook, Transaction, Verdict
+
+logger = logging.getLogger("smtpproxy")
+
+
+@dataclass
+class Outcome:
+    """What the client's end-of-data gets, and what the session's log line says."""
+
+    reply: Reply
+    verdict: str  # the log line's verdict=: accept, reject, tempfail, downstream-refused
+    detail: str  # the log line's reply=: the reply, or why it was chosen
+    summary: str = ""  # the scan's phrase
+    # The downstream failed at end of data: the session drops the connection
+    # and answers its generic 451 (``reply`` is then that 451).
+    failure: DownstreamError | None = None
+
+
+class Delivery:
+    def __init__(self, cfg: Config, hook: ScanHook, signer: Signer, stats, hostname: str):
+        self.cfg = cfg
+        self.hook = hook
+        self.signer = signer
+        self.stats = stats  # daemon.ProxyStats
+        self.hostname = hostname
+
+    async def deliver(self, txn: Transaction, downstream: Downstream) -> Outcome:
+        verdict = await self._scan(txn)
+        self._count(verdict)
+        if verdict.action != "accept":
+            await _abandon(txn.session_id, downstream)
+            default = replies.SCAN_TEMPFAIL if verdict.action == "tempfail" else replies.REJECT
+            reply = Reply.parse(verdict.reply or default)
+            return Outcome(reply, verdict.action, str(reply), verdict.summary)
+        content = self._edit_headers(txn, verdict)
+        try:
+            content = await self.signer.sign(dataclasses.replace(txn, content=content),
+                                             verdict.arc_result)
+        except SignTempfail as exc:
+            logger.warning("%s: not signed, deferred: %s", txn.session_id, exc)
+            await _abandon(txn.session_id, downstream)
+            return Outcome(Reply.parse(replies.SIGN_TEMPFAIL), "tempfail",
+                           f"signing failed: {exc}", verdict.summary)
+        try:
+            reply = await downstream.send_message(content)
+        except DownstreamError as exc:
+            return Outcome(Reply.parse(replies.TEMPFAIL), "tempfail", str(exc), verdict.summary,
+                           failure=exc)
+        if not reply.relayable:
+            exc = DownstreamError(f"bad downstream reply {reply}")
+            return Outcome(Reply.parse(replies.TEMPFAIL), "tempfail", str(exc), verdict.summary,
+                           failure=exc)
+        return Outcome(reply, "accept" if reply.ok else "downstream-refused", str(reply),
+                       verdict.summary)
+
+    async def _scan(self, txn: Transaction) -> Verdict:
+        timeout = self.cfg.proxy.scan_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.hook.scan(txn)
+        except TimeoutError:
+            logger.warning("%s: scan exceeded %ss", txn.session_id, timeout)
+            return Verdict(action="tempfail", summary="scan timeout")
+        except Exception:
+            logger.exception("%s: scan failed", txn.session_id)
+            return Verdict(action="tempfail", summary="scan error")
+
+    def _count(self, verdict: Verdict) -> None:
+        if verdict.scan_action:
+            self.stats.actions.inc(verdict.scan_action)
+            self.stats.scan_seconds.observe(verdict.scan_seconds)
+            for symbol in verdict.symbols:
+                self.stats.symbols.inc(symbol)
+
+    def _edit_headers(self, txn: Transaction, verdict: Verdict) -> bytes:
+        added = list(verdict.add_headers)
+        if self.cfg.proxy.trace_header:
+            added.insert(0, ("X-Smtpproxy", f"{self.hostname}; id={txn.session_id}; "
+                                            f"profile={txn.profile}"))
+        kept = remove_headers(txn.content, verdict.remove_headers, verdict.remove_matching)
+        return prepend_headers(kept, added)
+
+
+async def _abandon(session_id: str, downstream: Downstream) -> None:
+    """Nothing of this transaction may be queued: RSET downstream (a failed RSET closes it)."""
+    problem = await downstream.abandon()
+    if problem:
+        logger.warning("%s: abandoning downstream transaction: %s", session_id, problem)
