@@ -205,15 +205,14 @@ class ProxyService:
             self._store = store
         return build_hook(cfg, self._store, self.resolver, hostname)
 
-    async def _build_delivery(self, cfg: Config) -> Delivery:
+    async def _build_delivery(self, cfg: Config, hostname: str) -> Delivery:
         """Everything ``cfg`` needs at end-of-data, built before any of it is used:
         a bad symbols table, key or signing table raises ConfigError and nothing changes."""
-        hostname = cfg.proxy.hostname or socket.getfqdn()
         hook = await self._build_hook(cfg, hostname)
         return Delivery(cfg, hook, build_signer(cfg, self.resolver), self.stats, hostname)
 
     async def start(self) -> None:
-        self.delivery = await self._build_delivery(self.cfg)
+        self.delivery = await self._build_delivery(self.cfg, self.hostname)
         await self.metrics.serve(self.cfg.proxy.metrics_listen)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
@@ -234,7 +233,8 @@ class ProxyService:
 
     async def reload(self, cfg: Config) -> None:
         old = self._listeners
-        delivery = await self._build_delivery(cfg)  # a bad table or key raises: the old config stays
+        # A bad symbols table or key raises here: nothing of the new config is live yet.
+        delivery = await self._build_delivery(cfg, cfg.proxy.hostname or socket.getfqdn())
         await self.metrics.serve(cfg.proxy.metrics_listen)  # moved, started or stopped
         self.delivery = delivery
         self.cfg = cfg
