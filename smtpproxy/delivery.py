@@ -10,7 +10,8 @@ Outcome the client's end-of-data gets. In order:
    answers the verdict's reply (replies.REJECT / SCAN_TEMPFAIL by default);
 3. edit headers: remove the verdict's fields (forged results among them),
    then add its result headers and the trace header, in one pass;
-4. sign: DKIM and ARC (sign/), sealing with the ARC status the scan verified;
+4. sign: DKIM and ARC (sign/), sealing with the ARC status and the
+   Authentication-Results the scan verified (never a sender's);
    a signer that must not pass the message unsigned answers SIGN_TEMPFAIL;
 5. relay: the message downstream; its reply is the client's reply. A
    downstream that fails, or answers what cannot be relayed, is an Outcome
@@ -70,7 +71,7 @@ class Delivery:
         content = self._edit_headers(txn, verdict)
         try:
             content = await self.signer.sign(dataclasses.replace(txn, content=content),
-                                             verdict.arc_result)
+                                             verdict.arc_result, verdict.auth_results)
         except SignTempfail as exc:
             logger.warning("%s: not signed, deferred: %s", txn.session_id, exc)
             await _abandon(txn.session_id, downstream)

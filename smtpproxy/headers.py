@@ -10,34 +10,58 @@ but added headers" promise of the proxy.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+
+# A line ends at CRLF, a bare LF or a bare CR: whatever a downstream or a mail
+# client may take for a line end is one here, so a field cannot hide from
+# removal behind a line end that only we would not see.
+EOL = re.compile(rb"\r\n|\n|\r")
+_BLANK_LINE = re.compile(rb"(?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
+_SPLIT_LINES = re.compile(rb"(\r\n|\n|\r)")
 
 
 def header_block_end(content: bytes) -> int:
-    """Offset just past the CRLF that ends the last header line (0: no headers)."""
-    if content.startswith(b"\r\n"):
+    """Offset just past the line end that ends the last header line (0: no headers).
+
+    The header block ends at the first empty line, whatever its line ends
+    (CRLF, bare LF, bare CR)."""
+    if content[:1] in (b"\r", b"\n"):
         return 0
-    end = content.find(b"\r\n\r\n")
-    return len(content) if end < 0 else end + 2
+    found = _BLANK_LINE.search(content)
+    if found is None:
+        return len(content)
+    return found.start() + (2 if content[found.start():found.start() + 2] == b"\r\n" else 1)
 
 
 def split_fields(content: bytes) -> tuple[list[bytes], int]:
     """(header fields, offset where the header block ends): each field with its
-    folded lines and its final CRLF, exactly as in ``content``.
+    folded lines and their line ends, exactly as in ``content``.
 
-    A header block without a final CRLF (a message that is only headers)
-    gets one on its last field."""
+    Lines end at CRLF, bare LF or bare CR (``EOL``); a line that starts with
+    a space or a tab continues the field above. A header block without a
+    final line end (a message that is only headers) gets a CRLF on its last
+    field."""
     end = header_block_end(content)
     fields: list[bytes] = []
     if not end:
         return fields, 0
-    lines = content[:end].split(b"\r\n")
+    block = content[:end]
+    if block.count(b"\r") == block.count(b"\n") == block.count(b"\r\n"):
+        # Only CRLF line ends (nearly every message): split in C.
+        lines = [line + b"\r\n" for line in block.split(b"\r\n")]
+        lines[-1] = lines[-1][:-2]
+    else:
+        pieces = _SPLIT_LINES.split(block)
+        lines = [a + b for a, b in zip(pieces[::2], pieces[1::2], strict=False)] + [pieces[-1]]
     if not lines[-1]:
         lines.pop()
+    elif EOL.search(lines[-1][-1:]) is None:
+        lines[-1] += b"\r\n"
     for line in lines:
         if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line + b"\r\n"
+            fields[-1] += line
         else:
-            fields.append(line + b"\r\n")
+            fields.append(line)
     return fields, end
 
 
@@ -47,27 +71,27 @@ def field_name(field: bytes) -> bytes:
 
 
 def unfolded_value(field: bytes) -> bytes:
-    """The field's value with its folds joined by one space, stripped."""
-    value = field.partition(b":")[2]
-    return b" ".join(value.split(b"\r\n")).strip()
+    """The field's value with its folds (any line end) joined by one space, stripped."""
+    return EOL.sub(b" ", field.partition(b":")[2]).strip()
 
 
 def remove_headers(content: bytes, names: list[str],
-                   matching: list[tuple[str, re.Pattern[bytes]]] = ()) -> bytes:
+                   matching: list[tuple[str, Callable[[bytes], bool]]] = ()) -> bytes:
     """Drop every field named in ``names`` (case-insensitive), with its folded
-    lines, and every field named in ``matching`` whose unfolded value matches
-    the pattern (e.g. Authentication-Results of our own authserv-id)."""
+    lines, and every field named in ``matching`` for whose value (folded, as
+    received) the predicate is true (e.g. Authentication-Results of our own
+    authserv-id, scan/results.py)."""
     if not names and not matching:
         return content
     wanted = {n.lower().encode() for n in names}
-    conditional = [(n.lower().encode(), pattern) for n, pattern in matching]
+    conditional = [(n.lower().encode(), claims) for n, claims in matching]
     fields, end = split_fields(content)
     kept = []
     for field in fields:
         name = field_name(field)
         if name in wanted:
             continue
-        if any(name == n and pattern.search(unfolded_value(field)) for n, pattern in conditional):
+        if any(name == n and claims(field.partition(b":")[2]) for n, claims in conditional):
             continue
         kept.append(field)
     return b"".join(kept) + content[end:]

@@ -17,7 +17,7 @@ unchanged.
 from __future__ import annotations
 
 import ipaddress
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal, Protocol
@@ -87,8 +87,12 @@ class Verdict:
     reply: str = ""
     add_headers: list[tuple[str, str]] = field(default_factory=list)
     remove_headers: list[str] = field(default_factory=list)
-    # (header name, pattern on its unfolded value): removed when it matches.
-    remove_matching: list[tuple[str, re.Pattern[bytes]]] = field(default_factory=list)
+    # (header name, predicate on its value): removed when the predicate is true
+    # (Authentication-Results of our own authserv-id: scan/results.py).
+    remove_matching: list[tuple[str, Callable[[bytes], bool]]] = field(default_factory=list)
+    # The Authentication-Results value the scan wrote (authserv-id; results):
+    # what we verified, the only results an ARC seal of ours may carry.
+    auth_results: str = ""
     # One short phrase for the proxy's log line (score, action, symbols).
     summary: str = ""
     # For the metrics: the scoring action, the symbols found, the scan time.

@@ -35,7 +35,9 @@ async def greylist(store: Store | None, scan: ScanConfig, txn: Transaction) -> f
     if store is None:
         return 0.0
     identity = "\0".join([txn.mail_from, *sorted(txn.rcpt_tos), body_hash(txn.content)])
-    key = store.key("scangl", hashlib.sha256(identity.encode()).hexdigest())
+    # Envelope bytes that are not UTF-8 arrive as surrogate escapes (server.py):
+    # hashed as the bytes they were, like any other address.
+    key = store.key("scangl", hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest())
     now = time.time()
     try:
         first = await store.get(key)

@@ -1,6 +1,7 @@
 """The scan hook: the scoring engine behind the proxy's end-of-data contract.
 
-``EngineHook.scan(txn)`` parses the message once (scan/message.py), runs the
+``EngineHook.scan(txn)`` parses the message once (scan/message.py, bounded;
+a big message in a worker thread), runs the
 checks (scan/engine.py), lets Bayes autolearn, and turns the action into a
 Verdict (smtpproxy/transaction.py):
 
@@ -20,6 +21,7 @@ on reload; the daemon owns the store and the resolver and hands them in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from smtpproxy.common.config import Config
@@ -30,10 +32,17 @@ from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.engine import Engine, ScanResult
 from smtpproxy.scan.greylist import greylist
 from smtpproxy.scan.message import parse
-from smtpproxy.scan.results import own_authres_pattern, result_headers
+from smtpproxy.scan.results import own_authres, result_headers
 from smtpproxy.transaction import Transaction, Verdict
 
 logger = logging.getLogger("smtpproxy.scan")
+
+# Parsing is bounded (scan/message.py: ~10 ms at worst for this much), so a
+# message up to this size is parsed on the event loop; a bigger one in a
+# worker thread, where the loop keeps answering other sessions while it
+# runs (the parser is pure Python and gives the GIL up every few ms) and the
+# scan's timeout covers the wait.
+INLINE_PARSE_MAX_BYTES = 256 * 1024
 
 
 class EngineHook:
@@ -45,12 +54,16 @@ class EngineHook:
         self.store = store
         self.resolver = resolver
         self.authserv_id = authserv_id
-        self._own_ar = own_authres_pattern(authserv_id)
+        self._own_ar = own_authres(authserv_id)
 
     async def scan(self, txn: Transaction) -> Verdict:
+        if len(txn.content) <= INLINE_PARSE_MAX_BYTES:
+            message = parse(txn.content)
+        else:
+            message = await asyncio.to_thread(parse, txn.content)
         ctx = CheckContext(
-            message=parse(txn.content), client=txn.client, mail_from=txn.mail_from,
-            rcpt_tos=txn.rcpt_tos, profile=txn.profile, resolver=self.resolver, store=self.store,
+            message=message, client=txn.client, mail_from=envelope_text(txn.mail_from),
+            rcpt_tos=[envelope_text(r) for r in txn.rcpt_tos], profile=txn.profile, resolver=self.resolver, store=self.store,
         )
         result = await self.engine.scan(ctx)
         if self.store is not None and self.cfg.scan.bayes.autolearn:
@@ -79,10 +92,22 @@ class EngineHook:
         add, remove = result_headers(result, self.authserv_id, scan, txn.content)
         arc = result.facts.get("arc")
         return Verdict(
-            "accept", add_headers=add, remove_headers=remove,
-            remove_matching=[("Authentication-Results", self._own_ar)], summary=summary,
+            "accept", add_headers=add, remove_headers=remove, remove_matching=[self._own_ar],
+            auth_results=dict(add).get("Authentication-Results", ""), summary=summary,
             arc_result=arc.get("result") if arc and arc.get("reason") != "no resolver" else None,
         )
+
+
+def envelope_text(address: str) -> str:
+    """An envelope address as the checks see it: text that encodes.
+
+    Bytes that are not UTF-8 (a front smtpd with ``smtputf8_enable = no``
+    passes them on) reach us as surrogate escapes (server.py), which no
+    encoder, store key, header or log line takes; each such byte becomes
+    U+FFFD, and the address is scanned like any other."""
+    if address.isascii():
+        return address
+    return address.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def build_engine(cfg: Config) -> Engine:

@@ -5,21 +5,23 @@ options), X-Spam-Status, X-Spam-Level, X-Spam-Action, "X-Spam: Yes" for add
 header and rewrite subject, and Authentication-Results (authres) under our
 authserv-id; rewrite subject also replaces the Subject
 (scan.rewrite_subject_pattern). Incoming copies of all of them, and any
-Authentication-Results claiming our authserv-id, are removed first: a sender
-cannot forge our verdict. The delivery pipeline applies these edits
+Authentication-Results whose authserv-id is ours (``is_own_authres``: as
+authres parses it, so comments and a version number do not hide it), are
+removed first: a sender cannot forge our verdict. The delivery pipeline applies these edits
 (smtpproxy/delivery.py); the hook (hook.py) decides whether they apply.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import authres
 import authres.arc
 import authres.dmarc
 
 from smtpproxy.common.config import ScanConfig
-from smtpproxy.headers import field_name, split_fields
+from smtpproxy.headers import EOL, field_name, split_fields
 from smtpproxy.scan.engine import ScanResult
 
 RESULT_HEADERS = ["X-Spamd-Result", "X-Spam-Status", "X-Spam-Level", "X-Spam-Action", "X-Spam"]
@@ -96,9 +98,27 @@ def result_headers(result: ScanResult, authserv_id: str, scan: ScanConfig,
     return headers, remove
 
 
-def own_authres_pattern(authserv_id: str) -> re.Pattern[bytes]:
-    """Matches the unfolded value of an Authentication-Results field of ``authserv_id``."""
-    return re.compile(rb"^\s*" + re.escape(authserv_id.encode()) + rb"\s*(;|$)", re.I)
+def is_own_authres(value: bytes, authserv_id: str) -> bool:
+    """Whether an Authentication-Results value (folded or not) claims ``authserv_id``.
+
+    The authserv-id is the one authres parses (RFC 8601: comments anywhere,
+    an optional version after it), compared without case and without a
+    trailing dot. A value authres cannot parse is ours when it names our
+    authserv-id anywhere: no verifier can read it as anything, and a sender
+    has no reason to write our name into it but to pass as us.
+    """
+    text = EOL.sub(b" ", value).decode("utf-8", "replace").strip()
+    ours = authserv_id.rstrip(".").lower()
+    try:
+        parsed = authres.AuthenticationResultsHeader.parse_value(text).authserv_id
+    except Exception:  # authres raises its own SyntaxError and, on odd input, others
+        return ours in text.lower()
+    return str(parsed).rstrip(".").lower() == ours
+
+
+def own_authres(authserv_id: str) -> tuple[str, Callable[[bytes], bool]]:
+    """The Verdict's ``remove_matching`` rule for Authentication-Results claiming ``authserv_id``."""
+    return ("Authentication-Results", lambda value: is_own_authres(value, authserv_id))
 
 
 def parse_subject(content: bytes) -> str:
@@ -106,5 +126,5 @@ def parse_subject(content: bytes) -> str:
     for field in split_fields(content)[0]:
         if field_name(field) == b"subject":
             value = field.partition(b":")[2].decode("utf-8", "replace")
-            return re.sub(r"\r\n[ \t]+", " ", value).strip()
+            return re.sub(r"(?:\r\n|\n|\r)[ \t]*", " ", value).strip()
     return ""

@@ -13,11 +13,13 @@ Contract:
   without an arc= result). A failed chain's seal covers only its own set.
   ``timestamp`` and ``standardize`` exist for the ValiMail signing suite
   (tests/unit/test_arc_sign_suite.py, 17/17).
-- ``with_arc_result(content, srv_id, cv)`` merges our Authentication-Results
-  into one field on top carrying the chain status we verified ourselves
-  (``arc=pass|fail|none``) and no older arc= result: the status the proxy
-  verified itself (smtpproxy/mailauth/arc.py, by the scan or, when the scan
-  did not, by the signer), never whatever an incoming header says.
+- ``with_arc_result(content, srv_id, cv, verified)`` replaces every
+  Authentication-Results field claiming ``srv_id`` (parsed with authres, as
+  the scan removes forgeries) by one on top holding only what we verified:
+  the scan's results (``verified``) and the chain status
+  (``arc=pass|fail|none``) the proxy verified itself
+  (smtpproxy/mailauth/arc.py, by the scan or, when the scan did not, by the
+  signer), never whatever an incoming header says.
 
 dkimpy parses the message and canonicalises the body; the set is assembled,
 its header fields canonicalised, by smtpproxy/sign/dkim.py's ``gen_header``
@@ -39,6 +41,7 @@ import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 
 from smtpproxy.headers import split_fields
+from smtpproxy.scan.results import is_own_authres
 from smtpproxy.sign.dkim import gen_header
 from smtpproxy.sign.keys import KeyError_, PrivateKey, parse_key
 
@@ -157,19 +160,21 @@ def _authserv_id(field_value: bytes) -> str:
     return field_value.split(b";", 1)[0].split(b"(", 1)[0].strip().decode("utf-8", "replace").lower()
 
 
-def with_arc_result(content: bytes, srv_id: str, cv: str) -> bytes:
-    """``content`` with our Authentication-Results merged into one field on top, arc=``cv`` in it."""
+def with_arc_result(content: bytes, srv_id: str, cv: str, verified: str = "") -> bytes:
+    """``content`` with one Authentication-Results field of ours on top: the
+    results of ``verified`` (the value the scan wrote, any authserv-id; its
+    arc= and "none" dropped), then arc=``cv``.
+
+    Every field claiming ``srv_id`` (scan/results.py's ``is_own_authres``,
+    the rule the scan removes forgeries by) goes: whatever a sender wrote
+    under our name is never merged, so a seal covers only what we verified.
+    """
     fields, end = split_fields(content)
-    rest = content[end:]
-    results: list[bytes] = []
-    kept: list[bytes] = []
-    for field in fields:
-        name, _, value = field.partition(b":")
-        if name.strip().lower() == AR.lower() and _authserv_id(value) == srv_id.lower():
-            results += [r for r in _parts(value)[1:]
-                        if r and r.lower() != b"none" and not r.lower().startswith(b"arc=")]
-            continue
-        kept.append(field)
+    kept = [field for field in fields
+            if not (field.partition(b":")[0].strip().lower() == AR.lower()
+                    and is_own_authres(field.partition(b":")[2], srv_id))]
+    results = [r for r in _parts(verified.encode("utf-8"))[1:]
+               if r and r.lower() != b"none" and not r.lower().startswith(b"arc=")]
     parts = [srv_id.encode("utf-8"), *results, f"arc={cv}".encode("ascii")]
     ours = AR + b": " + b";\r\n\t".join(parts) + b"\r\n"
-    return ours + b"".join(kept) + rest
+    return ours + b"".join(kept) + content[end:]

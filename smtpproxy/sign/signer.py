@@ -6,8 +6,11 @@ the bytes to send downstream. What happens, in order:
 1. ARC, when the listener's profile is in ``sign.arc.profiles``: the
    chain status is the one the scan's ARC check verified on the message as
    received (``arc_result``); only when the scan did not verify it is it
-   verified here (smtpproxy/mailauth/arc.py, the same code). Our
-   Authentication-Results get ``arc=`` with that result.
+   verified here (smtpproxy/mailauth/arc.py, the same code). Every
+   Authentication-Results field claiming the sealer's authserv-id is
+   replaced by one holding what we verified: the scan's results
+   (``auth_results``; none when the scan is off) and ``arc=`` with the chain
+   status. A sender's results are never sealed.
 2. DKIM, when the profile is in ``sign.profiles`` or the client is in
    ``sign.trusted_networks``, the From header names exactly one domain set
    and each of its domains is in the signing table (never mail whose From is
@@ -82,7 +85,8 @@ class ProxySigner:
         addr = txn.client.ip
         return addr is not None and any(addr in net for net in self.networks)
 
-    async def sign(self, txn: Transaction, arc_result: str | None = None) -> bytes:
+    async def sign(self, txn: Transaction, arc_result: str | None = None,
+                   auth_results: str = "") -> bytes:
         do_dkim = self._dkim_applies(txn)
         do_arc = self.sealer is not None and txn.profile in self.sealer.cfg.profiles
         if not (do_dkim or do_arc):
@@ -98,7 +102,7 @@ class ProxySigner:
                                                      txn.mail_from)
             if do_arc:
                 content = await loop.run_in_executor(self.pool, self._seal, txn.session_id,
-                                                     content, cv)
+                                                     content, cv, auth_results)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, SignError) else f"{type(exc).__name__}: {exc}"
             if self.cfg.on_failure == "tempfail":
@@ -154,10 +158,10 @@ class ProxySigner:
             raise SignError(f"ARC chain not verified: {reason}")
         return scanned
 
-    def _seal(self, session_id: str, content: bytes, cv: str) -> bytes:
+    def _seal(self, session_id: str, content: bytes, cv: str, auth_results: str = "") -> bytes:
         assert self.sealer is not None
         s = self.sealer
-        content = arcseal.with_arc_result(content, s.authserv_id, cv)
+        content = arcseal.with_arc_result(content, s.authserv_id, cv, auth_results)
         try:
             fields = arcseal.seal_set(content, s.cfg.domain, s.cfg.selector, s.key,
                                       s.authserv_id, s.cfg.headers)

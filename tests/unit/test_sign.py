@@ -363,16 +363,20 @@ def test_small_messages_are_signed_on_the_loop_big_ones_in_the_pool(keydir, monk
 # ------------------------------------------------------------------ ARC helpers
 
 
-def test_arc_result_replaces_ours_and_keeps_others():
+def test_arc_result_replaces_ours_with_what_we_verified_and_keeps_others():
     from smtpproxy.sign.arc import with_arc_result
 
     raw = (b"Authentication-Results: other.example; spf=pass smtp.mailfrom=a.example\r\n"
            b"Authentication-Results: mx.example.org;\r\n\tdkim=pass (good; 2048-bit) header.d=a.example;"
            b"\r\n\tarc=fail (stale)\r\nFrom: a@a.example\r\n\r\nbody\r\n")
-    out = with_arc_result(raw, "mx.example.org", "pass")
+    verified = "mx.example.org;\r\n\tdkim=pass (good; 2048-bit) header.d=a.example;\r\n\tarc=fail (stale)"
+    out = with_arc_result(raw, "mx.example.org", "pass", verified)
     assert out.startswith(b"Authentication-Results: mx.example.org;\r\n\tdkim=pass (good; 2048-bit) header.d=a.example;"
                           b"\r\n\tarc=pass\r\n")
     assert b"Authentication-Results: other.example; spf=pass" in out and b"arc=fail" not in out
+    # Without the scan's results (scanning off) nothing of the incoming field is kept.
+    assert with_arc_result(raw, "mx.example.org", "pass").startswith(
+        b"Authentication-Results: mx.example.org;\r\n\tarc=pass\r\nAuthentication-Results: other.example;")
     assert out.endswith(b"From: a@a.example\r\n\r\nbody\r\n")
 
 
