@@ -1,0 +1,150 @@
+"""Meta expressions (``meta NAME __A && (B || !C) && (__D + __E > 1)``), never Perl's or Python's eval.
+
+``parse`` turns the text into a small tree once, at load; ``evaluate``
+walks it with the values of the rules it names (a hit count: 0, 1, or more
+for ``tflags multiple``). Names nobody defined are 0, as in SpamAssassin.
+
+Grammar and precedence are Perl's, since SpamAssassin compiles metas to
+Perl, from loosest to tightest: ``||``, ``&&``, ``== !=``,
+``< <= > >=``, ``+ -``, ``* /``, unary ``! -``; parentheses, numbers and
+rule names. Comparisons and ``!`` give 1 or 0; ``&&``/``||`` give the
+deciding operand, as Perl does. ``if`` conditions in rule files reuse the
+same tree (rules.py maps ``version``, ``plugin(...)`` and ``can(...)`` to
+names).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+TOKEN_RE = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)|([A-Za-z_][A-Za-z0-9_:]*)|(&&|\|\||==|!=|<=|>=|[<>!+\-*/()]))")
+
+# Binary operators: token -> precedence (higher binds tighter).
+BINARY = {"||": 1, "&&": 2, "==": 3, "!=": 3, "<": 4, "<=": 4, ">": 4, ">=": 4,
+          "+": 5, "-": 5, "*": 6, "/": 6}
+
+
+class MetaSyntaxError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Node:
+    op: str  # "num", "name", "!", "neg", or a binary operator
+    value: float | str = 0.0
+    left: Node | None = None
+    right: Node | None = None
+
+
+def tokenize(text: str) -> list[str]:
+    tokens, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = TOKEN_RE.match(text, pos)
+        if m is None:
+            raise MetaSyntaxError(f"unexpected {text[pos:pos + 10]!r}")
+        tokens.append(m.group(1) or m.group(2) or m.group(3))
+        pos = m.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, tokens: list[str]):
+        self.tokens, self.pos = tokens, 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self) -> str:
+        token = self.peek()
+        if token is None:
+            raise MetaSyntaxError("unexpected end of expression")
+        self.pos += 1
+        return token
+
+    def expression(self, min_prec: int = 1) -> Node:
+        left = self.unary()
+        while True:
+            op = self.peek()
+            prec = BINARY.get(op or "")
+            if prec is None or prec < min_prec:
+                return left
+            self.take()
+            left = Node(op, left=left, right=self.expression(prec + 1))
+
+    def unary(self) -> Node:
+        token = self.take()
+        if token == "!":
+            return Node("!", left=self.unary())
+        if token == "-":
+            return Node("neg", left=self.unary())
+        if token == "+":
+            return self.unary()
+        if token == "(":
+            node = self.expression()
+            if self.take() != ")":
+                raise MetaSyntaxError("missing )")
+            return node
+        if token[0].isdigit() or token[0] == ".":
+            return Node("num", float(token))
+        if token[0].isalpha() or token[0] == "_":
+            return Node("name", token)
+        raise MetaSyntaxError(f"unexpected {token!r}")
+
+
+def parse(text: str) -> Node:
+    tokens = tokenize(text)
+    if not tokens:
+        raise MetaSyntaxError("empty expression")
+    parser = _Parser(tokens)
+    node = parser.expression()
+    if parser.peek() is not None:
+        raise MetaSyntaxError(f"unexpected {parser.peek()!r}")
+    return node
+
+
+def names(node: Node) -> set[str]:
+    """Every rule name the expression reads."""
+    if node.op == "name":
+        return {str(node.value)}
+    found: set[str] = set()
+    for child in (node.left, node.right):
+        if child is not None:
+            found |= names(child)
+    return found
+
+
+def evaluate(node: Node, values: Mapping[str, float]) -> float:
+    """The expression's value; unknown names are 0, division by zero is 0."""
+    op = node.op
+    if op == "name":
+        return values.get(node.value, 0)  # type: ignore[arg-type]
+    if op == "num":
+        return node.value  # type: ignore[return-value]
+    if op == "!":
+        return 0 if evaluate(node.left, values) else 1  # type: ignore[arg-type]
+    if op == "neg":
+        return -evaluate(node.left, values)  # type: ignore[arg-type]
+    left = evaluate(node.left, values)  # type: ignore[arg-type]
+    if op == "&&":
+        return evaluate(node.right, values) if left else left  # type: ignore[arg-type]
+    if op == "||":
+        return left if left else evaluate(node.right, values)  # type: ignore[arg-type]
+    right = evaluate(node.right, values)  # type: ignore[arg-type]
+    return _ARITH[op](left, right)
+
+
+_ARITH: dict[str, Callable[[float, float], float]] = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b if b else 0,
+    "==": lambda a, b: 1 if a == b else 0,
+    "!=": lambda a, b: 1 if a != b else 0,
+    "<": lambda a, b: 1 if a < b else 0,
+    "<=": lambda a, b: 1 if a <= b else 0,
+    ">": lambda a, b: 1 if a > b else 0,
+    ">=": lambda a, b: 1 if a >= b else 0,
+}
