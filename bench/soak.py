@@ -60,6 +60,7 @@ import email.utils
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,6 +149,7 @@ class SoakResult:
     queue_empty: bool = False
     deferrals: int = 0
     throughput: float = 0.0
+    inject_rate: float = 0.0          # the pace of injection (0: unpaced)
     traffic_s: float = 0.0
     elapsed_s: float = 0.0
     notes: list[str] = field(default_factory=list)             # faults that misbehaved
@@ -458,6 +460,7 @@ def run_soak(base: Path, opts: SoakOptions, progress=None) -> SoakResult:
             mean = sum(opts.interval_s) / 2 + sum(opts.hold_s) / 2 + 1.0
             rate = opts.messages / (len(kinds) * mean) if opts.faults else 0.0
             rate = 0.0 if rate >= 200 else rate
+        result.inject_rate = rate
         messages = [message(run, i) for i in range(opts.messages)]
         expected = {msgid for msgid, _ in messages}
         injected: list[int] = []
@@ -573,7 +576,8 @@ def report(result: SoakResult, opts: SoakOptions) -> list[str]:
                  f"{len(result.strangers)}")
     lines.append(f"queues empty at the end: {'yes' if result.queue_empty else 'NO'}")
     lines.append(f"throughput: {result.throughput:.1f} msg/s ({result.arrived} messages in "
-                 f"{result.traffic_s:.1f} s, first injection to last arrival)")
+                 f"{result.traffic_s:.1f} s, first injection to last arrival; injection "
+                 + (f"paced at {result.inject_rate:.1f}/s)" if result.inject_rate else "unpaced)"))
     lines.append(f"elapsed: {result.elapsed_s:.1f} s (set-up, run, drain, tear-down)")
     for note in result.notes:
         lines.append(f"fault note: {note}")
@@ -624,7 +628,7 @@ def main() -> int:
         if args.keep:
             print(f"soak: files kept in {base}")
         else:
-            subprocess.run(["rm", "-rf", str(base)], check=False)
+            shutil.rmtree(base, ignore_errors=True)
     for line in report(result, opts):
         print(line)
     return 1 if result.failures(opts.faults) else 0
