@@ -8,6 +8,13 @@ Every way the downstream can fail (refused connection, timeout, lost
 connection, garbage) surfaces as one exception, DownstreamError, whose text
 is for the log only; the proxy answers its client with a generic 451.
 
+Replies pair with commands only by their order. A connection with a command
+in flight (``busy``: written, its reply not yet read) therefore never carries
+another one: a command that fails or is cancelled (the client went away, a
+drain ran out) closes its connection, and the pool takes back only ``idle``
+connections, so a late reply can never be read as the answer to someone
+else's command.
+
 Message bytes are sent as they are: the proxy already holds them with CRLF
 line ends, so the only transformation is SMTP dot-stuffing. aiosmtplib's own
 DATA helper would also rewrite lone CR or LF characters, which would change
@@ -18,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from typing import NamedTuple
 
 import aiosmtplib
+from aiosmtplib import SMTPResponse
 
 from smtpproxy import xforward
 
@@ -82,6 +91,7 @@ class Downstream:
         self._smtp: aiosmtplib.SMTP | None = None
         self.xforward_attributes: frozenset[str] = frozenset()
         self.in_transaction = False
+        self.busy = False  # a command is in flight: written, its reply not yet read
         self.chunking = False
         self.created = 0.0
         self.idle_since = 0.0
@@ -90,6 +100,11 @@ class Downstream:
     @property
     def connected(self) -> bool:
         return self._smtp is not None and self._smtp.is_connected
+
+    @property
+    def idle(self) -> bool:
+        """Fit to serve another session: connected, between transactions, no reply due."""
+        return self.connected and not self.busy and not self.in_transaction
 
     async def connect(self) -> None:
         smtp = aiosmtplib.SMTP(
@@ -106,6 +121,9 @@ class Downstream:
         except _FAILURES as exc:
             smtp.close()
             raise DownstreamError(f"connect to {self.host}:{self.port}: {_describe(exc)}") from exc
+        except BaseException:
+            smtp.close()  # cancelled: the half-made connection is nobody's
+            raise
         if reply.code != 250:
             smtp.close()
             raise DownstreamError(f"EHLO refused: {reply.code} {reply.message}")
@@ -115,15 +133,31 @@ class Downstream:
         )
         self.chunking = "chunking" in smtp.esmtp_extensions
 
+    async def _round_trip(self, what: str, exchange: Awaitable[SMTPResponse]) -> SMTPResponse:
+        """Await one command's reply with the connection marked busy meanwhile.
+
+        A failure closes the connection and raises DownstreamError. So does a
+        cancellation, which is re-raised: the reply is still due and would be
+        read as the reply to whatever this connection is asked next.
+        """
+        self.busy = True
+        try:
+            response = await exchange
+        except _FAILURES as exc:
+            self.close()
+            raise DownstreamError(f"{what}: {_describe(exc)}") from exc
+        except BaseException:
+            self.close()
+            raise
+        self.busy = False
+        return response
+
     async def _execute(self, line: bytes) -> Reply:
         if not self.connected:
             raise DownstreamError("connection lost")
         assert self._smtp is not None
-        try:
-            response = await self._smtp.execute_command(line, timeout=self.reply_timeout_s)
-        except _FAILURES as exc:
-            self.close()
-            raise DownstreamError(f"{line[:20]!r}...: {_describe(exc)}") from exc
+        response = await self._round_trip(
+            f"{line[:20]!r}...", self._smtp.execute_command(line, timeout=self.reply_timeout_s))
         if response.code == 421:
             # The listener is going away; nothing after this can succeed.
             self.close()
@@ -160,8 +194,14 @@ class Downstream:
             return await self._final_reply(b"BDAT %d LAST\r\n" % len(content) + content, "BDAT")
         reply = await self._execute(b"DATA")
         if reply.code != 354:
-            self.in_transaction = False
-            return reply
+            # Only 354 leads to the message. A 4xx or 5xx is the listener's
+            # refusal, relayed; anything else (a 250, a greeting, a reply meant
+            # for another command) means the message was never taken, and is a
+            # failure. Either way nothing is queued and this connection is done.
+            self.close()
+            if reply.code // 100 in (4, 5):
+                return reply
+            raise DownstreamError(f"DATA answered {reply}, not 354")
         return await self._final_reply(dot_stuff(content), "end of data")
 
     async def _final_reply(self, payload: bytes, what: str) -> Reply:
@@ -170,12 +210,13 @@ class Downstream:
             self.close()
             raise DownstreamError(f"{what}: connection lost")
         assert self._smtp is not None and self._smtp.protocol is not None
-        try:
-            self._smtp.protocol.write(payload)
-            response = await self._smtp.protocol.read_response(timeout=self.reply_timeout_s)
-        except _FAILURES as exc:
-            self.close()
-            raise DownstreamError(f"{what}: {_describe(exc)}") from exc
+        protocol = self._smtp.protocol
+
+        async def exchange() -> SMTPResponse:
+            protocol.write(payload)
+            return await protocol.read_response(timeout=self.reply_timeout_s)
+
+        response = await self._round_trip(what, exchange())
         self.in_transaction = False
         return Reply(response.code, response.message)
 
@@ -210,6 +251,7 @@ class Downstream:
     def close(self) -> None:
         """Drop the connection at once. Postfix discards an unfinished transaction."""
         self.in_transaction = False
+        self.busy = False  # nothing can be in flight on a closed connection
         if self._smtp is not None:
             self._smtp.close()
             self._smtp = None
@@ -243,7 +285,7 @@ class DownstreamPool:
         self.max_transactions = max_transactions
 
     def _usable(self, d: Downstream, now: float) -> bool:
-        return (d.connected and now - d.idle_since < self.idle_timeout_s
+        return (d.idle and now - d.idle_since < self.idle_timeout_s
                 and now - d.created < self.max_age_s and d.transactions < self.max_transactions)
 
     def take_idle(self) -> Downstream | None:
@@ -268,11 +310,12 @@ class DownstreamPool:
         return d
 
     def release(self, d: Downstream) -> None:
-        """Give back a connection that is between transactions; others are closed."""
+        """Give back a connection that is ``idle`` (between transactions, no reply
+        due); any other is closed, however the session ended."""
         d.idle_since = time.monotonic()
-        if not d.in_transaction and self._usable(d, d.idle_since) and len(self._idle) < self.max_idle:
+        if self._usable(d, d.idle_since) and len(self._idle) < self.max_idle:
             self._idle.append(d)
-        elif d.connected and not d.in_transaction:
+        elif d.idle:
             self._retire(d)
         else:
             d.close()

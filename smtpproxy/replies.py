@@ -1,7 +1,8 @@
 """Every SMTP reply the proxy itself composes, in one place.
 
 The one mapping from a failure to its reply: a downstream failure at any verb
-is TEMPFAIL (server.py's ``_downstream_failed``); a scan that could not
+is TEMPFAIL (server.py's ``_downstream_failed``; before end of data the
+later RCPTs and the DATA of that transaction get it too); a scan that could not
 finish SCAN_TEMPFAIL and a message that must not leave unsigned
 SIGN_TEMPFAIL (delivery.py); the scan's own reject and greylist replies are
 configured (scan.reject_reply, ...), REJECT when a verdict carries none.
@@ -39,6 +40,8 @@ SYNTAX_XFORWARD = "501 5.5.4 Syntax: XFORWARD attribute=value..."
 SYNTAX_NO_ARGS = "501 5.5.4 Syntax: {verb} takes no arguments"
 SYNTAX_HELO = "501 5.5.4 Syntax: {verb} hostname"
 BAD_XFORWARD = "501 5.5.4 Bad XFORWARD attribute: {detail}"
+# MAIL or RCPT with a control character: refused before anything goes downstream.
+CONTROL_CHARACTERS = "501 5.5.4 Syntax: control characters are not allowed"
 NEED_HELO = "503 5.5.1 Error: send HELO/EHLO first"
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"

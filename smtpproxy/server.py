@@ -25,6 +25,7 @@ import collections
 import itertools
 import logging
 import os
+import re
 import time
 from typing import Protocol
 
@@ -101,6 +102,15 @@ def parse_path(arg: str | None, keyword: str) -> tuple[str, list[str]] | None:
     return None
 
 
+# What no MAIL or RCPT argument may hold (aiosmtplib refuses to send these
+# downstream, and no address or parameter has a use for them).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control_characters(arg: str | None) -> bool:
+    return arg is not None and _CONTROL_CHARACTERS.search(arg) is not None
+
+
 def params_valid(params: list[str]) -> bool:
     for param in params:
         key, eq, value = param.partition("=")
@@ -148,6 +158,9 @@ class ProxySMTP(SMTP):
         self._init_aiosmtpd_state(hostname, proxy.max_message_size_bytes, proxy.command_timeout_s)
         self.downstream: Downstream | None = None
         self.in_transaction = False
+        # The 4xx of a transaction that failed before its end of data: later
+        # RCPTs and the DATA get it, until RSET, MAIL or a new greeting.
+        self.tempfailed: Reply | None = None
         self.busy = False  # between the end of DATA and our reply to it
         self._txn_started = 0.0
 
@@ -254,26 +267,27 @@ class ProxySMTP(SMTP):
     async def _begin_downstream(self, mail_arg: bytes) -> Reply:
         """XFORWARD + MAIL downstream, on this session's connection, a pooled
         one, or a new one. A pooled connection the listener has meanwhile
-        closed fails at its first command; then a fresh one is tried once."""
+        closed fails at its first command; then a fresh one is tried once.
+        The session holds the connection from its first command on, so
+        however the session ends, ``_release_downstream`` sees it."""
         assert self.session is not None
         pool = self.service.pool(self.listener.downstream)
-        if self.downstream is None or not self.downstream.connected:
-            self.downstream = None
-            pooled = pool.take_idle()
-            if pooled is not None:
+        if self.downstream is not None and not self.downstream.idle:
+            self._drop_downstream()
+        if self.downstream is None:
+            self.downstream = pool.take_idle()
+            if self.downstream is not None:
                 try:
-                    reply = await pooled.begin(self.session.xforward, mail_arg)
+                    return await self.downstream.begin(self.session.xforward, mail_arg)
                 except DownstreamError as exc:
                     logger.debug("%s: pooled downstream connection unusable: %s", self.session_id, exc)
-                    pooled.close()
-                else:
-                    self.downstream = pooled
-                    return reply
+                    self._drop_downstream()
             self.downstream = await pool.connect()
         return await self.downstream.begin(self.session.xforward, mail_arg)
 
     def _release_downstream(self) -> None:
-        """Session over: an idle connection goes back to the pool, anything else is closed."""
+        """Session over: an idle connection goes back to the pool; anything else
+        (a transaction open, a command in flight) is closed by the pool."""
         if self.downstream is not None:
             downstream, self.downstream = self.downstream, None
             self.service.pool(self.listener.downstream).release(downstream)
@@ -294,6 +308,7 @@ class ProxySMTP(SMTP):
 
     def _end_transaction(self) -> None:
         self.in_transaction = False
+        self.tempfailed = None
         self._set_rset_state()
 
     def _downstream_failed(self, stage: str, problem: object, size: int | None = None,
@@ -303,6 +318,10 @@ class ProxySMTP(SMTP):
         Logged with the stage, counted, the transaction logged and ended, the
         connection dropped (Postfix discards a transaction left open that
         way): the client gets the generic 451 and retries; nothing was queued.
+        Before end of data the whole transaction fails, temporarily: later
+        RCPTs and the DATA get the same 451 until RSET, MAIL or a new
+        greeting. A 503 there would make the sending MTA bounce the
+        recipients it had already been told were accepted.
         """
         logger.warning("%s: downstream %s %s: %s", self.session_id, self.listener.downstream,
                        _STAGES[stage], problem)
@@ -310,7 +329,25 @@ class ProxySMTP(SMTP):
         self._log_transaction(size, "tempfail", f"downstream {_STAGES[stage]}: {problem}", summary)
         self._drop_downstream()
         self._end_transaction()
-        return Reply.parse(replies.TEMPFAIL)
+        reply = Reply.parse(replies.TEMPFAIL)
+        if stage != "data":
+            self.tempfailed = reply
+        return reply
+
+    async def _no_transaction(self) -> None:
+        """RCPT or DATA outside a transaction: the 4xx of one that failed
+        temporarily, else 503."""
+        if self.tempfailed is not None:
+            await self.push_reply(self.tempfailed)
+        else:
+            await self.push(replies.NEED_MAIL)
+
+    async def _refuse_control_characters(self, verb: str) -> None:
+        # Refused here, before anything goes downstream; the argument itself
+        # is not logged (it is made to break things).
+        logger.info("%s: client=%s %s refused: control character in its arguments",
+                    self.session_id, self.peer_addr, verb)
+        await self.push(replies.CONTROL_CHARACTERS)
 
     # ---------------------------------------------------------- greeting verbs
 
@@ -371,6 +408,9 @@ class ProxySMTP(SMTP):
         if self.in_transaction:
             await self.push(replies.NESTED_MAIL)
             return
+        if has_control_characters(arg):
+            await self._refuse_control_characters("MAIL")
+            return
         parsed = parse_path(arg, "FROM:")
         if parsed is None or not params_valid(parsed[1]):
             await self.push(replies.SYNTAX_MAIL)
@@ -386,6 +426,12 @@ class ProxySMTP(SMTP):
         assert arg is not None
         self._txn_started = time.monotonic()
         self.envelope.mail_from = address  # for the log line, also of a failure
+        self.tempfailed = None
+        # The transaction starts when MAIL goes downstream, not when its reply
+        # is back: a session waiting for that reply is not idle. A drain leaves
+        # it alone, and a client that leaves meanwhile gets its transaction
+        # logged and the downstream connection dropped.
+        self.in_transaction = True
         try:
             reply = await self._begin_downstream(arg.encode("utf-8", "surrogateescape"))
         except DownstreamError as exc:
@@ -395,10 +441,10 @@ class ProxySMTP(SMTP):
             await self.push_reply(self._downstream_failed("mail", f"bad reply {reply}"))
             return
         if reply.ok:
-            self.in_transaction = True
             self.envelope.mail_options = params
             self.envelope.smtp_utf8 = any(p.upper() == "SMTPUTF8" for p in params)
         else:
+            self.in_transaction = False
             self.envelope.mail_from = None
         await self.push_reply(reply)
 
@@ -408,7 +454,10 @@ class ProxySMTP(SMTP):
             await self.push(replies.NEED_HELO)
             return
         if not self.in_transaction:
-            await self.push(replies.NEED_MAIL)
+            await self._no_transaction()
+            return
+        if has_control_characters(arg):
+            await self._refuse_control_characters("RCPT")
             return
         parsed = parse_path(arg, "TO:")
         if parsed is None or not parsed[0] or not params_valid(parsed[1]):
@@ -479,7 +528,7 @@ class ProxySMTP(SMTP):
             await self.push(replies.NEED_HELO)
             return
         if not self.in_transaction:
-            await self.push(replies.NEED_MAIL)
+            await self._no_transaction()
             return
         if not self.envelope.rcpt_tos:
             await self.push(replies.NEED_RCPT)

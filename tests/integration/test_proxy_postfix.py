@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.support.pipeline import MAILDIR_DOMAIN, REJECTED_RCPT
+from tests.support.pipeline import MAILDIR_DOMAIN, REJECTED_RCPT, TEMPFAIL_RCPT
 from tests.support.postfix import wait_until
 
 pytestmark = pytest.mark.integration
@@ -144,6 +144,47 @@ def test_per_recipient_reject_reaches_client_for_that_recipient_only(pipeline):
     assert code == 550 and b"5.1.1" in text and b"No such user here" in text
     (got,) = delivered_with(pipeline, msgid)
     assert [r.split()[0] for r in got.rcpt_args] == ["<good@example.net>"]
+
+
+def test_tempfail_at_one_rcpt_never_becomes_503_at_data(pipeline):
+    """The downstream fails at one RCPT (421): the whole transaction fails
+    temporarily. The sending MTA must hear 4xx at every later RCPT and at DATA;
+    a 5xx there would bounce the recipient it had already been told was accepted."""
+    message, msgid = make_message(b"one recipient fails downstream\r\n")
+    with smtplib.SMTP("127.0.0.1", pipeline.inbound_port, source_address=(CLIENT_IP, 0),
+                      timeout=120) as smtp:
+        smtp.ehlo(CLIENT_HELO)
+        assert smtp.mail("tempfail-rcpt@example.org")[0] == 250
+        assert smtp.rcpt("good@example.net")[0] == 250
+        failed = smtp.rcpt(TEMPFAIL_RCPT)
+        later = smtp.rcpt("later@example.net")
+        data = smtp.docmd("DATA")
+        assert [failed[0] // 100, later[0] // 100, data[0] // 100] == [4, 4, 4], (failed, later, data)
+        # RSET ends the failed transaction; the retry goes through.
+        assert smtp.rset()[0] == 250
+        assert smtp.sendmail("tempfail-rcpt@example.org", ["good@example.net"], message) == {}
+    (got,) = delivered_with(pipeline, msgid)
+    assert [r.split()[0] for r in got.rcpt_args] == ["<good@example.net>"]
+    assert "failed at RCPT" in pipeline.proxy.log_text()
+
+
+@pytest.mark.parametrize("mail, rcpt", [
+    ("<s\x01nder@example.org>", "<rcpt@example.net>"),
+    ("<sender@example.org>\tRET=HDRS", "<rcpt@example.net>"),
+    ("<sender@example.org>", "<r\x7fcpt@example.net>"),
+], ids=["0x01-in-mail", "tab-in-mail", "0x7f-in-rcpt"])
+def test_control_character_in_mail_or_rcpt_gets_501_through_postfix(pipeline, mail, rcpt):
+    """Postfix's front smtpd passes such arguments to the proxy (MAIL at the
+    first RCPT). The proxy refuses them itself, permanently: a 451 would have
+    the sender retry a malformed envelope until it gives up."""
+    with smtplib.SMTP("127.0.0.1", pipeline.inbound_port, source_address=(CLIENT_IP, 0),
+                      timeout=120) as smtp:
+        smtp.ehlo(CLIENT_HELO)
+        assert smtp.docmd(f"MAIL FROM:{mail}")[0] == 250  # the front answers MAIL itself
+        code, text = smtp.docmd(f"RCPT TO:{rcpt}")
+        assert (code, text.split()[0]) == (501, b"5.5.4"), (code, text)
+        assert smtp.rset()[0] == 250
+    assert "refused: control character in its arguments" in pipeline.proxy.log_text()
 
 
 def test_real_client_ip_and_helo_reach_reinjection_listener(pipeline):

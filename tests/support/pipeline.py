@@ -23,6 +23,9 @@ from tests.support.postfix import PostfixInstance, SmtpSink, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 REJECTED_RCPT = "rejected@example.net"
+# The re-injection listener answers 421 to this recipient: a downstream that
+# fails (temporarily) at one RCPT of a transaction.
+TEMPFAIL_RCPT = "going-away@example.net"
 MAILDIR_DOMAIN = "maildir.example.net"
 
 
@@ -89,7 +92,8 @@ class Pipeline:
         self.postfix = PostfixInstance(
             self.base / "postfix",
             relay_port=self.sink_port,
-            reinject_rcpt_access=f"inline:{{ {{ {REJECTED_RCPT} = 550 5.1.1 No such user here }} }}",
+            reinject_rcpt_access=(f"inline:{{ {{ {REJECTED_RCPT} = 550 5.1.1 No such user here }}, "
+                                  f"{{ {TEMPFAIL_RCPT} = 421 4.3.0 Going away }} }}"),
             # smtp-sink cannot take SMTPUTF8 mail: this domain is delivered to a
             # Maildir by Postfix's virtual(8) instead.
             virtual_mailbox_domains=MAILDIR_DOMAIN,
