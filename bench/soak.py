@@ -29,7 +29,9 @@ queue is empty):
 - clients cut off: through the front smtpd, reset in the middle of DATA (these
   partial messages must never arrive); and straight at the proxy, reset right
   after MAIL, as a front smtpd that died while the proxy waits for the
-  re-injection listener's reply.
+  re-injection listener's reply (the re-injection smtpd answers that sender's
+  MAIL only after 2 s, Postfix's ``sleep`` restriction, so the cut always
+  lands in the wait).
 
 What is checked once the sender's queue has drained (bounded wait, flushing):
 every Message-ID arrived (``lost``); nothing bounced (``status=bounced`` in
@@ -38,12 +40,19 @@ arrived; both queues are empty; and duplicates stay within what the contract
 allows. A duplicate is allowed only where the re-injection listener queued a
 copy (its 250) and the proxy was killed before the sender heard that 250:
 the sender then retries, and a second copy is the price of never losing one.
-Those windows are counted from the logs: a copy the re-injection Postfix
-queued (qmgr's ``from=`` line) whose queue ID never appears in a ``status=sent
-(250 ... queued as ID)`` line of the sender is *unanswered*; it is a kill
-window when its cleanup line is stamped at most 3 s before a SIGKILL of the
-proxy (the logs have whole seconds). Unanswered copies away from any kill are
-reported apart: they are duplicates the contract does not excuse.
+The same holds one hop further: stopping the re-injection listener
+(``postfix reload`` without its service) ends its smtpd processes, and one
+that had queued a message but not yet written its 250 leaves the proxy with a
+lost connection at end-of-data: the proxy answers 451 (right: it never saw a
+250), the sender retries, a second copy arrives (RFC 1047's window, which no
+proxy can close). Those windows are counted from the logs: a copy the
+re-injection Postfix queued (qmgr's ``from=`` line) whose queue ID never
+appears in a ``status=sent (250 ... queued as ID)`` line of the sender is
+*unanswered*; it is a window when its cleanup line is stamped at most 3 s
+before (or 1 s after) a SIGKILL of the proxy or the moment the re-injection
+port was found closed (the logs have whole seconds; cleanup may finish a
+message after the smtpd that fed it died). Unanswered copies away from both
+are reported apart: they are duplicates the contract does not excuse.
 
 Throughput is the number of distinct messages that arrived over the time from
 the first injection to the last arrival; it includes the retries the faults
@@ -89,6 +98,11 @@ DKIM_SELECTOR = "soak2026"
 # A copy queued downstream this long (whole seconds of the log) before a kill counts as a window.
 KILL_WINDOW_S = 3.0
 RESTART_DELAY_S = 0.5
+# The re-injection smtpd answers MAIL from this sender only after SLOW_MAIL_S (a
+# restriction class with Postfix's "sleep"), so a client cut off right after MAIL
+# leaves the proxy waiting for that reply: the moment the pool must not reuse.
+SLOW_SENDER = "slow@example.org"
+SLOW_MAIL_S = 2
 
 FAULTS = {
     "reinjection": "re-injection smtpd stopped and started",
@@ -139,7 +153,8 @@ class SoakResult:
     bounce_messages: int = 0          # arrivals with a null sender (counted in bounced)
     lost: list[str] = field(default_factory=list)
     duplicated: dict[str, int] = field(default_factory=dict)   # Message-ID -> extra copies
-    allowed: int = 0
+    allowed: int = 0                  # unanswered copies in kill or re-injection-stop windows
+    allowed_by_kill: int = 0          # of those, next to a SIGKILL of the proxy
     unanswered: list[str] = field(default_factory=list)        # downstream queue IDs
     unexplained: list[str] = field(default_factory=list)       # of those, away from any kill
     bounced: int = 0
@@ -240,8 +255,15 @@ timeout_s = 1.0
 cache_max_ttl_s = 1.0
 cache_negative_ttl_s = 1.0
 """)
+        pf = self.pipeline.postfix
         # Queue IDs that are never reused within a run: they tie the logs together.
-        self.pipeline.postfix.params["enable_long_queue_ids"] = "yes"
+        pf.params["enable_long_queue_ids"] = "yes"
+        pf.params["smtpd_restriction_classes"] = "soak_slow_mail"
+        pf.params["soak_slow_mail"] = f"sleep {SLOW_MAIL_S}, permit"
+        pf.params["soak_slow_senders"] = f"inline:{{{SLOW_SENDER}=soak_slow_mail}}"
+        pf.services[self.pipeline.reinject_service] += (
+            "\n  -o smtpd_delay_reject=no"
+            "\n  -o smtpd_sender_restrictions=check_sender_access,$soak_slow_senders")
         self.pipeline.start()
         self.sender = SendingPostfix(self.base / "sender", self.pipeline.inbound_port,
                                      self.opts.concurrency, self.opts.backoff_s)
@@ -284,6 +306,7 @@ class Faults:
         self.run = run
         self.counts: collections.Counter[str] = collections.Counter()
         self.kill_times: list[float] = []
+        self.reinjection_stops: list[float] = []
         self.cut_ids: list[str] = []
         self.notes: list[str] = []
 
@@ -297,6 +320,9 @@ class Faults:
     def reinjection(self) -> None:
         p = self.w.pipeline
         line = p.stop_reinjection()
+        # The port is closed: Postfix has stopped the listener's smtpd processes,
+        # some of them between queueing a message and writing its 250.
+        self.reinjection_stops.append(time.time())
         time.sleep(self.hold())
         p.start_reinjection(line)
 
@@ -375,7 +401,7 @@ class Faults:
 
     def cut_mail(self) -> None:
         for _ in range(self.opts.cuts):
-            cut_after_mail(self.w.pipeline.proxy_port, SENDER)
+            cut_after_mail(self.w.pipeline.proxy_port, SLOW_SENDER)
             time.sleep(0.05)
 
 
@@ -423,6 +449,17 @@ def unanswered_copies(filter_log: str, sender_log: str) -> dict[str, float]:
     queued = set(re.findall(rf"/qmgr\[\d+\]: (\w+): from=<{re.escape(SENDER)}>", filter_log))
     heard = set(re.findall(r"status=sent \(250 [^)]*queued as (\w+)\)", sender_log))
     return {qid: cleaned.get(qid, 0.0) for qid in queued - heard}
+
+
+def kill_windows(unanswered: dict[str, float], kill_times: list[float]) -> tuple[int, list[str]]:
+    """(allowed duplicates, unexplained queue IDs): an unanswered copy is a window
+    when its cleanup line (whole seconds, rounded down) lies at most KILL_WINDOW_S
+    before one of ``kill_times`` (a SIGKILL of the proxy, or the moment the
+    re-injection smtpd's processes were gone), or in the second after it: cleanup
+    finishes a message whose smtpd has just died, and logs it then."""
+    unexplained = sorted(qid for qid, t in unanswered.items()
+                         if not any(k - KILL_WINDOW_S <= t <= k + 1 for k in kill_times))
+    return len(unanswered) - len(unexplained), unexplained
 
 
 def evidence_for(msgids: list[str], sender_log: str, proxy_log: str, limit: int = 5) -> list[str]:
@@ -533,10 +570,9 @@ def run_soak(base: Path, opts: SoakOptions, progress=None) -> SoakResult:
         result.deferrals = len(re.findall(r"status=deferred", sender_log))
         unanswered = unanswered_copies(filter_log, sender_log)
         result.unanswered = sorted(unanswered)
-        result.unexplained = sorted(
-            qid for qid, t in unanswered.items()
-            if not any(k - KILL_WINDOW_S <= t <= k + 1 for k in faults.kill_times))
-        result.allowed = len(unanswered) - len(result.unexplained)
+        result.allowed, result.unexplained = kill_windows(
+            unanswered, faults.kill_times + faults.reinjection_stops)
+        result.allowed_by_kill, _ = kill_windows(unanswered, faults.kill_times)
         result.fault_counts = {k: faults.counts.get(k, 0) for k in FAULTS}
         result.notes = faults.notes
         result.throughput = result.arrived / result.traffic_s
@@ -569,7 +605,9 @@ def report(result: SoakResult, opts: SoakOptions) -> list[str]:
     lines.append(f"sender deferrals (retries the faults and greylisting caused): {result.deferrals}")
     lines.append(f"lost: {len(result.lost)}")
     lines.append(f"duplicated: {result.duplicates} (allowed {result.allowed}: copies queued "
-                 f"downstream <= {KILL_WINDOW_S:.0f} s before a proxy SIGKILL, never answered)")
+                 f"downstream <= {KILL_WINDOW_S:.0f} s before a proxy SIGKILL "
+                 f"({result.allowed_by_kill}) or the re-injection smtpd's stop "
+                 f"({result.allowed - result.allowed_by_kill}), never answered 250)")
     lines.append(f"unanswered copies away from any kill: {len(result.unexplained)}")
     lines.append(f"bounced: {result.bounced} ({result.bounce_detail})")
     lines.append(f"cut-off messages delivered: {len(result.leaked)}; unexpected arrivals: "

@@ -34,3 +34,27 @@ def test_soak_short_loses_nothing_and_bounces_nothing_under_every_fault(tmp_path
     assert result.queue_empty, text
     assert result.notes == [], text
     assert result.injected == opts.messages and result.arrived == opts.messages, text
+
+
+def test_kill_windows_are_counted_from_both_postfix_logs():
+    """The soak's allowance for duplicates, on log lines as the two Postfix instances write them."""
+    from bench.soak import SENDER, kill_windows, unanswered_copies
+    from tests.support.sender import maillog_time
+
+    filter_log = "\n".join([
+        "Dec 04 23:54:01 mx pftest/cleanup[1]: 4jhAAA: message-id=<a@example.org>",
+        f"Dec 04 23:54:01 mx pftest/qmgr[2]: 4jhAAA: from=<{SENDER}>, size=3303, nrcpt=1",
+        "Dec 04 23:54:02 mx pftest/cleanup[1]: 4jhBBB: message-id=<b@example.org>",
+        f"Dec 04 23:54:02 mx pftest/qmgr[2]: 4jhBBB: from=<{SENDER}>, size=3303, nrcpt=1",
+        "Dec 04 23:54:30 mx pftest/cleanup[1]: 4jhCCC: message-id=<c@example.org>",
+        f"Dec 04 23:54:30 mx pftest/qmgr[2]: 4jhCCC: from=<{SENDER}>, size=3303, nrcpt=1",
+        # Postfix's own notice to the postmaster: not one of the sender's messages.
+        "Dec 04 23:54:31 mx pftest/qmgr[2]: 4jhDDD: from=<double-bounce@mx.example.test>, size=9",
+    ])
+    sender_log = ("Dec 04 23:54:01 sender pfsender/smtp[3]: 4jhS1: to=<sink@example.net>, "
+                  "dsn=2.0.0, status=sent (250 2.0.0 Ok: 3303 bytes queued as 4jhAAA)")
+    unanswered = unanswered_copies(filter_log, sender_log)
+    assert sorted(unanswered) == ["4jhBBB", "4jhCCC"]
+    kill = maillog_time("Dec 04 23:54:03 x") + 0.4
+    allowed, unexplained = kill_windows(unanswered, [kill])
+    assert (allowed, unexplained) == (1, ["4jhCCC"])

@@ -198,6 +198,8 @@ def cut_after_mail(port: int, mail_from: str, timeout: float = 30) -> str:
                      b" HELO=cutter.example.org\r\n")
         _reply(f)
         sock.sendall(f"MAIL FROM:<{mail_from}>\r\n".encode())
+        # Long enough for the proxy to pass MAIL on, short of the downstream's reply.
+        time.sleep(0.3)
         return "mail"
     except (OSError, ConnectionError):
         return "lost"
