@@ -38,6 +38,8 @@ from smtpproxy.transaction import ScanHook, Transaction, Verdict
 
 logger = logging.getLogger("smtpproxy")
 
+INLINE_EDIT_MAX_BYTES = 256 * 1024
+
 
 @dataclass
 class Outcome:
@@ -68,7 +70,7 @@ class Delivery:
             default = replies.SCAN_TEMPFAIL if verdict.action == "tempfail" else replies.REJECT
             reply = Reply.parse(verdict.reply or default)
             return Outcome(reply, verdict.action, str(reply), verdict.summary)
-        content = self._edit_headers(txn, verdict)
+        content = await self.edited(txn, verdict)
         try:
             content = await self.signer.sign(dataclasses.replace(txn, content=content),
                                              verdict.arc_result, verdict.auth_results)
@@ -107,6 +109,14 @@ class Delivery:
             self.stats.scan_seconds.observe(verdict.scan_seconds)
             for symbol in verdict.symbols:
                 self.stats.symbols.inc(symbol)
+
+    async def edited(self, txn: Transaction, verdict: Verdict) -> bytes:
+        """The message with the verdict's header edits; a big one edited in a
+        worker thread (a header of a million fields to look through must not
+        hold the event loop, see scan/hook.py's INLINE_PARSE_MAX_BYTES)."""
+        if len(txn.content) <= INLINE_EDIT_MAX_BYTES:
+            return self._edit_headers(txn, verdict)
+        return await asyncio.to_thread(self._edit_headers, txn, verdict)
 
     def _edit_headers(self, txn: Transaction, verdict: Verdict) -> bytes:
         added = list(verdict.add_headers)

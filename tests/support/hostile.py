@@ -1,7 +1,7 @@
 """Messages whose structure costs more to parse than they are worth.
 
 Each generator takes a count and returns a whole message (CRLF line ends):
-``header_flood`` puts ``fields`` header fields on top, ``mime_flood`` a
+``header_flood`` puts ``fields`` header fields on top (``field``: which), ``mime_flood`` a
 multipart with ``parts`` empty text parts, ``nested_mime`` multiparts nested
 ``depth`` deep. Tests use small counts; bench/hostile_bench.py the sizes the
 audit saw (about 10 MB: 1.3 million fields, 300,000 parts).
@@ -13,8 +13,8 @@ HEAD = (b"From: Mallory <mallory@example.org>\r\nTo: bob@example.net\r\nSubject:
         b"Message-ID: <hostile@example.org>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\n")
 
 
-def header_flood(fields: int) -> bytes:
-    return HEAD + b"X-A: b\r\n" * fields + b"\r\nbody\r\n"
+def header_flood(fields: int, field: bytes = b"X-A: b") -> bytes:
+    return HEAD + (field + b"\r\n") * fields + b"\r\nbody\r\n"
 
 
 def mime_flood(parts: int) -> bytes:
