@@ -158,15 +158,27 @@ BAD_RCPT = b"b\xe9b@example.net".decode("utf-8", "surrogateescape")
 
 
 def test_non_utf8_envelope_sender_is_scanned_not_deferred_forever(tmp_path):
-    cfg = config.load(None, {})
-    symbols = {"CHECK_TIMEOUT": SymbolDef(0.0, "t"), "CHECK_ERROR": SymbolDef(0.0, "e")}
-    checks = [HeadersCheck()]
-    symbols.update({name: SymbolDef(0.0, name) for name in HeadersCheck.symbols})
-    hook = EngineHook(cfg, Engine(cfg.scan, checks, symbols), None, None, OURS)
-    verdict = asyncio.run(hook.scan(txn(BODY, mail_from=BAD_SENDER, rcpt_tos=[BAD_RCPT])))
-    assert verdict.action == "accept"
-    assert "CHECK_ERROR" not in verdict.symbols
-    assert "FORGED_SENDER" in verdict.symbols
+    # No Message-ID scores 5: greylisting, whose key hashes the envelope.
+    async def go():
+        store = open_store(config.StoreConfig(), str(tmp_path))
+        await store.open()
+        try:
+            cfg = config.load(None, {"scan.greylist_delay_s": 0.001})
+            symbols = {"CHECK_TIMEOUT": SymbolDef(0.0, "t"), "CHECK_ERROR": SymbolDef(0.0, "e")}
+            symbols.update({name: SymbolDef(0.0, name) for name in HeadersCheck.symbols})
+            symbols["MISSING_MID"] = SymbolDef(5.0, "no Message-ID")
+            hook = EngineHook(cfg, Engine(cfg.scan, [HeadersCheck()], symbols), store, None, OURS)
+            first = await hook.scan(txn(BODY, mail_from=BAD_SENDER, rcpt_tos=[BAD_RCPT]))
+            await asyncio.sleep(0.01)
+            retry = await hook.scan(txn(BODY, mail_from=BAD_SENDER, rcpt_tos=[BAD_RCPT]))
+            return first, retry
+        finally:
+            await store.close()
+
+    first, retry = asyncio.run(go())
+    assert (first.action, first.reply) == ("tempfail", "451 4.7.1 Greylisted, please try again later") \
+        or (first.action == "tempfail" and "greylist=deferred" in first.summary)
+    assert retry.action == "accept" and "FORGED_SENDER" in retry.symbols
 
 
 def test_non_utf8_envelope_is_greylisted_like_any_other(tmp_path):
