@@ -608,7 +608,7 @@ def report(result: SoakResult, opts: SoakOptions) -> list[str]:
                  f"downstream <= {KILL_WINDOW_S:.0f} s before a proxy SIGKILL "
                  f"({result.allowed_by_kill}) or the re-injection smtpd's stop "
                  f"({result.allowed - result.allowed_by_kill}), never answered 250)")
-    lines.append(f"unanswered copies away from any kill: {len(result.unexplained)}")
+    lines.append(f"unanswered copies outside every window: {len(result.unexplained)}")
     lines.append(f"bounced: {result.bounced} ({result.bounce_detail})")
     lines.append(f"cut-off messages delivered: {len(result.leaked)}; unexpected arrivals: "
                  f"{len(result.strangers)}")
