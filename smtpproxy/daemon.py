@@ -44,7 +44,7 @@ from smtpproxy.common.store import Store, open_store
 from smtpproxy.delivery import Delivery
 from smtpproxy.relay import Downstream, DownstreamPool
 from smtpproxy.scan.hook import build_hook
-from smtpproxy.server import ProxySMTP
+from smtpproxy.server import InflightBudget, ProxySMTP
 from smtpproxy.sign import NoSigner
 from smtpproxy.sign.setup import build_signer
 from smtpproxy.transaction import NoScan, ScanHook, parse_client_address
@@ -63,7 +63,7 @@ def client_allowed(peer_addr: str, networks: tuple) -> bool:
 
 
 class _Listener:
-    def __init__(self, cfg: ListenerConfig, server: asyncio.Server, networks: tuple):
+    def __init__(self, cfg: ListenerConfig, server: asyncio.Server | None, networks: tuple):
         self.cfg = cfg
         self.server = server
         self.networks = networks
@@ -86,6 +86,11 @@ class ProxyStats:
         self.downstream_errors = r.counter("smtpproxy_downstream_errors_total",
                                            "Failures talking to the re-injection listener",
                                            ("listener", "stage"))
+        r.gauge("smtpproxy_inflight_bytes", "Message bytes held by all sessions now",
+                lambda: service.inflight.used)
+        self.inflight_refused = r.counter(
+            "smtpproxy_inflight_refused_total",
+            "Messages answered 452 4.3.1: proxy.max_inflight_bytes was reached", ("listener",))
         self.actions = r.counter("smtpproxy_scan_actions_total", "Scoring actions", ("action",))
         self.symbols = r.counter("smtpproxy_scan_symbols_total", "Symbols found", ("symbol",))
         self.scan_seconds = r.histogram(
@@ -107,6 +112,8 @@ class ProxyService:
         # Replaced by start(): what the configuration asks for is built there.
         self.delivery = Delivery(cfg, hook or NoScan(), NoSigner(), self.stats, self.hostname)
         self.sessions: set[ProxySMTP] = set()
+        # One budget for all sessions; a reload changes its limit, not what is held.
+        self.inflight = InflightBudget(cfg.proxy.max_inflight_bytes)
         self._listeners: dict[str, _Listener] = {}
         self._stopping = False
         self._pools: dict[str, DownstreamPool] = {}
@@ -169,29 +176,32 @@ class ProxyService:
 
     # ---------------------------------------------------------------- listeners
 
-    async def _bind(self, cfg: ListenerConfig) -> _Listener:
+    async def _bind(self, cfg: ListenerConfig, config: Config | None = None) -> _Listener:
+        """Listen as ``cfg`` says (``config``: the configuration it belongs to)."""
         loop = asyncio.get_running_loop()
+        listener = _Listener(cfg, None, listener_networks(config or self.cfg, cfg))
         if cfg.listen.startswith("unix:"):
             path = cfg.listen[5:]
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
                 os.unlink(path)  # left over from a previous run
-            server = await loop.create_unix_server(lambda: self._new_session(cfg.name), path)
+            listener.server = await loop.create_unix_server(lambda: self._new_session(listener), path)
             os.chmod(path, parse_socket_mode(cfg.socket_mode))
         else:
             host, port = parse_hostport(cfg.listen)
-            server = await loop.create_server(
-                lambda: self._new_session(cfg.name), host, port, reuse_address=True
+            listener.server = await loop.create_server(
+                lambda: self._new_session(listener), host, port, reuse_address=True
             )
         logger.info(
             "listener %s on %s (profile %s) relays to %s",
             cfg.name, cfg.listen, cfg.profile, cfg.downstream,
         )
-        return _Listener(cfg, server, listener_networks(self.cfg, cfg))
+        return listener
 
-    def _new_session(self, name: str) -> ProxySMTP:
-        # Looked up per connection, so a reload's listener settings apply to
-        # the next session without rebinding the socket.
-        return ProxySMTP(self, self._listeners[name].cfg, self.hostname)
+    def _new_session(self, listener: _Listener) -> ProxySMTP:
+        # Read per connection, so a reload's listener settings apply to the
+        # next session without rebinding the socket; a listener bound by a
+        # reload still under way serves before the swap too.
+        return ProxySMTP(self, listener.cfg, self.hostname)
 
     async def _build_hook(self, cfg: Config, hostname: str) -> ScanHook:
         """The scoring engine for ``cfg``; raises ConfigError for a bad symbols table."""
@@ -232,30 +242,48 @@ class ProxyService:
             logger.info("listener %s on %s closed", name, listener.cfg.listen)
 
     async def reload(self, cfg: Config) -> None:
-        old = self._listeners
-        # A bad symbols table or key raises here: nothing of the new config is live yet.
+        """All of ``cfg`` or none of it.
+
+        Everything the new configuration needs is built first: the Delivery
+        (a bad symbols table or signing key raises ConfigError), the metrics
+        endpoint and every added or moved listener, each bound next to the
+        old ones. Any failure closes what was bound and raises, with the old
+        configuration whole and in use. Only then is it swapped in, in steps
+        that cannot fail. (A listener or metrics endpoint moved to an address
+        its old socket still blocks, such as 127.0.0.1:P to 0.0.0.0:P, cannot
+        be bound next to it: that move takes a restart.)
+        """
         delivery = await self._build_delivery(cfg, cfg.proxy.hostname or socket.getfqdn())
-        await self.metrics.serve(cfg.proxy.metrics_listen)  # moved, started or stopped
+        metrics_server = await self.metrics.bind(cfg.proxy.metrics_listen)
+        wanted = {listener.name: listener for listener in cfg.proxy.listeners}
+        moved = [n for n, lcfg in wanted.items()
+                 if n not in self._listeners or self._listeners[n].cfg.listen != lcfg.listen]
+        bound: dict[str, _Listener] = {}
+        try:
+            for name in moved:
+                bound[name] = await self._bind(wanted[name], cfg)
+        except OSError as exc:
+            logger.error("listener %s: cannot bind %s: %s", name, wanted[name].listen, exc)
+            for listener in bound.values():
+                listener.server.close()
+            if metrics_server is not None:
+                metrics_server.close()
+            raise
+        # From here on nothing can fail.
+        self.metrics.swap(cfg.proxy.metrics_listen, metrics_server)
         self.delivery = delivery
         self.cfg = cfg
         self.hostname = delivery.hostname
+        self.inflight.limit = cfg.proxy.max_inflight_bytes
         # Pools are rebuilt with the new settings; sessions holding a
         # connection keep it until they end.
         self._close_pools()
-        wanted = {listener.name: listener for listener in cfg.proxy.listeners}
-        # Close what goes away or moves first, so a moved listener can rebind.
-        gone = [n for n, lst in old.items() if n not in wanted or wanted[n].listen != lst.cfg.listen]
-        await self._close_listeners(gone)
+        await self._close_listeners([n for n in self._listeners if n not in wanted or n in bound])
+        self._listeners.update(bound)
         for name, lcfg in wanted.items():
-            if name in self._listeners:
-                current = self._listeners[name]
-                current.cfg = lcfg
-                current.networks = listener_networks(cfg, lcfg)
-            else:
-                try:
-                    self._listeners[name] = await self._bind(lcfg)
-                except OSError as exc:
-                    logger.error("listener %s: cannot bind %s: %s", name, lcfg.listen, exc)
+            current = self._listeners[name]
+            current.cfg = lcfg
+            current.networks = listener_networks(cfg, lcfg)
 
     # ---------------------------------------------------------------- stop
 

@@ -24,6 +24,7 @@ the message, hence ``send_message`` below.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable
 from typing import NamedTuple
@@ -64,9 +65,31 @@ class Reply(NamedTuple):
 _FAILURES = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ValueError)
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def crlf_only(content: bytes) -> bool:
+    """True when every CR and every LF in ``content`` is part of a CRLF."""
+    pairs = content.count(b"\r\n")
+    return content.count(b"\n") == pairs and content.count(b"\r") == pairs
+
+
+def normalize_line_ends(content: bytes) -> bytes:
+    """Every bare CR and bare LF as CRLF (RFC 5321 2.3.8: line ends are CRLF only)."""
+    return content if crlf_only(content) else _LINE_END.sub(b"\r\n", content)
+
+
 def dot_stuff(content: bytes) -> bytes:
-    """Message with CRLF line ends -> DATA payload including the final dot."""
-    stuffed = content.replace(b"\r\n.", b"\r\n..")
+    """Message -> DATA payload including the final dot.
+
+    Safe on its own, whatever ``content`` holds: every line end goes out as
+    CRLF (a bare CR or LF becomes one) and every line that starts with "."
+    gets a second one, so the only lone-dot line a downstream can find, also
+    one that ends lines at a bare LF or CR, is the final one. The proxy's
+    messages have CRLF line ends already (server.py's read_data normalises
+    them), so this changes nothing but the dots of a message it received.
+    """
+    stuffed = normalize_line_ends(content).replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
     if stuffed and not stuffed.endswith(b"\r\n"):

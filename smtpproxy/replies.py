@@ -40,6 +40,18 @@ SYNTAX_XFORWARD = "501 5.5.4 Syntax: XFORWARD attribute=value..."
 SYNTAX_NO_ARGS = "501 5.5.4 Syntax: {verb} takes no arguments"
 SYNTAX_HELO = "501 5.5.4 Syntax: {verb} hostname"
 BAD_XFORWARD = "501 5.5.4 Bad XFORWARD attribute: {detail}"
+# An XFORWARD value or a HELO name with a control character (xtext "+0D+0A"
+# decodes to CR LF): refused, so no client text can become a header line.
+XFORWARD_CONTROL_CHARACTERS = "501 5.5.4 Error: control character in XFORWARD attribute value"
+HELO_CONTROL_CHARACTERS = "501 5.5.4 Error: control character in {verb} hostname"
+# proxy.bare_newline = "reject": a message line ended by a bare LF or CR (as
+# Postfix's smtpd_forbid_bare_newline = reject); the connection is closed.
+BARE_LF = "521 5.5.2 Error: bare <LF> received"
+BARE_CR = "521 5.5.2 Error: bare <CR> received"
+# aiosmtpd's own command-loop replies carry no enhanced status code; these replace them.
+LINE_TOO_LONG = "500 5.5.2 Error: command line too long"
+BAD_SYNTAX = "500 5.5.2 Error: bad syntax"
+UNKNOWN_COMMAND = "502 5.5.2 Error: command not recognized"
 # MAIL or RCPT with a control character: refused before anything goes downstream.
 CONTROL_CHARACTERS = "501 5.5.4 Syntax: control characters are not allowed"
 NEED_HELO = "503 5.5.1 Error: send HELO/EHLO first"
@@ -52,6 +64,8 @@ NOT_IMPLEMENTED = "502 5.5.1 Error: command not implemented"
 # Limits.
 MESSAGE_TOO_BIG = "552 5.3.4 Error: message size exceeds fixed limit"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Error: too many recipients"
+# The message would take the bytes held by all sessions over proxy.max_inflight_bytes.
+INSUFFICIENT_STORAGE = "452 4.3.1 Insufficient system storage"
 
 
 def lines(code: int, text: str) -> list[str]:

@@ -35,7 +35,7 @@ from smtpproxy import replies, xforward
 from smtpproxy.common.config import Config, ListenerConfig
 from smtpproxy.common.log import quote
 from smtpproxy.delivery import Delivery
-from smtpproxy.relay import Downstream, DownstreamError, DownstreamPool, Reply
+from smtpproxy.relay import Downstream, DownstreamError, DownstreamPool, Reply, normalize_line_ends
 from smtpproxy.transaction import ClientInfo, Transaction
 
 logger = logging.getLogger("smtpproxy")
@@ -52,6 +52,84 @@ _id_prefix = f"{os.getpid() & 0xFFFF:04X}"
 
 def new_session_id() -> str:
     return f"{_id_prefix}{next(_session_ids):08X}"
+
+
+class SessionOver(ConnectionResetError):
+    """The session ends here: nothing more the client sent is read as a command.
+
+    Raised after a 421 or 521 that closes the connection (DATA timeout, bare
+    newline refused) and when the client has half-closed and every command
+    it sent has been answered. aiosmtpd's command loop lets a
+    ConnectionResetError end it; ``_handle_client`` closes the connection.
+    """
+
+
+class _ClientReader(asyncio.StreamReader):
+    """The client's byte stream: its end (the client half-closed, and all it
+    sent before has been read) ends the session instead of failing a read."""
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        try:
+            return await super().readuntil(separator)
+        except asyncio.IncompleteReadError:
+            raise SessionOver("client closed its side of the connection") from None
+
+
+class InflightBudget:
+    """Message bytes all sessions hold now, against ``proxy.max_inflight_bytes``.
+
+    A session takes its share as it reads DATA (``Reservation.take``) and
+    gives it back once its end-of-data is answered, so the bytes are counted
+    while the scan, the signer and the relay hold their copies too.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self) -> Reservation:
+        return Reservation(self)
+
+
+class Reservation:
+    """One message's share of the InflightBudget; refused once, it takes nothing more."""
+
+    def __init__(self, budget: InflightBudget):
+        self.budget = budget
+        self.held = 0
+        self.refused = False
+
+    def take(self, size: int) -> bool:
+        if self.refused:
+            return False
+        if self.budget.used + size > self.budget.limit:
+            self.refused = True
+            self.release()
+            return False
+        self.budget.used += size
+        self.held += size
+        return True
+
+    def release(self) -> None:
+        self.budget.used -= self.held
+        self.held = 0
+
+
+class BareNewline(ValueError):
+    """A message line ended by a bare LF or CR, with proxy.bare_newline = "reject"."""
+
+    def __init__(self, char: str):
+        super().__init__(f"bare <{char}> received")
+        self.reply = replies.BARE_LF if char == "LF" else replies.BARE_CR
+
+
+# aiosmtpd's command loop answers these itself, without an enhanced status
+# code; the client gets ours instead (``ProxySMTP.push``).
+_AIOSMTPD_REPLIES = {
+    "500 Command line too long": replies.LINE_TOO_LONG,
+    "500 Error: bad syntax": replies.BAD_SYNTAX,
+}
+_AIOSMTPD_UNKNOWN_COMMAND = '500 Error: command "'
 
 
 class _NoHooks:
@@ -130,6 +208,7 @@ class Service(Protocol):
     sessions: set
     stats: object  # daemon.ProxyStats
     delivery: Delivery
+    inflight: InflightBudget
 
     def admit(self, session: ProxySMTP) -> str | None: ...
 
@@ -170,7 +249,7 @@ class ProxySMTP(SMTP):
         self.loop = loop
         asyncio.StreamReaderProtocol.__init__(
             self,
-            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+            _ClientReader(loop=loop, limit=self.line_length_limit),
             client_connected_cb=self._cb_client_connected,
             loop=loop,
         )
@@ -216,6 +295,8 @@ class ProxySMTP(SMTP):
                 await self.push(refusal)
                 return
             await super()._handle_client()
+        except ConnectionResetError:
+            pass  # SessionOver, or the client went away; connection_lost logs a transaction cut short
         finally:
             # However the command loop ends (QUIT, EOF, an error while the
             # client is already gone), the connection and its slot are freed.
@@ -223,10 +304,33 @@ class ProxySMTP(SMTP):
                 self.transport.close()
 
     def eof_received(self) -> bool | None:
-        # aiosmtpd cancels the command loop on EOF but keeps the transport
-        # half-open; a client that closed its side is done with us.
-        super().eof_received()
-        return False
+        # A client may pipeline a whole transaction and half-close: every
+        # command it sent still gets its reply (aiosmtpd would cancel the
+        # command loop here). The reader hands out what is buffered, then
+        # its end ends the loop (SessionOver) and the connection is closed.
+        return asyncio.StreamReaderProtocol.eof_received(self)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes an idle connection without a word; the client is
+        # told why first, as Postfix's smtpd does.
+        if self.transport is None or self.transport.is_closing():
+            return
+        logger.info("%s: client=%s timeout after %ss idle, closing", self.session_id,
+                    self.peer_addr, self._timeout_duration)
+        self.transport.write(replies.TIMEOUT.encode() + b"\r\n")
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+        self.transport.close()
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and status.startswith("500 "):
+            ours = _AIOSMTPD_REPLIES.get(status)
+            if ours is None and status.startswith(_AIOSMTPD_UNKNOWN_COMMAND):
+                ours = replies.UNKNOWN_COMMAND
+            if ours is not None:
+                logger.info("%s: client=%s %s", self.session_id, self.peer_addr, ours)
+                status = ours
+        await super().push(status)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -351,9 +455,21 @@ class ProxySMTP(SMTP):
 
     # ---------------------------------------------------------- greeting verbs
 
+    async def _refuse_helo(self, verb: str, hostname: str) -> bool:
+        """A greeting name with a control character is refused: it would reach
+        the scan's headers (SPF's smtp.helo) and log lines."""
+        if not xforward.has_control_characters(hostname):
+            return False
+        logger.info("%s: client=%s %s refused: control character in the hostname",
+                    self.session_id, self.peer_addr, verb)
+        await self.push(replies.HELO_CONTROL_CHARACTERS.format(verb=verb))
+        return True
+
     async def smtp_EHLO(self, hostname: str) -> None:
         if not hostname:
             await self.push(replies.SYNTAX_HELO.format(verb="EHLO"))
+            return
+        if await self._refuse_helo("EHLO", hostname):
             return
         await self._new_greeting(hostname, extended=True)
         response = [
@@ -367,6 +483,8 @@ class ProxySMTP(SMTP):
     async def smtp_HELO(self, hostname: str) -> None:
         if not hostname:
             await self.push(replies.SYNTAX_HELO.format(verb="HELO"))
+            return
+        if await self._refuse_helo("HELO", hostname):
             return
         await self._new_greeting(hostname, extended=False)
         await self.push(f"250 {self.hostname}")
@@ -393,6 +511,12 @@ class ProxySMTP(SMTP):
             return
         try:
             self.session.xforward.update(xforward.parse(arg))
+        except xforward.ControlCharacterError as exc:
+            # Nothing of the command is kept: a value that decodes to CR LF
+            # would otherwise start a header line of its own downstream.
+            logger.info("%s: client=%s XFORWARD refused: %s", self.session_id, self.peer_addr, exc)
+            await self.push(replies.XFORWARD_CONTROL_CHARACTERS)
+            return
         except xforward.XforwardError as exc:
             await self.push(replies.BAD_XFORWARD.format(detail=exc))
             return
@@ -539,23 +663,32 @@ class ProxySMTP(SMTP):
             proxy.data_timeout_s + proxy.scan_timeout_s + 2 * proxy.downstream_reply_timeout_s
         )
         await self.push(replies.START_DATA)
+        # The message's bytes count against proxy.max_inflight_bytes from the
+        # first one read until its end-of-data is answered.
+        reservation = self.service.inflight.reserve()
+        try:
+            await self._read_and_deliver(reservation)
+        finally:
+            reservation.release()
+
+    async def _read_and_deliver(self, reservation: Reservation) -> None:
+        proxy = self.cfg.proxy
         try:
             async with asyncio.timeout(proxy.data_timeout_s):
-                content, size = await read_data(self._reader, proxy.max_message_size_bytes)
+                content, size = await read_data(self._reader, proxy.max_message_size_bytes,
+                                                reservation, proxy.bare_newline)
         except TimeoutError:
-            self._log_transaction(size=None, verdict="aborted", reply="DATA timeout")
-            self._end_transaction()
-            self._drop_downstream()
-            await self.push(replies.TIMEOUT)
-            assert self.transport is not None
-            self.transport.close()
-            return
+            await self._close_in_data("aborted", "DATA timeout", replies.TIMEOUT)
+        except BareNewline as exc:
+            await self._close_in_data("reject", str(exc), exc.reply)
         self.busy = True
         try:
-            if content is None:
+            if content is None and size > proxy.max_message_size_bytes:
                 reply = Reply.parse(replies.MESSAGE_TOO_BIG)
                 await self._abandon_downstream_transaction()
                 self._log_transaction(size=size, verdict="too-big", reply=str(reply))
+            elif content is None:
+                reply = await self._over_inflight_budget(size)
             else:
                 reply = await self._deliver(content, size)
             self._end_transaction()
@@ -563,6 +696,30 @@ class ProxySMTP(SMTP):
         finally:
             self.busy = False
             self._reset_timeout()
+
+    async def _close_in_data(self, verdict: str, why: str, reply: str) -> None:
+        """End the session in DATA: the transaction is dropped downstream, the
+        client gets ``reply``, and whatever it sent after is never read as a
+        command (message lines still buffered would otherwise run as commands)."""
+        self._log_transaction(size=None, verdict=verdict, reply=f"{why}: {reply}")
+        self._end_transaction()
+        self._drop_downstream()
+        await self.push(reply)
+        assert self.transport is not None
+        self.transport.close()
+        raise SessionOver(why)
+
+    async def _over_inflight_budget(self, size: int) -> Reply:
+        """The message was read and dropped: holding it would take the bytes of
+        all sessions over proxy.max_inflight_bytes. A 4xx: the client retries."""
+        budget = self.service.inflight
+        logger.warning("%s: message of %d bytes refused: %d bytes in flight, "
+                       "proxy.max_inflight_bytes=%d", self.session_id, size, budget.used, budget.limit)
+        self.service.stats.inflight_refused.inc(self.listener.name)
+        reply = Reply.parse(replies.INSUFFICIENT_STORAGE)
+        await self._abandon_downstream_transaction()
+        self._log_transaction(size=size, verdict="tempfail", reply=f"over the in-flight budget: {reply}")
+        return reply
 
     async def _deliver(self, content: bytes, size: int) -> Reply:
         """The delivery pipeline (delivery.py) on this transaction; the reply to its end-of-data."""
@@ -620,16 +777,35 @@ class ProxySMTP(SMTP):
         logger.info(" ".join(fields))
 
 
-async def read_data(reader: asyncio.StreamReader, limit: int) -> tuple[bytes | None, int]:
-    """Read a DATA payload up to the lone dot and undo dot-stuffing.
+def _bare_newline(data: bytes) -> str | None:
+    """"LF" or "CR" when ``data`` holds one that is not part of a CRLF, else None."""
+    pairs = data.count(b"\r\n")
+    if data.count(b"\n") != pairs:
+        return "LF"
+    if data.count(b"\r") != pairs:
+        return "CR"
+    return None
+
+
+async def read_data(reader: asyncio.StreamReader, limit: int, reservation: Reservation | None = None,
+                    bare_newline: str = "normalize") -> tuple[bytes | None, int]:
+    """Read a DATA payload up to the lone dot, normalise line ends, undo dot-stuffing.
 
     Returns (content, size); content is None when the message was larger than
-    ``limit`` (it is still read to its end, then discarded). Only CRLF.CRLF
-    ends the message: a dot after a bare LF does not (no SMTP smuggling).
-    Lines of any length are accepted; Postfix sends long lines unsplit.
+    ``limit`` or ``reservation`` (the in-flight budget) refused its bytes: it
+    is still read to its end, then discarded. Only CRLF.CRLF ends the
+    message: a dot after a bare LF or CR does not (no SMTP smuggling).
+
+    A bare LF or bare CR ends a line as CRLF does ("normalize", as Postfix
+    3.9's smtpd_forbid_bare_newline), so the scan sees the lines the
+    re-injection listener will see and nothing downstream can find an end of
+    DATA in them; with "reject" it raises BareNewline instead. Dot-stuffing
+    is undone after that, on every line. Lines of any length are accepted;
+    Postfix sends long lines unsplit.
     """
     parts: list[bytes] = []
     size = 0
+    keep = True
     tail = b"\r\n"  # the 354 reply counts as a line end before the first line
     while True:
         try:
@@ -640,21 +816,29 @@ async def read_data(reader: asyncio.StreamReader, limit: int) -> tuple[bytes | N
             found = False
         except asyncio.IncompleteReadError as exc:
             raise ConnectionResetError("client closed the connection in DATA") from exc
-        if found and (tail + chunk)[-5:-3] == b"\r\n":
+        end = found and (tail + chunk)[-5:-3] == b"\r\n"
+        if end:
             chunk = chunk[:-3]
-            size += len(chunk)
-            if size <= limit:
-                parts.append(chunk)
-            break
         size += len(chunk)
-        if size <= limit:
-            parts.append(chunk)
-        else:
+        if keep and (size > limit or (reservation is not None and not reservation.take(len(chunk)))):
+            keep = False
             parts.clear()
+            if reservation is not None:
+                reservation.release()  # nothing is held any more
+        if keep:
+            parts.append(chunk)
+        if end:
+            break
         tail = (tail + chunk)[-2:]
-    if size > limit:
+    if not keep:
         return None, size
     data = b"".join(parts)
+    parts.clear()
+    bare = _bare_newline(data)
+    if bare is not None:
+        if bare_newline == "reject":
+            raise BareNewline(bare)
+        data = normalize_line_ends(data)
     if data.startswith(b"."):
         data = data[1:]
     data = data.replace(b"\r\n.", b"\r\n")

@@ -20,6 +20,16 @@ class XforwardError(ValueError):
     pass
 
 
+class ControlCharacterError(XforwardError):
+    """A decoded value holds a control character (xtext ``+0D+0A`` is CR LF)."""
+
+
+def has_control_characters(text: str) -> bool:
+    """C0 controls and DEL: nothing a host name, address, port or protocol holds,
+    and what would let a value end a line of a header or of the SMTP dialogue."""
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
 def xtext_decode(text: str) -> str:
     """RFC 3461 xtext to text; raises XforwardError on a malformed +XX escape."""
     if "+" not in text:
@@ -58,7 +68,10 @@ def parse(arg: str) -> dict[str, str | None]:
     """One XFORWARD argument string to {ATTR: value}; None means unavailable.
 
     ADDR loses its ``IPV6:`` prefix. Unknown attribute names, missing '=' and
-    bad escapes raise XforwardError (Postfix answers 501 for those too).
+    bad escapes raise XforwardError (Postfix answers 501 for those too); a
+    value with a control character raises ControlCharacterError: these values
+    reach log lines and headers (SPF's smtp.helo), and no client text may
+    start a new line in either.
     """
     if not arg or not arg.strip():
         raise XforwardError("no attributes")
@@ -69,6 +82,8 @@ def parse(arg: str) -> dict[str, str | None]:
         if not eq or name not in ATTRIBUTES:
             raise XforwardError(f"{item!r}")
         value = xtext_decode(raw_value)
+        if has_control_characters(value):
+            raise ControlCharacterError(f"{name}: control character")
         if value == UNAVAILABLE or value == "":
             result[name] = None
             continue

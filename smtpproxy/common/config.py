@@ -130,6 +130,9 @@ class ListenerConfig:
         parse_networks(self.client_networks, path + "client_networks")
 
 
+BARE_NEWLINE_ACTIONS = ("normalize", "reject")
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     # Name in the greeting and EHLO, and in the trace header; empty: the host's FQDN.
@@ -140,6 +143,19 @@ class ProxyConfig:
     max_sessions: int = 200
     # Advertised in EHLO SIZE; larger messages get 552 5.3.4.
     max_message_size_bytes: int = 52_428_800
+    # Message bytes all sessions together may hold at once, counted as DATA is
+    # read and held until the message is answered (scanning and signing make
+    # several copies: the process needs a few times this much memory). A
+    # message that would go beyond it gets 452 4.3.1 and is retried later.
+    # At least max_message_size_bytes.
+    max_inflight_bytes: int = 268_435_456
+    # A message line ended by a bare LF or bare CR (RFC 5321 allows CRLF only;
+    # a downstream may read "<LF>.<LF>" as the end of DATA: SMTP smuggling).
+    # "normalize": such line ends become CRLF before the scan, as Postfix 3.9's
+    # smtpd_forbid_bare_newline = normalize does for LF, so the scan and the
+    # re-injection listener see the same lines; only CRLF.CRLF ends DATA.
+    # "reject": 521 5.5.2 and the connection is closed.
+    bare_newline: str = "normalize"
     max_recipients: int = 1000
     # Idle time allowed between client commands.
     command_timeout_s: float = 300.0
@@ -172,8 +188,12 @@ class ProxyConfig:
             self, path, "max_sessions", "max_message_size_bytes", "max_recipients",
             "command_timeout_s", "data_timeout_s", "downstream_connect_timeout_s",
             "downstream_reply_timeout_s", "scan_timeout_s", "drain_timeout_s",
-            "downstream_idle_timeout_s",
+            "downstream_idle_timeout_s", "max_inflight_bytes",
         )
+        if self.max_inflight_bytes < self.max_message_size_bytes:
+            raise ConfigError(path + "max_inflight_bytes",
+                              f"must be at least max_message_size_bytes ({self.max_message_size_bytes})")
+        _check_choice(self, path, "bare_newline", BARE_NEWLINE_ACTIONS)
         if self.downstream_pool_size < 0:
             raise ConfigError(path + "downstream_pool_size", "must be 0 or more")
         if self.metrics_listen:

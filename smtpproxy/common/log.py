@@ -42,9 +42,27 @@ def setup(cfg: LogConfig, program: str) -> None:
         logging.getLogger(name).setLevel(quiet)
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(c: str) -> str:
+    if c in _ESCAPES:
+        return _ESCAPES[c]
+    if c.isprintable():
+        return c
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000 \
+        else f"\\U{ord(c):08x}"
+
+
 def quote(value: object) -> str:
-    """A log field value: bare when safe, else double-quoted with escapes."""
+    """A log field value: bare when safe, else double-quoted with escapes.
+
+    Whatever a client wrote (a HELO, an address) comes out on one line with
+    no control character at all: CR, NUL, escape sequences and Unicode line
+    separators are written as escapes, so a field can neither forge a log
+    line nor drive a terminal.
+    """
     text = str(value)
     if text and all(c.isprintable() and c not in ' "=' for c in text):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + "".join(_escape(c) for c in text) + '"'

@@ -148,6 +148,23 @@ class MetricsEndpoint:
             self._server = await serve_metrics(self.registry, listen)
             self.listen = listen
 
+    async def bind(self, listen: str) -> asyncio.Server | None:
+        """A listener on ``listen`` next to the current one, for ``swap``; None when
+        nothing is to be bound (unchanged or empty). OSError when it cannot be
+        bound, and then nothing has changed: a reload builds everything first."""
+        if listen == self.listen or not listen:
+            return None
+        return await serve_metrics(self.registry, listen)
+
+    def swap(self, listen: str, server: asyncio.Server | None) -> None:
+        """Make ``server`` (from ``bind(listen)``) the endpoint; the old one closes."""
+        if listen == self.listen:
+            return
+        self.close()
+        if server is not None:
+            self._server = server
+            self.listen = listen
+
     def close(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -108,12 +108,16 @@ async def serve(
         except ConfigError as exc:
             logger.error("reload refused, keeping the running configuration: %s", exc)
         else:
-            logsetup.setup(new_cfg.log, program)
+            # The new logging too applies only with the rest: a reload that
+            # fails keeps all of the old configuration.
             try:
                 await service.reload(new_cfg)
+            except (ConfigError, OSError) as exc:
+                logger.error("reload failed, keeping the running configuration: %s", exc)
             except Exception:
                 logger.exception("reload failed; the service keeps running")
             else:
+                logsetup.setup(new_cfg.log, program)
                 logger.info("configuration reloaded")
         sd_notify("READY=1")
 

@@ -7,18 +7,20 @@ sides matter:
 
 - in: ``read_data`` ends a message only at CRLF "." CRLF; everything before
   it, smuggled commands included, is the message (fed whole and one byte at a
-  time), and what follows the real end stays for the next command;
+  time), with every bare LF or CR made a CRLF (proxy.bare_newline =
+  "normalize", as Postfix 3.9 does for LF), and what follows the real end
+  stays for the next command;
 - through: a client talks to a running proxy, and the downstream listener
   (a recording fake) sees exactly one MAIL transaction whose message holds
   the smuggled text, with DATA and with BDAT;
 - out: ``dot_stuff`` must leave exactly one lone-dot line, at the very end,
   for a strict reader (CRLF.CRLF) and for a lax one that also ends DATA at
   LF.LF or LF.CRLF (DESIGN.md: "The proxy itself must never send a bare LF
-  or bare CR that a downstream could read as the end of DATA").
+  or bare CR that a downstream could read as the end of DATA"), also when
+  handed content that still holds bare line ends (it is safe on its own).
 
-The rows a lax reader still splits today are the known defect D4
-(``dot_stuff`` only handles "\\r\\n."): they are strict xfails, so the suite
-says so the day it is fixed.
+The rows with a bare-LF dot were strict xfails (defect D4: ``dot_stuff``
+handled only "\\r\\n." and ``read_data`` kept bare line ends); they pass now.
 """
 
 from __future__ import annotations
@@ -40,43 +42,46 @@ REAL_END = b"\r\n.\r\n"
 TRAILER = b"QUIT\r\n"
 
 
-def smuggle(lookalike: bytes, as_read: bytes | None = None) -> tuple[bytes, bytes]:
-    """(wire, content): a message hiding SMUGGLED behind ``lookalike``.
+def smuggle(lookalike: bytes, held: bytes, read: bytes) -> tuple[bytes, bytes, bytes]:
+    """(wire, held, read): a message hiding SMUGGLED behind ``lookalike``.
 
-    ``as_read`` is the look-alike as it is in the content read back, where it
-    differs: a dot at the start of a CRLF line is dot-stuffing and goes.
+    ``held`` is the look-alike as a proxy that kept bare line ends would hold
+    it (a dot at the start of a CRLF line is dot-stuffing and goes): what
+    ``dot_stuff`` must make safe on its own. ``read`` is it as ``read_data``
+    returns it: every line end a CRLF, then dot-stuffing undone on every line.
     """
     wire = HEAD + lookalike + SMUGGLED + REAL_END
-    content = HEAD + (lookalike if as_read is None else as_read) + SMUGGLED + b"\r\n"
-    return wire, content
+    return wire, HEAD + held + SMUGGLED + b"\r\n", HEAD + read + SMUGGLED + b"\r\n"
 
 
-# (label, wire up to and including the real end of data, the content read_data returns)
+# (label, wire up to and including the real end of data, the content with its
+# bare line ends kept, the content read_data returns)
 CASES = [
-    ("LF dot LF", *smuggle(b"\n.\n")),
-    ("CR dot CRLF", *smuggle(b"\r.\r\n")),
-    ("LF dot CRLF", *smuggle(b"\n.\r\n")),
-    ("CRLF dot LF", *smuggle(b"\r\n.\n", b"\r\n\n")),
-    ("CRLF dot CR", *smuggle(b"\r\n.\r", b"\r\n\r")),
-    ("LF dot CR", *smuggle(b"\n.\r")),
-    ("bare LF", *smuggle(b"\n")),
-    ("bare CR", *smuggle(b"\r")),
-    ("dot LF first", b".\n" + SMUGGLED + REAL_END, b"\n" + SMUGGLED + b"\r\n"),
+    ("LF dot LF", *smuggle(b"\n.\n", b"\n.\n", b"\r\n\r\n")),
+    ("CR dot CRLF", *smuggle(b"\r.\r\n", b"\r.\r\n", b"\r\n\r\n")),
+    ("LF dot CRLF", *smuggle(b"\n.\r\n", b"\n.\r\n", b"\r\n\r\n")),
+    ("CRLF dot LF", *smuggle(b"\r\n.\n", b"\r\n\n", b"\r\n\r\n")),
+    ("CRLF dot CR", *smuggle(b"\r\n.\r", b"\r\n\r", b"\r\n\r\n")),
+    ("LF dot CR", *smuggle(b"\n.\r", b"\n.\r", b"\r\n\r\n")),
+    ("bare LF", *smuggle(b"\n", b"\n", b"\r\n")),
+    ("bare CR", *smuggle(b"\r", b"\r", b"\r\n")),
+    ("dot LF first", b".\n" + SMUGGLED + REAL_END, b"\n" + SMUGGLED + b"\r\n",
+     b"\r\n" + SMUGGLED + b"\r\n"),
     # Formerly a row of test_proxy_codecs' DATA table.
-    ("bare LF dot is not the end", b"a\n.\r\nb\r\n.\r\n", b"a\n.\r\nb\r\n"),
+    ("bare LF dot is not the end", b"a\n.\r\nb\r\n.\r\n", b"a\n.\r\nb\r\n", b"a\r\n\r\nb\r\n"),
 ]
 
-# Rows whose content still holds "\n.\n" or "\n.\r\n" after dot_stuff today.
-D4_ROWS = {"LF dot LF", "LF dot CRLF", "bare LF dot is not the end"}
-D4 = pytest.mark.xfail(
-    strict=True, reason="D4: dot_stuff leaves bare-LF dot lines; fixed in the proxy reliability work")
+
+def rows():
+    """(wire, the content read_data returns) per case."""
+    return [pytest.param(wire, read, id=label) for label, wire, _held, read in CASES]
 
 
-def rows(xfail_d4: bool = False):
-    return [
-        pytest.param(wire, content, id=label, marks=[D4] if xfail_d4 and label in D4_ROWS else [])
-        for label, wire, content in CASES
-    ]
+def contents():
+    """Every content dot_stuff may be handed: as read, and with bare line ends kept."""
+    return [pytest.param(content, id=f"{label}-{kind}")
+            for label, _wire, held, read in CASES
+            for kind, content in (("read", read), ("held", held))]
 
 
 # ------------------------------------------------------------------ readers of the DATA payload
@@ -196,18 +201,26 @@ def test_read_data_ends_only_at_the_real_end(wire, content):
 # ------------------------------------------------------------------ out: dot_stuff
 
 
-@pytest.mark.parametrize("wire, content", rows())
-def test_dot_stuff_ends_once_for_a_strict_reader(wire, content):
+@pytest.mark.parametrize("content", contents())
+def test_dot_stuff_ends_once_for_a_strict_reader(content):
     stuffed = dot_stuff(content)
     assert stuffed.endswith(REAL_END)
     assert data_end(stuffed, lax=False) == (len(stuffed) - 3, len(stuffed))
 
 
-@pytest.mark.parametrize("wire, content", rows(xfail_d4=True))
-def test_dot_stuff_ends_once_for_a_lax_reader(wire, content):
+@pytest.mark.parametrize("content", contents())
+def test_dot_stuff_ends_once_for_a_lax_reader(content):
     stuffed = dot_stuff(content)
     assert data_end(stuffed, lax=True) == (len(stuffed) - 3, len(stuffed)), (
         "a downstream that ends DATA at LF.LF or LF.CRLF would end this message early")
+
+
+@pytest.mark.parametrize("content", contents())
+def test_dot_stuff_sends_no_bare_cr_or_lf(content):
+    stuffed = dot_stuff(content)
+    pairs = stuffed.count(b"\r\n")
+    assert stuffed.count(b"\r") == stuffed.count(b"\n") == pairs, (
+        "a downstream that ends lines at a bare CR or LF could find an end of DATA")
 
 
 # ------------------------------------------------------------------ through: a running proxy
@@ -326,14 +339,12 @@ async def _through_proxy(port: int, downstream_port: int, wire: bytes, chunking:
 
 def _live_rows():
     params = []
-    for label, wire, content in CASES:
+    for label, wire, _held, content in CASES:
         for chunking in (False, True):
             for lax in (False, True):
                 mode = "BDAT" if chunking else "DATA"
                 reader = "lax" if lax else "strict"
-                marks = [D4] if lax and not chunking and label in D4_ROWS else []
-                params.append(pytest.param(wire, content, chunking, lax, id=f"{label}-{mode}-{reader}",
-                                           marks=marks))
+                params.append(pytest.param(wire, content, chunking, lax, id=f"{label}-{mode}-{reader}"))
     return params
 
 
