@@ -754,6 +754,57 @@ class BayesConfig:
             raise ConfigError(path + "autolearn_max_ratio", "must be 1 or more")
 
 
+ACTION_NAMES = ("greylist", "add_header", "rewrite_subject", "reject")
+
+
+@dataclass(frozen=True)
+class ScanProfile:
+    """The scan settings of one listener profile (rspamd's "settings"): [scan.profiles.inbound]."""
+
+    # Checks that run, by name (gtube, headers, mime, spf, dkim, arc, dmarc,
+    # dnsbl, multimap, bayes, reply, antivirus, ...); empty: every check ...
+    checks_enabled: tuple[str, ...] = ()
+    # ... less these. A check that waits for a disabled one (dmarc after spf)
+    # sees no results from it.
+    checks_disabled: tuple[str, ...] = ()
+    # false: neither the score nor DNS trouble picks an action (the score is
+    # still computed and logged); only symbols that force one act (GTUBE, CLAM_VIRUS).
+    score_actions: bool = True
+    # This profile's thresholds over [scan.actions], e.g. { reject = 20.0, greylist = 0.0 }
+    # (0 turns one off); empty: [scan.actions] as it is.
+    actions: dict[str, float] = field(default_factory=dict)
+    # X-Spamd-Result, X-Spam-* and Authentication-Results on accepted mail
+    # (incoming copies of them are removed either way).
+    result_headers: bool = True
+    # The greylist action; false: a message at greylist level is accepted as "no action".
+    greylist: bool = True
+
+    def check(self, path: str) -> None:
+        for name, value in self.actions.items():
+            if name not in ACTION_NAMES:
+                raise ConfigError(f"{path}actions.{name}", f"must be one of {', '.join(ACTION_NAMES)}")
+            if value < 0:
+                raise ConfigError(f"{path}actions.{name}", "must be 0 (off) or a positive score")
+
+
+@dataclass(frozen=True)
+class OutboundScanProfile(ScanProfile):
+    """Our own users' mail (submission): scored and logged, acted on only when a symbol forces it."""
+
+    # SPF and DMARC of our own users, DNSBL of their (dynamic) addresses, and
+    # REPLY (answers to our own mail arrive inbound) mean nothing here.
+    checks_disabled: tuple[str, ...] = ("spf", "dmarc", "dnsbl")
+    score_actions: bool = False
+    result_headers: bool = False
+    greylist: bool = False
+
+
+@dataclass(frozen=True)
+class ScanProfilesConfig:
+    inbound: ScanProfile = field(default_factory=ScanProfile)
+    outbound: OutboundScanProfile = field(default_factory=OutboundScanProfile)
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     # Score every message at end-of-data; false: the proxy passes mail unscanned.
@@ -789,6 +840,7 @@ class ScanConfig:
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     multimap: MultimapConfig = field(default_factory=MultimapConfig)
     bayes: BayesConfig = field(default_factory=BayesConfig)
+    profiles: ScanProfilesConfig = field(default_factory=ScanProfilesConfig)
 
     def check(self, path: str) -> None:
         _check_positive(self, path, "check_timeout_s", "budget_s", "greylist_delay_s",

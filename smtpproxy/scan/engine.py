@@ -6,7 +6,14 @@ options; scores come from the symbols table (symbols.toml plus
 (no action < greylist < add header < rewrite subject < reject), unless a
 symbol forces one (GTUBE forces reject). Temporary DNS trouble
 (``*_DNSFAIL``/``*_TEMPFAIL``) leads to soft reject when
-``scan.dns_failure_action`` says so.
+``scan.dns_failure_action`` says so. A symbol marked ``skip_greylist``
+(REPLY) keeps its message from the greylist action.
+
+Each listener profile has its settings (``[scan.profiles.NAME]``, rspamd's
+"settings"): which checks run, its thresholds or none at all (the outbound
+profile acts only on forcing symbols), greylisting on or off. The engine
+resolves them once per configuration (``ProfileSettings``) and scans a
+message with those of ``ctx.profile``.
 
 Checks run concurrently, each under ``scan.check_timeout_s`` and all within
 ``scan.budget_s``; a check that names others in ``after`` starts when they
@@ -26,6 +33,7 @@ inside every check.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import tomllib
@@ -33,7 +41,13 @@ from collections.abc import Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
-from smtpproxy.common.config import SCAN_ACTIONS, ConfigError, ScanConfig
+from smtpproxy.common.config import (
+    SCAN_ACTIONS,
+    ActionsConfig,
+    ConfigError,
+    ScanConfig,
+    ScanProfile,
+)
 from smtpproxy.scan.checks.base import Check, CheckContext, Hit
 
 logger = logging.getLogger("smtpproxy.scan")
@@ -46,6 +60,8 @@ class SymbolDef:
     score: float
     description: str
     force_action: str | None = None
+    # Never greylisted at end-of-data when this symbol is found (REPLY).
+    skip_greylist: bool = False
 
 
 def load_symbols(cfg: ScanConfig, defined: Mapping[str, SymbolDef] | None = None) -> dict[str, SymbolDef]:
@@ -70,7 +86,11 @@ def load_symbols(cfg: ScanConfig, defined: Mapping[str, SymbolDef] | None = None
         force = entry.get("force_action")
         if force is not None and force not in SCAN_ACTIONS:
             raise ConfigError(key, f"force_action must be one of {', '.join(SCAN_ACTIONS)}")
-        table[name] = SymbolDef(float(entry["score"]), str(entry.get("description", "")), force)
+        skip_greylist = entry.get("skip_greylist", False)
+        if not isinstance(skip_greylist, bool):
+            raise ConfigError(key, "skip_greylist must be true or false")
+        table[name] = SymbolDef(float(entry["score"]), str(entry.get("description", "")), force,
+                                skip_greylist)
     for name, definition in (defined or {}).items():
         if name in table:
             raise ConfigError(f"{cfg.symbols_file or 'symbols.toml'}: {name}",
@@ -80,7 +100,7 @@ def load_symbols(cfg: ScanConfig, defined: Mapping[str, SymbolDef] | None = None
     for name, score in cfg.scores.items():
         if name not in table:
             raise ConfigError(f"scan.scores.{name}", "no such symbol")
-        table[name] = SymbolDef(score, table[name].description, table[name].force_action)
+        table[name] = dataclasses.replace(table[name], score=score)
     return table
 
 
@@ -109,6 +129,50 @@ def check_symbol_defs(checks: list[Check]) -> dict[str, SymbolDef]:
     return defined
 
 
+@dataclass(frozen=True)
+class ProfileSettings:
+    """One profile's scan settings, resolved against the checks and [scan.actions]."""
+
+    name: str
+    checks: tuple[Check, ...]
+    # Names of the checks left out: one that waits for such a check sees no hits from it.
+    skipped: frozenset[str]
+    thresholds: ActionsConfig
+    score_actions: bool
+    greylist: bool
+    result_headers: bool
+
+
+def check_profile_names(cfg: ScanConfig, checks: list[Check]) -> None:
+    """A check name in a profile that is none of ``checks`` (every check the
+    program has) is a ConfigError naming the key."""
+    names = [check.name for check in checks]
+    for field_ in dataclasses.fields(cfg.profiles):
+        profile: ScanProfile = getattr(cfg.profiles, field_.name)
+        for key in ("checks_enabled", "checks_disabled"):
+            for i, name in enumerate(getattr(profile, key)):
+                if name not in names:
+                    raise ConfigError(f"scan.profiles.{field_.name}.{key}[{i}]",
+                                      f"no check named {name!r} (checks: {', '.join(names)})")
+
+
+def profile_settings(cfg: ScanConfig, checks: list[Check]) -> dict[str, ProfileSettings]:
+    """Every profile's settings over ``checks`` (names of other checks are ignored
+    here: an engine may run a few checks only; see check_profile_names)."""
+    names = [check.name for check in checks]
+    settings = {}
+    for field_ in dataclasses.fields(cfg.profiles):
+        profile: ScanProfile = getattr(cfg.profiles, field_.name)
+        chosen = tuple(check for check in checks
+                       if (not profile.checks_enabled or check.name in profile.checks_enabled)
+                       and check.name not in profile.checks_disabled)
+        thresholds = dataclasses.replace(cfg.actions, **profile.actions)
+        settings[field_.name] = ProfileSettings(
+            field_.name, chosen, frozenset(names) - {c.name for c in chosen}, thresholds,
+            profile.score_actions, profile.greylist, profile.result_headers)
+    return settings
+
+
 @dataclass
 class SymbolResult:
     name: str
@@ -125,10 +189,13 @@ class ScanResult:
     forced_by: str | None = None
     facts: dict[str, dict] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    # The listener profile whose settings scored it.
+    profile: str = "inbound"
 
     def summary(self) -> str:
         """One line for the log: score, action and every symbol with its options."""
-        parts = [f"score={self.score:.2f}/{self.required_score:.2f}", f"action={self.action}"]
+        parts = [f"profile={self.profile}", f"score={self.score:.2f}/{self.required_score:.2f}",
+                 f"action={self.action}"]
         if self.forced_by:
             parts.append(f"forced_by={self.forced_by}")
         parts.append("symbols=" + ",".join(
@@ -149,6 +216,12 @@ class Engine:
         defined = check_symbol_defs(checks)
         # An explicit table (tests) is completed with the checks' own definitions.
         self.symbols = load_symbols(cfg, defined) if symbols is None else {**defined, **symbols}
+        # A check whose configuration decides what one of its symbols forces
+        # (antivirus: on_failure) says so in ``force_actions``.
+        for check in checks:
+            for name, action in getattr(check, "force_actions", {}).items():
+                if name in self.symbols:
+                    self.symbols[name] = dataclasses.replace(self.symbols[name], force_action=action)
         emitted = {name for check in checks for name in check.symbols} | set(ENGINE_SYMBOLS)
         missing = sorted(emitted - set(self.symbols))
         if missing:
@@ -158,15 +231,23 @@ class Engine:
             unknown = set(check.after) - names
             if unknown:
                 raise ConfigError("scan", f"check {check.name} waits for unknown {sorted(unknown)}")
+        self.settings = profile_settings(cfg, checks)
+
+    def settings_for(self, profile: str) -> ProfileSettings:
+        """The settings of ``profile`` (an unknown name: the inbound profile's)."""
+        return self.settings.get(profile) or self.settings["inbound"]
 
     async def scan(self, ctx: CheckContext) -> ScanResult:
         started = time.monotonic()
         loop = asyncio.get_running_loop()
+        settings = self.settings_for(ctx.profile)
+        checks = settings.checks
         timeout_s = self.cfg.check_timeout_s
         budget_end = loop.time() + self.cfg.budget_s
-        found: dict[str, list[Hit]] = {}  # by check name, once it is done
+        # A check left out by the profile counts as done with no hits, for those that wait for it.
+        found: dict[str, list[Hit]] = {name: [] for name in settings.skipped}
         running: dict[asyncio.Future, tuple[Check, float]] = {}  # task -> (check, deadline)
-        waiting = [check for check in self.checks if check.after]
+        waiting = [check for check in checks if check.after]
 
         def start(check: Check) -> None:
             for name in check.after:
@@ -200,7 +281,7 @@ class Engine:
                     start(check)
 
         try:
-            for check in self.checks:
+            for check in checks:
                 if not check.after:
                     start(check)
             start_ready()
@@ -229,13 +310,14 @@ class Engine:
                 task.cancel()
         for check in waiting:  # never started: out of budget (or waiting in a circle)
             found[check.name] = [Hit("CHECK_TIMEOUT", (check.name, "budget"))]
-        hits = [hit for check in self.checks for hit in found[check.name]]
-        result = self._score(hits)
+        hits = [hit for check in checks for hit in found[check.name]]
+        result = self._score(hits, settings)
         result.facts = ctx.facts
         result.elapsed_s = time.monotonic() - started
         return result
 
-    def _score(self, hits: list[Hit]) -> ScanResult:
+    def _score(self, hits: list[Hit], settings: ProfileSettings | None = None) -> ScanResult:
+        settings = settings or self.settings["inbound"]
         symbols: dict[str, SymbolResult] = {}
         forced = None
         for hit in hits:
@@ -253,9 +335,11 @@ class Engine:
                                             > _severity(self.symbols[forced].force_action)):
                 forced = hit.symbol
         score = round(sum(s.score for s in symbols.values()), 2)
-        thresholds = self.cfg.actions
+        thresholds = settings.thresholds
         if forced:
             action = self.symbols[forced].force_action or "reject"
+        elif not settings.score_actions:
+            action = "no action"
         elif thresholds.reject and score >= thresholds.reject:
             action = "reject"
         elif self.cfg.dns_failure_action == "soft reject" and any(
@@ -270,7 +354,12 @@ class Engine:
             action = "greylist"
         else:
             action = "no action"
-        return ScanResult(score, thresholds.reject, action, symbols, forced)
+        if action == "greylist" and (not settings.greylist or any(
+                self.symbols[name].skip_greylist for name in symbols)):
+            # Greylisting is the lowest action: without it there is none.
+            action = "no action"
+        required = thresholds.reject if settings.score_actions else 0.0
+        return ScanResult(score, required, action, symbols, forced, profile=settings.name)
 
 
 def _outcome(check: Check, task: asyncio.Future) -> list[Hit]:

@@ -12,8 +12,11 @@ Verdict (smtpproxy/transaction.py):
   add header       accepted with "X-Spam: Yes"
   no action        accepted
 
-An accepted message carries the result headers (results.py) and the ARC
-chain status the ARC check verified, which the signer seals with.
+An accepted message carries the result headers (results.py), unless its
+listener's profile says otherwise (``result_headers``: the outbound default
+adds none), and the ARC chain status the ARC check verified, which the
+signer seals with. Which checks run and which actions the score may pick
+are the profile's too (engine.py, ``ProfileSettings``).
 
 ``build_hook(cfg, store, resolver, hostname)`` assembles it at start-up and
 on reload; the daemon owns the store and the resolver and hands them in.
@@ -29,7 +32,7 @@ from smtpproxy.common.store import Store
 from smtpproxy.scan.bayes.autolearn import autolearn
 from smtpproxy.scan.checks.all import all_checks
 from smtpproxy.scan.checks.base import CheckContext
-from smtpproxy.scan.engine import Engine, ScanResult
+from smtpproxy.scan.engine import Engine, ScanResult, check_profile_names
 from smtpproxy.scan.greylist import greylist
 from smtpproxy.scan.message import parse
 from smtpproxy.scan.results import own_authres, result_headers
@@ -90,10 +93,15 @@ class EngineHook:
                 return Verdict("tempfail", scan.greylist_reply, summary=summary + " greylist=deferred")
             summary += f" greylist=passed after {waited:.0f}s"
         add, remove = result_headers(result, self.authserv_id, scan, txn.content)
+        auth_results = dict(add).get("Authentication-Results", "")
+        if not self.engine.settings_for(txn.profile).result_headers:
+            # Forged copies still go; only the action's own edit (a rewritten
+            # Subject) stays. The ARC sealer still gets what we verified.
+            add = [(name, value) for name, value in add if name == "Subject"]
         arc = result.facts.get("arc")
         return Verdict(
             "accept", add_headers=add, remove_headers=remove, remove_matching=[self._own_ar],
-            auth_results=dict(add).get("Authentication-Results", ""), summary=summary,
+            auth_results=auth_results, summary=summary,
             arc_result=arc.get("result") if arc and arc.get("reason") != "no resolver" else None,
         )
 
@@ -111,8 +119,10 @@ def envelope_text(address: str) -> str:
 
 
 def build_engine(cfg: Config) -> Engine:
-    """Raises ConfigError (naming the key) when the symbols table is unusable."""
-    return Engine(cfg.scan, all_checks(cfg))
+    """Raises ConfigError (naming the key) when the symbols table or a profile is unusable."""
+    checks = all_checks(cfg)
+    check_profile_names(cfg.scan, checks)
+    return Engine(cfg.scan, checks)
 
 
 def build_hook(cfg: Config, store: Store | None, resolver, hostname: str) -> EngineHook:
