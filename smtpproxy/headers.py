@@ -129,9 +129,17 @@ def remove_headers(content: bytes, names: list[str],
 
 
 def prepend_headers(content: bytes, fields: list[tuple[str, str]]) -> bytes:
-    """Put ``fields`` on top, in order; values must already be folded if long."""
+    """Put ``fields`` on top, in order; values must already be folded if long.
+
+    Lines at the very top that start with a space or tab belong to no field
+    (RFC 5322 2.2.3); below ours they would continue our last field, so a
+    client could append to our Authentication-Results. They are dropped.
+    """
     if not fields:
         return content
+    while content[:1] in (b" ", b"\t"):
+        end = EOL.search(content)
+        content = b"" if end is None else content[end.end():]
     head = "".join(f"{name}: {value}\r\n" for name, value in fields)
     return head.encode("utf-8") + content
 

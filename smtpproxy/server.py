@@ -189,10 +189,14 @@ def has_control_characters(arg: str | None) -> bool:
     return arg is not None and _CONTROL_CHARACTERS.search(arg) is not None
 
 
+# RFC 5321 4.1.2: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"), ASCII only.
+_ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
 def params_valid(params: list[str]) -> bool:
     for param in params:
         key, eq, value = param.partition("=")
-        if not key or not all(c.isalnum() or c == "-" for c in key) or (eq and not value):
+        if not _ESMTP_KEYWORD.fullmatch(key) or (eq and not value):
             return False
     return True
 

@@ -92,6 +92,7 @@ def test_parse_path(arg, keyword, expected):
 @pytest.mark.parametrize("params, ok", [
     ([], True), (["SIZE=1"], True), (["SMTPUTF8"], True), (["ORCPT=rfc822;a@b"], True),
     (["X-FOO=1"], True), (["SIZE="], False), (["=1"], False), (["B@D=1"], False),
+    (["\u00b9"], False), (["-X=1"], False), (["\u00e9T=1"], False),  # not RFC 5321 esmtp-keywords
 ])
 def test_params_valid(params, ok):
     assert params_valid(params) is ok
