@@ -31,6 +31,7 @@ from smtpproxy.common import log as logsetup
 from smtpproxy.common import runtime
 from smtpproxy.common.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 from smtpproxy.common.store import Store, StoreError, open_store
+from smtpproxy.common.version import version
 
 PROGRAM = "smtpproxy-policy"
 
@@ -189,6 +190,7 @@ def _cmd_ratelimit(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description="Postfix policy daemon: greylisting and rate limits")
+    parser.add_argument("--version", action="version", version=f"{PROGRAM} {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:

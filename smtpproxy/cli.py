@@ -27,6 +27,7 @@ from smtpproxy.common import log as logsetup
 from smtpproxy.common.config import ConfigError
 from smtpproxy.common.dns import Resolver
 from smtpproxy.common.runtime import run, serve
+from smtpproxy.common.version import version
 from smtpproxy.daemon import ProxyService
 from smtpproxy.scan.bayes import cli as bayes_cli
 from smtpproxy.scan.checks.base import CheckContext
@@ -127,6 +128,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description="Before-queue content filter for Postfix")
+    parser.add_argument("--version", action="version", version=f"{PROGRAM} {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

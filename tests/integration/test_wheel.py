@@ -11,9 +11,13 @@ directory that is not the checkout.
 
 from __future__ import annotations
 
+import email.utils
 import os
+import re
+import shlex
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -22,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.net import free_port, port_open
-from tests.support.postfix import wait_until
+from tests.support.postfix import SmtpSink, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +115,98 @@ def test_installed_daemon_greets_and_answers(installed, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# Where README "Installing" puts things; the units must agree with it.
+VENV_BIN = "/opt/smtpproxy/bin/"
+ETC_CONFIG = "/etc/smtpproxy/smtpproxy.toml"
+UNITS = ("smtpproxy.service", "smtpproxy-policy.service")
+
+
+def unit_exec_start(unit: str) -> list[str]:
+    (line,) = re.findall(r"^ExecStart=(.*)$", (REPO / "systemd" / unit).read_text(), re.M)
+    return shlex.split(line)
+
+
+def test_units_and_readme_agree_on_the_install_paths():
+    readme = (REPO / "README.md").read_text()
+    assert "python3 -m venv /opt/smtpproxy" in readme and "useradd --system" in readme
+    for unit in UNITS:
+        text = (REPO / "systemd" / unit).read_text()
+        argv = unit_exec_start(unit)
+        assert argv[0] == VENV_BIN + unit.removesuffix(".service") and ETC_CONFIG in argv
+        assert "DynamicUser" not in re.sub(r"#.*", "", text)
+        assert re.search(r"^User=smtpproxy$", text, re.M), unit
+
+
+def test_systemd_analyze_accepts_the_units(installed, tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed: the units are not verified")
+    # The units as installed by README "Installing", with the virtualenv of
+    # this test in place of /opt/smtpproxy (verify wants the binaries to exist).
+    for unit in UNITS:
+        text = (REPO / "systemd" / unit).read_text().replace(VENV_BIN, f"{installed}/")
+        (tmp_path / unit).write_text(text)
+    out = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / u) for u in UNITS)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def start_unit(installed: Path, unit: str, *flags: str, cwd: Path) -> subprocess.Popen:
+    """The unit's ExecStart= line, started directly (no systemd here), on the shipped config."""
+    argv = [a.replace(VENV_BIN, f"{installed}/").replace(ETC_CONFIG, str(REPO / "conf" / "smtpproxy.toml"))
+            for a in unit_exec_start(unit)]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "SMTPPROXY_CONFIG", "STATE_DIRECTORY")}
+    return subprocess.Popen([*argv, *flags], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_installed_daemons_carry_a_message_and_answer_a_policy_question(installed, tmp_path):
+    sink = SmtpSink(tmp_path / "sink", free_port())
+    sink.start()
+    proxy_port, policy_port = free_port(), free_port()
+    procs = [
+        start_unit(installed, "smtpproxy.service", "--listen", f"127.0.0.1:{proxy_port}",
+                   "--downstream", f"127.0.0.1:{sink.port}", "--state-dir", str(tmp_path / "proxy"),
+                   cwd=tmp_path),
+        start_unit(installed, "smtpproxy-policy.service", "--listen", f"127.0.0.1:{policy_port}",
+                   "--state-dir", str(tmp_path / "policy"), cwd=tmp_path),
+    ]
+    try:
+        for proc, port in zip(procs, (proxy_port, policy_port), strict=True):
+            wait_until(lambda p=proc, n=port: port_open(n) or p.poll() is not None, 30, "installed daemon")
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        message = (b"From: sender@example.invalid\r\nTo: rcpt@example.invalid\r\n"
+                   b"Subject: through the installed proxy\r\nMessage-ID: <wheel@example.invalid>\r\n"
+                   + email.utils.formatdate().encode().join((b"Date: ", b"\r\n")) + b"\r\nHello.\r\n")
+        with smtplib.SMTP("127.0.0.1", proxy_port, local_hostname="client.example.test",
+                          timeout=60) as smtp:
+            smtp.sendmail("sender@example.invalid", ["rcpt@example.invalid"], message)
+        wait_until(lambda: sink.files(), 10, "the message at the sink")
+        (got,) = sink.messages()
+        assert b"Subject: through the installed proxy" in got.message
+        assert b"X-Smtpproxy: " in got.message and b"X-Spamd-Result: " in got.message
+        with socket.create_connection(("127.0.0.1", policy_port), timeout=10) as conn:
+            conn.sendall(b"request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n"
+                         b"client_name=unknown\nsender=a@example.invalid\nrecipient=b@example.invalid\n\n")
+            reply = b""
+            while not reply.endswith(b"\n\n"):
+                chunk = conn.recv(4096)
+                assert chunk, reply
+                reply += chunk
+        # A client never seen: greylisted, which needs the store.
+        assert reply.startswith(b"action=DEFER_IF_PERMIT 4.7.1 Greylisted"), reply
+    finally:
+        for proc in procs:
+            stop(proc)
+        sink.stop()
