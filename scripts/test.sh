@@ -6,7 +6,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-packages=(postfix redis-server publicsuffix libmail-dkim-perl opendkim-tools)
+# spamassassin: its rule files only (scan/spamassassin/ reads them); its daemon never runs.
+packages=(postfix redis-server publicsuffix libmail-dkim-perl opendkim-tools spamassassin)
 if [ -f "$ROOT/scripts/test-packages.txt" ]; then
     while read -r pkg; do
         [ -n "$pkg" ] && [ "${pkg#\#}" = "$pkg" ] && packages+=("$pkg")

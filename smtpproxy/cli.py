@@ -50,7 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_configtest(args: argparse.Namespace) -> int:
     cfg = load_with_flags(args)
     if cfg.scan.enabled:
-        build_engine(cfg)  # the symbols table and every check's symbols
+        engine = build_engine(cfg)  # the symbols table and every check's symbols
+        for check in engine.checks:  # what a check loaded and skipped (SpamAssassin rules)
+            for line in getattr(check, "report", list)():
+                print(line)
     build_signer(cfg)  # every signing key loads, or a ConfigError names it
     for warning in key_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)

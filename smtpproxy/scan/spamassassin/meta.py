@@ -148,3 +148,26 @@ _ARITH: dict[str, Callable[[float, float], float]] = {
     ">": lambda a, b: 1 if a > b else 0,
     ">=": lambda a, b: 1 if a >= b else 0,
 }
+
+
+def compile_node(node: Node) -> Callable[[Mapping[str, float]], float]:
+    """``evaluate`` as nested closures: the same result, several times faster per message."""
+    op = node.op
+    if op == "name":
+        name = str(node.value)
+        return lambda v: v.get(name, 0)
+    if op == "num":
+        number = float(node.value)
+        return lambda v: number
+    left = compile_node(node.left)  # type: ignore[arg-type]
+    if op == "!":
+        return lambda v: 0 if left(v) else 1
+    if op == "neg":
+        return lambda v: -left(v)
+    right = compile_node(node.right)  # type: ignore[arg-type]
+    if op == "&&":
+        return lambda v: right(v) if (a := left(v)) else a
+    if op == "||":
+        return lambda v: a if (a := left(v)) else right(v)
+    fn = _ARITH[op]
+    return lambda v: fn(left(v), right(v))

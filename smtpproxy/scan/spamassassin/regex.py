@@ -381,3 +381,78 @@ def compile_python(t: Translated) -> re.Pattern[bytes]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return re.compile(t.python, t.flags)
+
+
+def relax_for_hyperscan(pattern: bytes) -> bytes:
+    """A superset of ``pattern`` without what Hyperscan refuses: look-around
+    groups are dropped (they consume nothing, so without them more matches),
+    back-references become ``(?s:.*)`` (anything, including what the group
+    matched)."""
+    out = bytearray()
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i:i + 1]
+        if c == b"\\":
+            nxt = pattern[i + 1:i + 2]
+            if not in_class and nxt.isdigit() and nxt != b"0":
+                out += b"(?s:.*)"
+                i += 2
+                continue
+            out += pattern[i:i + 2]
+            i += 2
+            continue
+        if in_class:
+            if c == b"]":
+                in_class = False
+            out += c
+            i += 1
+            continue
+        if c == b"[":
+            in_class = True
+            out += c
+            i += 1
+            if pattern[i:i + 1] == b"^":
+                out += b"^"
+                i += 1
+            if pattern[i:i + 1] == b"]":
+                out += b"]"
+                i += 1
+            continue
+        if pattern.startswith((b"(?=", b"(?!", b"(?<=", b"(?<!"), i):
+            i = _group_end(pattern, i)
+            continue
+        if pattern.startswith(b"(?P=", i):
+            i = pattern.index(b")", i) + 1
+            out += b"(?s:.*)"
+            continue
+        out += c
+        i += 1
+    return bytes(out)
+
+
+def _group_end(pattern: bytes, i: int) -> int:
+    """Index just past the group opening at ``i`` (balanced, escapes and classes skipped)."""
+    depth, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i:i + 1]
+        if c == b"\\":
+            i += 2
+            continue
+        if in_class:
+            if c == b"]":
+                in_class = False
+        elif c == b"[":
+            in_class = True
+            if pattern[i + 1:i + 2] == b"^":
+                i += 1
+            if pattern[i + 1:i + 2] == b"]":
+                i += 1
+        elif c == b"(":
+            depth += 1
+        elif c == b")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n

@@ -1,0 +1,448 @@
+"""The SpamAssassin check: the system's SpamAssassin rules as symbols of our engine.
+
+Each rule that scores is a symbol of its own name; its score is the rule's
+SpamAssassin score (score set 0: no Bayes, no network tests, as neither
+runs inside these rules here) times ``scan.spamassassin.score_scale``, and
+reaches the engine through ``symbol_defs()``. Sub-rules (``__NAME``) and
+rules scored 0 run when a meta needs them but are never emitted. A rule
+whose name is one of our own symbols (GTUBE, MISSING_MID...) runs for the
+metas but is not emitted: the native check owns that name.
+
+What each rule type reads, as SpamAssassin presents it:
+
+  header   the named field(s), decoded, values joined by newlines
+           (``:raw`` undecoded; ``:addr``/``:name`` the addresses or names;
+           ALL every field as "Name: value"; ToCc; MESSAGEID; EnvelopeFrom);
+           an absent field is "" or the rule's ``[if-unset: ...]``
+  body     the Subject, then the text parts and the rendered HTML,
+           white space collapsed, one paragraph per line
+  rawbody  the text parts decoded from their transfer encoding, not rendered
+  full     the raw message
+  uri      the message's URLs
+
+A meta whose inputs include rules not run here (``eval:`` tests, network
+tests, ...) fires only if it fires both with all of those off and with all
+of them on: an input we cannot compute never makes a meta fire.
+
+The rule files are read and compiled when the check is built (start-up and
+reload), never per message; see matcher.py for the Hyperscan cache.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import os
+import re
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+
+from smtpproxy.common.config import Config
+from smtpproxy.scan.checks.base import CheckContext, Hit
+from smtpproxy.scan.engine import ENGINE_SYMBOLS, SymbolDef
+from smtpproxy.scan.message import Message
+from smtpproxy.scan.spamassassin import meta as meta_expr
+from smtpproxy.scan.spamassassin.matcher import KINDS, Matcher, count
+from smtpproxy.scan.spamassassin.rules import RuleSet, load_files, rule_files
+
+logger = logging.getLogger("smtpproxy.scan")
+
+DEBIAN_RULES_DIR = "/usr/share/spamassassin"
+SA_UPDATE_DIR = "/var/lib/spamassassin"
+DEFAULT_LOCAL_CF = "/etc/spamassassin/local.cf"
+# SpamAssassin's MAX_BODY_LINE_LENGTH: longer body lines are split at a space.
+MAX_LINE = 2048
+HEADER_MODIFIERS = {"raw", "addr", "name", "first", "last"}
+PARAGRAPH_RE = re.compile(r"\n+\s*\n+")
+SPACE_RE = re.compile(r"\s+")
+
+
+def default_rules_dirs() -> tuple[str, ...]:
+    """Debian's rules, then sa-update's newest for this SpamAssassin version when present."""
+    dirs = [DEBIAN_RULES_DIR] if os.path.isdir(DEBIAN_RULES_DIR) else []
+    try:
+        versions = sorted(e.path for e in os.scandir(SA_UPDATE_DIR) if e.is_dir())
+    except OSError:
+        versions = []
+    for version in versions[-1:]:
+        updates = os.path.join(version, "updates_spamassassin_org")
+        if os.path.isdir(updates):
+            dirs.append(updates)
+    return tuple(dirs)
+
+
+def native_symbols(cfg: Config) -> set[str]:
+    """Names in our symbols table (a SpamAssassin rule of such a name is not emitted)."""
+    try:
+        if cfg.scan.symbols_file:
+            with open(cfg.scan.symbols_file, "rb") as f:
+                return set(tomllib.load(f))
+        return set(tomllib.loads(resources.files("smtpproxy.scan").joinpath("symbols.toml").read_text()))
+    except (OSError, tomllib.TOMLDecodeError):
+        return set()  # the engine reports the broken table itself
+
+
+# The last rule set loaded in this process, by its files' stamps and settings.
+_LOADED: dict[tuple, dict] = {}
+
+
+def _stamp(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_mtime_ns, st.st_size)
+
+
+@dataclass
+class _Meta:
+    name: str
+    fn: object  # compiled meta expression
+    partial: bool  # reads a rule not run here
+
+
+class SpamAssassinCheck:
+    name = "spamassassin"
+    after: tuple[str, ...] = ()
+    # No I/O: runs in the engine's own task (checks/base.py).
+    inline = True
+
+    def __init__(self, cfg: Config | None = None, background_compile: bool = True,
+                 use_hyperscan: bool = True):
+        cfg = cfg if cfg is not None else Config()
+        sc = cfg.scan.spamassassin
+        self.scale = sc.score_scale
+        self.max_bytes = sc.max_scan_bytes
+        dirs = sc.rules_dirs or default_rules_dirs()
+        local_cf = sc.local_cf or (DEFAULT_LOCAL_CF if os.path.isfile(DEFAULT_LOCAL_CF) else "")
+        files = rule_files(dirs, local_cf) if sc.enabled else []
+        taken = native_symbols(cfg) | set(ENGINE_SYMBOLS)
+        # A reload with unchanged files (and every engine a test builds) reuses
+        # what was loaded: parsing and compiling take seconds.
+        key = (tuple(_stamp(p) for p in files), self.scale, self.max_bytes, frozenset(taken),
+               use_hyperscan)
+        if key in _LOADED:
+            self.__dict__.update(_LOADED[key])
+            return
+        self.rules: RuleSet = load_files(files) if files else RuleSet()
+        self.not_emitted: dict[str, str] = {}
+        self._build(taken)
+        self.matcher = Matcher(self._patterns, os.path.join(cfg.state_dir, "spamassassin"),
+                               use_hyperscan=use_hyperscan, background=background_compile)
+        for problem in self.rules.errors:
+            logger.warning("spamassassin: %s", problem)
+        _LOADED.clear()  # only the latest rule set is kept
+        _LOADED[key] = dict(self.__dict__)
+
+    # ------------------------------------------------------------ set-up
+
+    def _build(self, taken: set[str]) -> None:
+        rs = self.rules
+        metas = {n: r for n, r in rs.rules.items() if r.kind == "meta"}
+        deps = {n: meta_expr.names(r.meta) for n, r in metas.items()}  # type: ignore[arg-type]
+        # Header rules with modifiers we do not compute are skipped, visibly.
+        for name, rule in list(rs.rules.items()):
+            if rule.kind == "header":
+                mods = set(rule.header.split(":")[1:])
+                if mods - HEADER_MODIFIERS:
+                    del rs.rules[name]
+                    rs.skipped[name] = f"header modifier :{sorted(mods - HEADER_MODIFIERS)[0]} not implemented"
+        # Metas in dependency order; a loop is skipped.
+        order: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(name: str, trail: tuple[str, ...]) -> bool:
+            if state.get(name) == 2:
+                return True
+            if state.get(name) == 1:
+                return False
+            state[name] = 1
+            ok = all(visit(d, trail + (name,)) for d in deps[name] if d in metas)
+            state[name] = 2
+            if ok:
+                order.append(name)
+            return ok
+
+        for name in sorted(metas):
+            if not visit(name, ()):
+                rs.skipped[name] = "meta: dependency loop"
+                del rs.rules[name]
+        order = [n for n in order if n in rs.rules]
+        unknown = set(rs.skipped)
+        partial: set[str] = set()
+        for name in order:
+            if deps[name] & (unknown | partial):
+                partial.add(name)
+        self.partial_metas = partial
+        self.metas = [_Meta(n, meta_expr.compile_node(rs.rules[n].meta), n in partial)  # type: ignore[arg-type]
+                      for n in order]
+        # Which metas each rule feeds, directly: a message's hits re-evaluate only those.
+        self.readers: dict[str, list[str]] = defaultdict(list)
+        for name in order:
+            for d in deps[name]:
+                self.readers[d].append(name)
+        self.meta_index = {m.name: i for i, m in enumerate(self.metas)}
+        needed = {d for name in order for d in deps[name]}
+        # Emitted: scored, not a sub-rule, not a name of ours.
+        self.defs: dict[str, SymbolDef] = {}
+        for name in rs.rules:
+            score = rs.score(name)
+            if name.startswith("__") or score == 0:
+                continue
+            if name in taken:
+                self.not_emitted[name] = "name of a native symbol"
+                continue
+            self.defs[name] = SymbolDef(round(score * self.scale, 3),
+                                        rs.descriptions.get(name, f"SpamAssassin rule {name}"))
+        self.symbols = {name: d.description for name, d in self.defs.items()}
+        self.tflags = rs.tflags
+        self.limit = {n: (rs.maxhits.get(n, 1_000_000) if "multiple" in rs.tflags.get(n, ()) else 1)
+                      for n in rs.rules}
+        # What runs: every emitted rule and every rule a meta reads.
+        run = set(self.defs) | needed | set(self.not_emitted)
+        self._patterns: dict[str, list] = {k: [] for k in KINDS}
+        self.header_rules: dict[str, object] = {}
+        self.exists_rules = []
+        for name, rule in rs.rules.items():
+            if rule.kind == "meta" or name not in run:
+                continue
+            if rule.exists:
+                self.exists_rules.append(rule)
+                continue
+            self._patterns[rule.kind].append((name, rule.pattern))
+            if rule.kind == "header":
+                self.header_rules[name] = rule
+        # Base values: every meta with no regex rule hit, in both worlds.
+        self.base_lo, self.base_hi = self._evaluate({}, None)
+
+    def _evaluate(self, hits: dict[str, int], dirty: set[str] | None) -> tuple[dict, dict]:
+        """Meta values with ``hits``; unknown rules 0 ("lo") or 1 ("hi"). ``dirty``: the
+        metas to compute (None: all), the others keep their base values."""
+        lo = dict(hits)
+        hi = dict(hits)
+        if dirty is None:
+            for name in self.rules.skipped:
+                hi[name] = 1
+        else:
+            lo.update(self.base_lo)
+            hi.update(self.base_hi)
+            lo.update(hits)
+            hi.update(hits)
+            for name in self.rules.skipped:
+                hi[name] = 1
+        for m in self.metas:
+            if dirty is not None and m.name not in dirty:
+                continue
+            lo[m.name] = 1 if m.fn(lo) else 0  # type: ignore[operator]
+            hi[m.name] = (1 if m.fn(hi) else 0) if m.partial else lo[m.name]  # type: ignore[operator]
+        if dirty is None:
+            return ({m.name: lo[m.name] for m in self.metas},
+                    {m.name: hi[m.name] for m in self.metas})
+        return lo, hi
+
+    def symbol_defs(self) -> dict[str, SymbolDef]:
+        return dict(self.defs)
+
+    # ------------------------------------------------------------ per message
+
+    async def run(self, ctx: CheckContext) -> list[Hit]:
+        if not self.rules.rules:
+            return []
+        return self.scan(ctx.message, ctx.mail_from)
+
+    def scan(self, msg: Message, mail_from: str = "") -> list[Hit]:
+        hits = self.match(msg, mail_from)
+        dirty: set[str] = set()
+        todo = list(hits)
+        while todo:
+            for reader in self.readers.get(todo.pop(), ()):
+                if reader not in dirty:
+                    dirty.add(reader)
+                    todo.append(reader)
+        if dirty:
+            lo, hi = self._evaluate(hits, dirty)
+        else:
+            lo, hi = self.base_lo, self.base_hi
+        out = []
+        for name, value in hits.items():
+            if name in self.defs:
+                out.append(Hit(name, (f"x{value}",) if value > 1 else ()))
+        for m in self.metas:
+            if lo.get(m.name) and hi.get(m.name) and m.name in self.defs:
+                out.append(Hit(m.name))
+        return out
+
+    def match(self, msg: Message, mail_from: str = "") -> dict[str, int]:
+        """Regex and exists rules that hit: {name: hit count}."""
+        hits: dict[str, int] = {}
+        texts = _Texts(msg, mail_from, self.max_bytes)
+        for rule in self.exists_rules:
+            if texts.header_values(rule.header):
+                hits[rule.name] = 1
+        # header: the fields each rule names, as one prefilter pass over all of them.
+        targets = {}
+        for rule in self.header_rules.values():
+            key = (rule.header, rule.if_unset)
+            if key not in targets:
+                targets[key] = texts.header_text(rule.header, rule.if_unset)
+        candidates = set(self.matcher.candidates("header", targets.values()))
+        for name, rule in self.header_rules.items():
+            matched = 0
+            if name in candidates:
+                matched = count(self.matcher.regex[name], (targets[(rule.header, rule.if_unset)],),
+                                self.limit[name])
+            if rule.negate:
+                matched = 0 if matched else 1
+            if matched:
+                hits[name] = matched
+        for kind, units in (("body", texts.body_lines), ("rawbody", texts.rawbody_chunks),
+                            ("full", texts.full), ("uri", texts.uris)):
+            if not self.matcher.all[kind]:
+                continue
+            unit_list = units()
+            if not unit_list:
+                continue
+            for name in self.matcher.candidates(kind, unit_list):
+                matched = count(self.matcher.regex[name], unit_list, self.limit[name])
+                if matched:
+                    hits[name] = matched
+        return hits
+
+    # ------------------------------------------------------------ configtest
+
+    def report(self) -> list[str]:
+        """Lines for ``smtpproxy configtest``: counts, then every skipped rule and why."""
+        rs = self.rules
+        kinds = defaultdict(int)
+        for r in rs.rules.values():
+            kinds[r.kind] += 1
+        lines = [
+            f"spamassassin: {len(rs.files)} rule files, {len(rs.rules)} rules loaded ("
+            + ", ".join(f"{k} {kinds[k]}" for k in ("header", "body", "rawbody", "full", "uri", "meta"))
+            + f"), {len(self.defs)} scored symbols, {len(rs.skipped)} skipped, "
+            f"{rs.inactive} in inactive if/ifplugin blocks",
+            f"spamassassin: {len(self.partial_metas)} metas read rules not run here "
+            "(they fire only when those could not change the outcome)",
+            "spamassassin: skipped by reason: " + ", ".join(
+                f"{reason} {n}" for reason, n in rs.skip_reasons().most_common()),
+            "spamassassin: eval tests skipped by function: " + ", ".join(
+                f"{fn} {n}" for fn, n in rs.evals.most_common()),
+            "spamassassin: ignored directives: " + ", ".join(
+                f"{d} {n}" for d, n in rs.ignored.most_common()),
+        ]
+        lines += [f"spamassassin: error: {e}" for e in rs.errors]
+        lines += [f"spamassassin: skipped {name}: {reason}" for name, reason in sorted(rs.skipped.items())]
+        lines += [f"spamassassin: not emitted {name}: {reason}"
+                  for name, reason in sorted(self.not_emitted.items())]
+        return lines
+
+
+class _Texts:
+    """What the rule types read from one message, built on first use."""
+
+    def __init__(self, msg: Message, mail_from: str, max_bytes: int):
+        self.msg, self.mail_from, self.max_bytes = msg, mail_from, max_bytes
+        self._raw_headers: dict[str, list[str]] | None = None
+
+    # headers
+
+    def raw_headers(self) -> dict[str, list[str]]:
+        if self._raw_headers is None:
+            raw = self.msg.raw
+            if raw.startswith(b"From "):
+                raw = raw[raw.find(b"\n") + 1:]
+            end = raw.find(b"\n\r\n")
+            end2 = raw.find(b"\n\n")
+            cut = min(e for e in (end, end2, len(raw)) if e >= 0)
+            fields: dict[str, list[str]] = {}
+            current: list[str] | None = None
+            for line in raw[:cut + 1].decode("utf-8", "replace").replace("\r\n", "\n").split("\n"):
+                if line[:1] in (" ", "\t") and current is not None:
+                    current[-1] += "\n" + line
+                elif ":" in line:
+                    name, _, value = line.partition(":")
+                    current = fields.setdefault(name.strip().lower(), [])
+                    current.append(value.lstrip(" \t"))
+            self._raw_headers = fields
+        return self._raw_headers
+
+    def header_values(self, spec: str) -> list[str]:
+        name, *mods = spec.split(":")
+        raw = "raw" in mods or "addr" in mods or "name" in mods
+        lower = name.lower()
+        if name == "ALL":
+            if raw:
+                values = [f"{n}: {v}" for n, vs in self.raw_headers().items() for v in vs]
+            else:
+                values = [f"{n}: {v}" for n, v in self.msg.headers]
+        elif lower == "envelopefrom":
+            values = [self.mail_from] if self.mail_from else []
+        elif lower == "tocc":
+            values = self._field("to", raw) + self._field("cc", raw)
+        elif name == "MESSAGEID":
+            values = [v for h in ("x-message-id", "resent-message-id", "x-original-message-id",
+                                  "message-id") for v in self._field(h, raw)]
+        else:
+            values = self._field(lower, raw)
+        if values and "first" in mods:
+            values = values[:1]
+        elif values and "last" in mods:
+            values = values[-1:]
+        if "addr" in mods or "name" in mods:
+            pairs = email.utils.getaddresses(values)
+            values = [addr for _, addr in pairs if addr] if "addr" in mods else \
+                [name for name, _ in pairs if name]
+        return values
+
+    def _field(self, lower: str, raw: bool) -> list[str]:
+        if raw:
+            return list(self.raw_headers().get(lower, ()))
+        return self.msg.header_all(lower)
+
+    def header_text(self, spec: str, if_unset: str | None) -> bytes:
+        values = self.header_values(spec)
+        if not values:
+            return (if_unset or "").encode("utf-8", "replace")
+        return "".join(v if v.endswith("\n") else v + "\n" for v in values).encode("utf-8", "replace")
+
+    # bodies
+
+    def body_lines(self) -> list[bytes]:
+        msg = self.msg
+        text = "\n".join([*msg.text_parts, *msg.html_texts])[: self.max_bytes]
+        text = PARAGRAPH_RE.sub("\x00", text)
+        text = SPACE_RE.sub(" ", text).replace("\x00", "\n")
+        subject = msg.header("Subject")
+        lines = [(subject + "\n") if subject is not None else "\n"]
+        for line in text.splitlines(keepends=True):
+            while len(line) > MAX_LINE:
+                cut = line.rfind(" ", 0, MAX_LINE) + 1 or MAX_LINE
+                lines.append(line[:cut])
+                line = line[cut:]
+            lines.append(line)
+        return [line.encode("utf-8", "replace") for line in lines]
+
+    def rawbody_chunks(self) -> list[bytes]:
+        chunks = []
+        for part in (*self.msg.text_parts, *self.msg.html_parts):
+            data = part[: self.max_bytes].encode("utf-8", "replace")
+            while len(data) > 2 * MAX_LINE:
+                cut = data.find(b"\n", MAX_LINE, 2 * MAX_LINE)
+                cut = cut + 1 if cut >= 0 else 2 * MAX_LINE
+                chunks.append(data[:cut])
+                data = data[cut:]
+            chunks.append(data)
+        return chunks
+
+    def full(self) -> list[bytes]:
+        return [self.msg.raw[: self.max_bytes]]
+
+    def uris(self) -> list[bytes]:
+        out = []
+        for url in self.msg.urls:
+            if url.lower().startswith("www."):
+                url = "http://" + url
+            out.append(url.encode("utf-8", "replace"))
+        return out

@@ -1,0 +1,258 @@
+"""Which regex rules match: one Hyperscan pass per rule type, Python ``re`` to confirm.
+
+As rspamd does, the rules of one type (header, body, rawbody, full, uri)
+form one Hyperscan database, so a thousand regexes cost one pass over the
+text. The pass runs over the type's texts joined by newlines, with each
+pattern in its superset form (regex.py): it may report a rule that does
+not really match, never miss one. Every rule it reports is then run
+with its exact ``re`` pattern on its own texts (per line for body rules, on
+its header for header rules), which also counts ``tflags multiple`` hits.
+So the hits are exactly those of ``re`` alone, only found sooner.
+
+A pattern with back-references or look-around, or one Hyperscan refuses
+(too long, embedded anchors), is run with ``re`` on every message
+("always" rules). Without the
+``hyperscan`` module every rule is such a rule.
+
+Compiling takes minutes for SpamAssassin's full rule set, so the databases
+are serialised to ``<state_dir>/spamassassin/hs-<key>.db``, ``key`` being a
+hash of the patterns and flags (so of the rule files' content): a restart
+or reload with unchanged rules loads them in milliseconds. A compile runs
+in a worker thread; until it is done the rules run with ``re`` alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import re
+import tempfile
+import threading
+from collections.abc import Iterable
+
+from smtpproxy.scan.spamassassin.regex import Translated, compile_python, relax_for_hyperscan
+
+try:  # optional: without it every rule runs with re
+    import hyperscan
+except ImportError:  # pragma: no cover - depends on the installation
+    hyperscan = None
+
+logger = logging.getLogger("smtpproxy.scan")
+
+KINDS = ("header", "body", "rawbody", "full", "uri")
+# Longer patterns (ReplaceTags expansions) cost Hyperscan more to compile than they save.
+MAX_HS_PATTERN_BYTES = 8000
+CACHE_VERSION = 2
+PREFILTER_RE = re.compile(rb"\\[1-9]|\(\?P=|\(\?<?[=!]")
+
+# Compilations done by this process (tests assert that a cache hit compiles nothing).
+compile_count = 0
+_compile_lock = threading.Lock()
+
+
+def _hs_flags(t: Translated, prefilter: bool) -> int:
+    flags = hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_ALLOWEMPTY | hyperscan.HS_FLAG_MULTILINE
+    if prefilter:
+        flags |= hyperscan.HS_FLAG_PREFILTER
+    if t.caseless:
+        flags |= hyperscan.HS_FLAG_CASELESS
+    if t.dotall:
+        flags |= hyperscan.HS_FLAG_DOTALL
+    return flags
+
+
+def _compile_db(patterns: list[tuple[bytes, int]]) -> object:
+    db = hyperscan.Database()
+    db.compile(expressions=[p for p, _ in patterns], ids=list(range(len(patterns))),
+               elements=len(patterns), flags=[f for _, f in patterns])
+    return db
+
+
+class Matcher:
+    """Candidate rules per text, then exact matching with ``re``.
+
+    ``rules``: {kind: [(name, Translated)]}. ``cache_dir``: where compiled
+    databases are kept ("" : nowhere). ``use_hyperscan=False`` is the pure
+    ``re`` path (and what runs while a compile is under way).
+    """
+
+    def __init__(self, rules: dict[str, list[tuple[str, Translated]]], cache_dir: str = "",
+                 use_hyperscan: bool = True, background: bool = True):
+        self.regex: dict[str, re.Pattern[bytes]] = {}
+        self.names: dict[str, list[str]] = {k: [] for k in KINDS}  # HS id -> rule name
+        self.always: dict[str, list[str]] = {k: [] for k in KINDS}  # run with re every time
+        self.all: dict[str, list[str]] = {k: [] for k in KINDS}
+        self._patterns: dict[str, list[tuple[bytes, int]]] = {k: [] for k in KINDS}
+        self.dbs: dict[str, object] = {}
+        self.scratch: dict[str, object] = {}
+        self.ready = False  # Hyperscan databases in use
+        self.hs_refused: dict[str, str] = {}  # name -> why it is an "always" rule
+        self.compiled_here = False
+        self._done = threading.Event()
+        for kind, items in rules.items():
+            for name, t in items:
+                self.regex[name] = compile_python(t)
+                self.all[kind].append(name)
+        self.use_hyperscan = use_hyperscan and hyperscan is not None
+        if not self.use_hyperscan:
+            self._done.set()
+            return
+        for kind, items in rules.items():
+            for name, t in items:
+                if len(t.hyperscan) > MAX_HS_PATTERN_BYTES:
+                    self.always[kind].append(name)
+                    self.hs_refused[name] = "pattern too long for Hyperscan"
+                    continue
+                pattern = t.hyperscan
+                if PREFILTER_RE.search(pattern):
+                    # Hyperscan has neither back-references nor look-around (its
+                    # prefilter mode has, but compiles some of these for minutes):
+                    # it gets a superset without them; re confirms as always.
+                    pattern = relax_for_hyperscan(pattern)
+                self.names[kind].append(name)
+                self._patterns[kind].append((pattern, _hs_flags(t, False)))
+        digest = hashlib.sha256(repr((CACHE_VERSION, hyperscan.__version__ if hasattr(
+            hyperscan, "__version__") else "", sorted(self._patterns.items()))).encode())
+        self.key = digest.hexdigest()[:24]
+        self.cache_path = os.path.join(cache_dir, f"hs-{self.key}.db") if cache_dir else ""
+        if self._load_cache():
+            self._done.set()
+            return
+        if background:
+            threading.Thread(target=self._build, name="sa-hyperscan", daemon=True).start()
+        else:
+            self._build()
+
+    # ------------------------------------------------------------ databases
+
+    def _load_cache(self) -> bool:
+        if not self.cache_path:
+            return False
+        try:
+            with open(self.cache_path, "rb") as f:
+                data = pickle.load(f)
+            if data["key"] != self.key:
+                return False
+            dbs = {kind: hyperscan.loadb(blob, hyperscan.HS_MODE_BLOCK)
+                   for kind, blob in data["dbs"].items()}
+        except FileNotFoundError:
+            return False
+        except Exception as exc:  # a damaged cache is rebuilt
+            logger.warning("spamassassin: Hyperscan cache %s unusable (%s); recompiling",
+                           self.cache_path, exc)
+            return False
+        self._install(dbs, data["refused"])
+        return True
+
+    def _build(self) -> None:
+        try:
+            self._compile()
+        except Exception:  # never fatal: the rules keep running with re
+            logger.exception("spamassassin: compiling the Hyperscan databases failed")
+        finally:
+            self._done.set()
+
+    def _compile(self) -> None:
+        global compile_count
+        with _compile_lock:
+            if self._load_cache():  # another build (a reload) finished meanwhile
+                return
+            compile_count += 1
+            self.compiled_here = True
+            dbs, refused = {}, {}
+            for kind in KINDS:
+                patterns = self._patterns[kind]
+                if not patterns:
+                    continue
+                try:
+                    dbs[kind] = _compile_db(patterns)
+                except Exception:
+                    # Find the patterns Hyperscan refuses one by one; the rest go in one database.
+                    good = []
+                    for name, pattern in zip(self.names[kind], patterns, strict=True):
+                        try:
+                            _compile_db([pattern])
+                            good.append(name)
+                        except Exception as exc:
+                            refused[name] = f"Hyperscan: {exc}"
+                    keep = set(good)
+                    patterns = [p for n, p in zip(self.names[kind], patterns, strict=True) if n in keep]
+                    dbs[kind] = _compile_db(patterns) if patterns else None
+            self._save(dbs, refused)
+            self._install(dbs, refused)
+            logger.info("spamassassin: Hyperscan databases compiled (%d rules run with re alone)",
+                        sum(len(v) for v in self.always.values()))
+
+    def _save(self, dbs: dict, refused: dict[str, str]) -> None:
+        if not self.cache_path:
+            return
+        try:
+            os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
+            data = {"key": self.key, "refused": refused,
+                    "dbs": {k: hyperscan.dumpb(db) for k, db in dbs.items() if db is not None}}
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.cache_path), prefix=".hs-")
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(data, f)
+            os.replace(tmp, self.cache_path)
+            # Older databases of other rule versions are of no use any more.
+            for entry in os.scandir(os.path.dirname(self.cache_path)):
+                if entry.name.startswith("hs-") and entry.path != self.cache_path:
+                    os.unlink(entry.path)
+        except OSError as exc:
+            logger.warning("spamassassin: cannot keep the Hyperscan cache in %s: %s",
+                           self.cache_path, exc)
+
+    def _install(self, dbs: dict, refused: dict[str, str]) -> None:
+        for kind in KINDS:
+            if refused:
+                moved = [n for n in self.names[kind] if n in refused]
+                self.names[kind] = [n for n in self.names[kind] if n not in refused]
+                self.always[kind].extend(moved)
+            if dbs.get(kind) is not None:
+                self.scratch[kind] = hyperscan.Scratch(dbs[kind])
+        self.hs_refused.update(refused)
+        self.dbs = {k: v for k, v in dbs.items() if v is not None}
+        self.ready = True
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until a compile under way is done (tests, benchmarks)."""
+        self._done.wait(timeout_s)
+        return self.ready
+
+    # ------------------------------------------------------------ matching
+
+    def candidates(self, kind: str, texts: Iterable[bytes]) -> list[str]:
+        """Rules of ``kind`` that may match one of ``texts`` (all of them without Hyperscan)."""
+        if not self.ready:
+            return self.all[kind]
+        db = self.dbs.get(kind)
+        found = list(self.always[kind])
+        if db is None:
+            return found
+        names = self.names[kind]
+        ids: list[int] = []
+        db.scan(b"\n".join(texts), match_event_handler=_collect, context=ids,
+                scratch=self.scratch[kind])
+        found.extend(names[i] for i in ids)
+        return found
+
+
+def _collect(rule_id: int, _from: int, _to: int, _flags: int, ids: list[int]) -> None:
+    ids.append(rule_id)
+
+
+def count(pattern: re.Pattern[bytes], texts: Iterable[bytes], limit: int) -> int:
+    """Matches of ``pattern`` over ``texts``, at most ``limit`` (1: does it match at all)."""
+    hits = 0
+    for text in texts:
+        if limit == 1:
+            if pattern.search(text):
+                return 1
+            continue
+        for _ in pattern.finditer(text):
+            hits += 1
+            if hits >= limit:
+                return hits
+    return hits

@@ -1,0 +1,183 @@
+"""The SpamAssassin check on a site's own rules: header, body, uri and meta rules fire on a
+crafted message through the engine; the Hyperscan path and the re path agree; the
+compiled databases are reused from the cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from smtpproxy.common import config
+from smtpproxy.scan.checks.all import all_checks
+from smtpproxy.scan.checks.base import CheckContext
+from smtpproxy.scan.engine import Engine
+from smtpproxy.scan.message import parse
+from smtpproxy.scan.spamassassin import matcher
+from smtpproxy.scan.spamassassin.check import SpamAssassinCheck
+from smtpproxy.scan.spamassassin.regex import split_match_op, translate
+from smtpproxy.transaction import ClientInfo
+
+LOCAL_CF = r"""
+# a site's migrated rules
+header   LOCAL_SUBJ_WATCH   Subject =~ /cheap\s+watch/i
+describe LOCAL_SUBJ_WATCH   Subject offers watches
+score    LOCAL_SUBJ_WATCH   2.0
+header   LOCAL_FROM_ADDR    From:addr =~ /\@bulk\.example$/
+score    LOCAL_FROM_ADDR    1.0
+header   LOCAL_NO_LIST      List-Id !~ /./
+score    LOCAL_NO_LIST      0.5
+header   LOCAL_HAS_MAILER   exists:X-Mailer
+score    LOCAL_HAS_MAILER   0.1
+header   LOCAL_UNSET        X-Absent =~ /^none$/ [if-unset: none]
+score    LOCAL_UNSET        0.1
+body     LOCAL_BODY_PRIZE   /\bclaim your prize\b/i
+score    LOCAL_BODY_PRIZE   3.0
+body     __LOCAL_CLICK      /click/i
+tflags   __LOCAL_CLICK      multiple maxhits=5
+uri      LOCAL_URI_BAD      m{^https?://[^/]*bad-example\.test/}i
+score    LOCAL_URI_BAD      2.5
+meta     LOCAL_META         LOCAL_SUBJ_WATCH && LOCAL_URI_BAD && __LOCAL_CLICK >= 2
+score    LOCAL_META         4.0
+meta     LOCAL_META_NOT     LOCAL_SUBJ_WATCH && !LOCAL_BODY_PRIZE
+score    LOCAL_META_NOT     1.0
+body     LOCAL_NICE         /unsubscribe/
+tflags   LOCAL_NICE         nice
+body     LOCAL_EVAL         eval:check_stock_info('3')
+meta     LOCAL_META_EVAL    LOCAL_SUBJ_WATCH && !LOCAL_EVAL
+score    LOCAL_META_EVAL    1.0
+meta     LOCAL_META_EVAL2   LOCAL_SUBJ_WATCH || LOCAL_EVAL
+score    LOCAL_META_EVAL2   1.0
+rawbody  LOCAL_RAW_TAG      /<b>FREE<\/b>/
+score    LOCAL_RAW_TAG      1.5
+full     LOCAL_FULL         /^X-Mailer: BulkSender/m
+score    LOCAL_FULL         0.5
+"""
+
+MESSAGE = (
+    b"From: Sales <sales@bulk.example>\r\nTo: bob@example.net\r\nSubject: Cheap  watch sale\r\n"
+    b"X-Mailer: BulkSender 3.1\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/alternative; boundary=b\r\n\r\n"
+    b"--b\r\nContent-Type: text/plain\r\n\r\n"
+    b"Visit https://www.shop.bad-example.test/offer and claim your prize now.\r\n"
+    b"Click here, click there, click everywhere.\r\n"
+    b"--b\r\nContent-Type: text/html\r\n\r\n<p><b>FREE</b> watches</p>\r\n--b--\r\n"
+)
+
+
+def sa_config(tmp_path, **kw) -> config.Config:
+    rules = tmp_path / "rules"
+    rules.mkdir(exist_ok=True)
+    (rules / "10_empty.cf").write_text("# nothing here\n")
+    (tmp_path / "local.cf").write_text(LOCAL_CF)
+    return config.load(None, {"state_dir": str(tmp_path / "state"),
+                              "scan.spamassassin.rules_dirs": [str(rules)],
+                              "scan.spamassassin.local_cf": str(tmp_path / "local.cf"), **kw})
+
+
+def test_local_cf_rules_fire_through_the_engine(tmp_path):
+    cfg = sa_config(tmp_path)
+    engine = Engine(cfg.scan, all_checks(cfg))
+    sa = next(c for c in engine.checks if c.name == "spamassassin")
+    assert sa.matcher.wait(60)
+    ctx = CheckContext(message=parse(MESSAGE), client=ClientInfo(addr="192.0.2.1", helo="x.example"),
+                       mail_from="sales@bulk.example", rcpt_tos=["bob@example.net"], profile="inbound",
+                       resolver=None)
+    result = asyncio.run(engine.scan(ctx))
+    fired = {name for name in result.symbols if name.startswith("LOCAL_")}
+    assert fired == {"LOCAL_SUBJ_WATCH", "LOCAL_FROM_ADDR", "LOCAL_NO_LIST", "LOCAL_HAS_MAILER",
+                     "LOCAL_UNSET", "LOCAL_BODY_PRIZE", "LOCAL_URI_BAD", "LOCAL_META",
+                     "LOCAL_RAW_TAG", "LOCAL_FULL", "LOCAL_META_EVAL2"}
+    # Scores: SpamAssassin's times the scale (6/5 by default).
+    assert result.symbols["LOCAL_META"].score == pytest.approx(4.0 * 1.2)
+    assert result.symbols["LOCAL_SUBJ_WATCH"].score == pytest.approx(2.0 * 1.2)
+    assert engine.symbols["LOCAL_SUBJ_WATCH"].description == "Subject offers watches"
+    # The eval rule is skipped, visibly; the meta reading it with "!" does not fire.
+    assert sa.rules.skipped["LOCAL_EVAL"] == "eval:check_stock_info"
+    assert "LOCAL_META_EVAL" not in result.symbols
+    assert any("skipped LOCAL_EVAL: eval:check_stock_info" in line for line in sa.report())
+
+
+def test_nice_rules_score_negative_and_sub_rules_are_never_emitted(tmp_path):
+    check = SpamAssassinCheck(sa_config(tmp_path, **{"scan.spamassassin.score_scale": 1.0}))
+    assert check.symbol_defs()["LOCAL_NICE"].score == -1.0
+    assert "__LOCAL_CLICK" not in check.symbol_defs()
+    check.matcher.wait(60)
+    hits = {h.symbol for h in check.scan(parse(MESSAGE + b"unsubscribe\r\n"), "")}
+    assert "__LOCAL_CLICK" not in hits
+
+
+def test_multiple_counts_up_to_maxhits(tmp_path):
+    check = SpamAssassinCheck(sa_config(tmp_path))
+    check.matcher.wait(60)
+    assert check.match(parse(MESSAGE))["__LOCAL_CLICK"] == 3
+    many = MESSAGE.replace(b"everywhere", b"click click click click")
+    assert check.match(parse(many))["__LOCAL_CLICK"] == 5
+
+
+def test_disabled_loads_nothing(tmp_path):
+    check = SpamAssassinCheck(sa_config(tmp_path, **{"scan.spamassassin.enabled": False}))
+    assert check.symbol_defs() == {} and check.rules.rules == {}
+
+
+def test_score_scale_must_be_positive():
+    with pytest.raises(config.ConfigError, match="scan.spamassassin.score_scale"):
+        config.load(None, {"scan.spamassassin.score_scale": 0})
+
+
+# ------------------------------------------------------------------ the matcher
+
+RULES = {
+    "body": [("B_WORD", "/\\bprize\\b/i"), ("B_BACKREF", "/(\\w)\\1\\1/"),
+             ("B_LOOK", "/(?<!no )claim/"), ("B_ANCHOR", "/\\Aclaim/")],
+    "uri": [("U_HOST", "m{//www\\.}")],
+}
+
+
+def _rules():
+    return {kind: [(name, translate(*split_match_op(text))) for name, text in items]
+            for kind, items in RULES.items()}
+
+
+TEXTS = [b"you won a prize\n", b"claim it aaa\n", b"no claim\n", b"claim first\n"]
+
+
+@pytest.mark.skipif(matcher.hyperscan is None, reason="hyperscan not installed")
+def test_hyperscan_and_re_agree(tmp_path):
+    hs = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    plain = matcher.Matcher(_rules(), use_hyperscan=False)
+    assert hs.ready and not plain.ready
+    for texts in ([t] for t in TEXTS):
+        for kind in ("body", "uri"):
+            confirmed = {n for n in hs.candidates(kind, texts)
+                         if matcher.count(hs.regex[n], texts, 1)}
+            expected = {n for n in plain.candidates(kind, texts)
+                        if matcher.count(plain.regex[n], texts, 1)}
+            assert confirmed == expected, texts
+
+
+@pytest.mark.skipif(matcher.hyperscan is None, reason="hyperscan not installed")
+def test_compiled_databases_are_reused_from_the_cache(tmp_path):
+    before = matcher.compile_count
+    first = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    assert first.ready and matcher.compile_count == before + 1
+    assert list(tmp_path.glob("hs-*.db"))
+    second = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    assert second.ready and matcher.compile_count == before + 1  # loaded, not compiled
+    assert "B_WORD" in second.candidates("body", [b"a prize"])
+    assert "U_HOST" not in second.candidates("uri", [b"http://example.org/"])
+    # Other rules: another key, another compile; the stale file is removed.
+    changed = _rules()
+    changed["uri"] = [("U_OTHER", translate("x", ""))]
+    matcher.Matcher(changed, str(tmp_path), background=False)
+    assert matcher.compile_count == before + 2
+    assert len(list(tmp_path.glob("hs-*.db"))) == 1
+
+
+@pytest.mark.skipif(matcher.hyperscan is None, reason="hyperscan not installed")
+def test_damaged_cache_is_recompiled(tmp_path):
+    first = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    open(first.cache_path, "wb").write(b"garbage")
+    before = matcher.compile_count
+    again = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    assert again.ready and matcher.compile_count == before + 1
