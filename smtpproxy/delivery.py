@@ -13,7 +13,9 @@ Outcome the client's end-of-data gets. In order:
 4. sign: DKIM and ARC (sign/), sealing with the ARC status and the
    Authentication-Results the scan verified (never a sender's);
    a signer that must not pass the message unsigned answers SIGN_TEMPFAIL;
-5. relay: the message downstream; its reply is the client's reply. A
+5. relay: the message downstream; its reply is the client's reply (after a
+   250, the verdict's ``after_accept``: the scan remembers outbound
+   Message-IDs for REPLY). A
    downstream that fails, or answers what cannot be relayed, is an Outcome
    with ``failure`` set: the session maps it to its 451 in the one place
    every verb uses (server.py, ``ProxySMTP._downstream_failed``).
@@ -88,6 +90,11 @@ class Delivery:
             exc = DownstreamError(f"bad downstream reply {reply}")
             return Outcome(Reply.parse(replies.TEMPFAIL), "tempfail", str(exc), verdict.summary,
                            failure=exc)
+        if reply.ok and verdict.after_accept is not None:
+            try:
+                await verdict.after_accept()
+            except Exception:
+                logger.exception("%s: after accepting", txn.session_id)
         return Outcome(reply, "accept" if reply.ok else "downstream-refused", str(reply),
                        verdict.summary)
 

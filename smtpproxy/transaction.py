@@ -17,7 +17,7 @@ unchanged.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal, Protocol
@@ -103,6 +103,10 @@ class Verdict:
     # (pass, fail, none, temperror); None when the scan did not verify it.
     # The signer seals with it instead of verifying the chain again.
     arc_result: str | None = None
+    # Run once the downstream listener answered 250 to the message, and only
+    # then (the scan remembers the Message-ID of outbound mail for REPLY).
+    # It must not raise; the delivery logs it if it does and answers anyway.
+    after_accept: Callable[[], Awaitable[None]] | None = None
 
 
 class ScanHook(Protocol):

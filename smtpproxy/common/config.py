@@ -793,7 +793,7 @@ class OutboundScanProfile(ScanProfile):
 
     # SPF and DMARC of our own users, DNSBL of their (dynamic) addresses, and
     # REPLY (answers to our own mail arrive inbound) mean nothing here.
-    checks_disabled: tuple[str, ...] = ("spf", "dmarc", "dnsbl")
+    checks_disabled: tuple[str, ...] = ("spf", "dmarc", "dnsbl", "reply")
     score_actions: bool = False
     result_headers: bool = False
     greylist: bool = False
@@ -806,26 +806,22 @@ class ScanProfilesConfig:
 
 
 @dataclass(frozen=True)
-class SpamAssassinConfig:
-    """SpamAssassin rule files run as a check (scan/spamassassin/, docs/spamassassin.md)."""
+class ReplyConfig:
+    """REPLY: answers to mail we sent (scan/checks/reply.py, docs/profiles.md)."""
 
-    # Run the rules; on by default, and a no-op when no rule file is found.
-    enabled: bool = True
-    # Directories whose *.cf (and *.pre) files are read in order; empty: Debian's
-    # /usr/share/spamassassin, then sa-update's
-    # /var/lib/spamassassin/<version>/updates_spamassassin_org when it exists.
-    rules_dirs: tuple[str, ...] = ()
-    # The site's own rules, read last; empty: /etc/spamassassin/local.cf when it exists.
-    local_cf: str = ""
-    # SpamAssassin's score times this is ours: its spam threshold (5) becomes
-    # our add_header threshold (6), so 6 / 5.
-    score_scale: float = 1.2
-    # Each text the rules read (the rendered body, each raw text part, the raw
-    # message) is cut at this many bytes, as SpamAssassin's body_part_scan_size.
-    max_scan_bytes: int = 262_144
+    # Remember the Message-ID of mail accepted on these listener profiles ...
+    profiles: tuple[str, ...] = ("outbound",)
+    # ... for this long (one store key each, a SHA-256 of the id) ...
+    ttl_s: float = 2_592_000.0  # 30 days
+    # ... and look up at most this many ids of In-Reply-To and References
+    # (the last ones: the newest messages of the thread).
+    max_ids: int = 10
 
     def check(self, path: str) -> None:
-        _check_positive(self, path, "score_scale", "max_scan_bytes")
+        for i, profile in enumerate(self.profiles):
+            if profile not in PROFILES:
+                raise ConfigError(f"{path}profiles[{i}]", f"must be one of {', '.join(PROFILES)}")
+        _check_positive(self, path, "ttl_s", "max_ids")
 
 
 @dataclass(frozen=True)
@@ -863,8 +859,8 @@ class ScanConfig:
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     multimap: MultimapConfig = field(default_factory=MultimapConfig)
     bayes: BayesConfig = field(default_factory=BayesConfig)
-    spamassassin: SpamAssassinConfig = field(default_factory=SpamAssassinConfig)
     profiles: ScanProfilesConfig = field(default_factory=ScanProfilesConfig)
+    reply: ReplyConfig = field(default_factory=ReplyConfig)
 
     def check(self, path: str) -> None:
         _check_positive(self, path, "check_timeout_s", "budget_s", "greylist_delay_s",

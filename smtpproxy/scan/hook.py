@@ -32,6 +32,7 @@ from smtpproxy.common.store import Store
 from smtpproxy.scan.bayes.autolearn import autolearn
 from smtpproxy.scan.checks.all import all_checks
 from smtpproxy.scan.checks.base import CheckContext
+from smtpproxy.scan.checks.reply import remember
 from smtpproxy.scan.engine import Engine, ScanResult, check_profile_names
 from smtpproxy.scan.greylist import greylist
 from smtpproxy.scan.message import parse
@@ -74,10 +75,24 @@ class EngineHook:
             if learned:
                 logger.info("bayes autolearn: %s", learned)
         verdict = await self.verdict(result, txn)
+        if (verdict.action == "accept" and self.store is not None
+                and txn.profile in self.cfg.scan.reply.profiles):
+            verdict.after_accept = self._remember(txn, message)
         verdict.scan_action = result.action
         verdict.symbols = tuple(result.symbols)
         verdict.scan_seconds = result.elapsed_s
         return verdict
+
+    def _remember(self, txn: Transaction, message):
+        """After the 250: the Message-ID, for REPLY to answers (checks/reply.py)."""
+        store, cfg = self.store, self.cfg.scan.reply
+
+        async def after_accept() -> None:
+            msgid = await remember(store, cfg, message)
+            if msgid:
+                logger.debug("%s: remembered Message-ID <%s>", txn.session_id, msgid)
+
+        return after_accept
 
     async def verdict(self, result: ScanResult, txn: Transaction) -> Verdict:
         scan = self.cfg.scan
