@@ -806,6 +806,29 @@ class ScanProfilesConfig:
 
 
 @dataclass(frozen=True)
+class SpamAssassinConfig:
+    """SpamAssassin rule files run as a check (scan/spamassassin/, docs/spamassassin.md)."""
+
+    # Run the rules; on by default, and a no-op when no rule file is found.
+    enabled: bool = True
+    # Directories whose *.cf (and *.pre) files are read in order; empty: Debian's
+    # /usr/share/spamassassin, then sa-update's
+    # /var/lib/spamassassin/<version>/updates_spamassassin_org when it exists.
+    rules_dirs: tuple[str, ...] = ()
+    # The site's own rules, read last; empty: /etc/spamassassin/local.cf when it exists.
+    local_cf: str = ""
+    # SpamAssassin's score times this is ours: its spam threshold (5) becomes
+    # our add_header threshold (6), so 6 / 5.
+    score_scale: float = 1.2
+    # Each text the rules read (the rendered body, each raw text part, the raw
+    # message) is cut at this many bytes, as SpamAssassin's body_part_scan_size.
+    max_scan_bytes: int = 262_144
+
+    def check(self, path: str) -> None:
+        _check_positive(self, path, "score_scale", "max_scan_bytes")
+
+
+@dataclass(frozen=True)
 class ReplyConfig:
     """REPLY: answers to mail we sent (scan/checks/reply.py, docs/profiles.md)."""
 
@@ -859,6 +882,7 @@ class ScanConfig:
     dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
     multimap: MultimapConfig = field(default_factory=MultimapConfig)
     bayes: BayesConfig = field(default_factory=BayesConfig)
+    spamassassin: SpamAssassinConfig = field(default_factory=SpamAssassinConfig)
     profiles: ScanProfilesConfig = field(default_factory=ScanProfilesConfig)
     reply: ReplyConfig = field(default_factory=ReplyConfig)
 

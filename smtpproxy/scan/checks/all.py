@@ -19,11 +19,13 @@ from smtpproxy.scan.checks.mime import MimeCheck
 from smtpproxy.scan.checks.multimap import MultimapCheck
 from smtpproxy.scan.checks.reply import ReplyCheck
 from smtpproxy.scan.checks.spf import SpfCheck
+from smtpproxy.scan.spamassassin.check import SpamAssassinCheck
 
 
 def all_checks(cfg: Config | None = None) -> list[Check]:
     """Every check, built from ``cfg`` (the whole Config) where a check needs settings."""
-    configured = (DkimCheck, ArcCheck, DmarcCheck, DnsblCheck, MultimapCheck, BayesCheck)
+    configured = (DkimCheck, ArcCheck, DmarcCheck, DnsblCheck, MultimapCheck, BayesCheck,
+                  SpamAssassinCheck)
     configured += (ReplyCheck,)
     return [GtubeCheck(), HeadersCheck(), MimeCheck(), SpfCheck(),
             *(check(cfg) if cfg is not None else check() for check in configured)]
