@@ -32,7 +32,7 @@ def state_dir(tmp_path_factory):
 
 
 def debian_config(state_dir) -> config.Config:
-    return config.load(None, {"state_dir": str(state_dir),
+    return config.load(None, {"state_dir": str(state_dir), "scan.spamassassin.enabled": True,
                               "scan.spamassassin.rules_dirs": [DEBIAN_RULES_DIR]})
 
 

@@ -71,6 +71,7 @@ def sa_config(tmp_path, **kw) -> config.Config:
     (rules / "10_empty.cf").write_text("# nothing here\n")
     (tmp_path / "local.cf").write_text(LOCAL_CF)
     return config.load(None, {"state_dir": str(tmp_path / "state"),
+                              "scan.spamassassin.enabled": True,
                               "scan.spamassassin.rules_dirs": [str(rules)],
                               "scan.spamassassin.local_cf": str(tmp_path / "local.cf"), **kw})
 
