@@ -849,6 +849,36 @@ class ReplyConfig:
         _check_positive(self, path, "ttl_s", "max_ids")
 
 
+ANTIVIRUS_FAILURE_POLICIES = ("accept", "tempfail")
+
+
+@dataclass(frozen=True)
+class AntivirusConfig:
+    """Antivirus through clamd (scan/checks/antivirus.py, docs/antivirus.md)."""
+
+    # clamd's socket: "unix:/run/clamav/clamd.ctl" or "127.0.0.1:3310"; empty: off.
+    # ClamAV needs about 1-2 GB of RAM for its signatures (clamd, not this process).
+    clamd: str = ""
+    # clamd down, slow, or refusing the size (StreamMaxLength): CLAM_VIRUS_FAIL,
+    # and then "accept" (the message goes on unscanned) or "tempfail" (451 4.7.1).
+    on_failure: str = "tempfail"
+    # Connect, stream and verdict; under scan.check_timeout_s.
+    timeout_s: float = 8.0
+    # Verdicts (clean or the virus) are kept by body hash this long; 0: not cached.
+    cache_ttl_s: float = 3600.0
+
+    def check(self, path: str) -> None:
+        if self.clamd.startswith("unix:"):
+            if not self.clamd[5:].startswith("/"):
+                raise ConfigError(path + "clamd", "unix: needs an absolute path")
+        elif self.clamd:
+            parse_hostport(self.clamd, path + "clamd")
+        _check_choice(self, path, "on_failure", ANTIVIRUS_FAILURE_POLICIES)
+        _check_positive(self, path, "timeout_s")
+        if self.cache_ttl_s < 0:
+            raise ConfigError(path + "cache_ttl_s", "must be 0 (no cache) or more")
+
+
 @dataclass(frozen=True)
 class ScanConfig:
     # Score every message at end-of-data; false: the proxy passes mail unscanned.
@@ -887,6 +917,7 @@ class ScanConfig:
     spamassassin: SpamAssassinConfig = field(default_factory=SpamAssassinConfig)
     profiles: ScanProfilesConfig = field(default_factory=ScanProfilesConfig)
     reply: ReplyConfig = field(default_factory=ReplyConfig)
+    antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
 
     def check(self, path: str) -> None:
         _check_positive(self, path, "check_timeout_s", "budget_s", "greylist_delay_s",
@@ -899,6 +930,9 @@ class ScanConfig:
                 raise ConfigError(path + name, f"expected an SMTP reply such as {first}xx x.y.z text")
         if "{subject}" not in self.rewrite_subject_pattern:
             raise ConfigError(path + "rewrite_subject_pattern", "must contain {subject}")
+        if self.antivirus.clamd and self.antivirus.timeout_s >= self.check_timeout_s:
+            raise ConfigError(path + "antivirus.timeout_s",
+                              f"must be under check_timeout_s ({self.check_timeout_s})")
 
 
 def parse_nameserver(value: str, key: str = "") -> tuple[str, int]:
