@@ -29,6 +29,7 @@ from smtpproxy.common.dns import Resolver
 from smtpproxy.common.runtime import run, serve
 from smtpproxy.common.version import version
 from smtpproxy.daemon import ProxyService
+from smtpproxy.doctor import cli as doctor_cli
 from smtpproxy.scan.bayes import cli as bayes_cli
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.hook import build_engine
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands of features that live in their own packages (learn and
     # bayes; dkim): each module offers add_parsers(sub, with_config).
-    for mod in (bayes_cli, sign_cli):
+    for mod in (bayes_cli, sign_cli, doctor_cli):
         mod.add_parsers(sub, with_config)
 
     dump = with_config(sub.add_parser("configdump", help="print the effective configuration"))

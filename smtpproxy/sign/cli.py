@@ -47,15 +47,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from smtpproxy.cliconfig import load_with_flags
-    from smtpproxy.common.dns import DnsTempError, Resolver
-    from smtpproxy.common.runtime import run
+def configured_keys(cfg: Any, domain: str) -> list[tuple[str, str, Any]]:
+    """(selector, key path, key) of every key the configuration has for domain:
+    the key table's and the ARC key. ConfigError when one does not load."""
     from smtpproxy.sign.tables import TableError, load_tables
 
-    cfg = load_with_flags(args)
-    domain = args.domain.strip().rstrip(".").lower()
-    wanted: list[tuple[str, str, Any]] = []  # (selector, path, key)
+    wanted: list[tuple[str, str, Any]] = []
     if cfg.sign.key_table:
         try:
             tables = load_tables(cfg.sign.key_table, cfg.sign.signing_table)
@@ -68,6 +65,41 @@ def cmd_check(args: argparse.Namespace) -> int:
                            keymod.load_key(cfg.sign.arc.key_file)))
         except keymod.KeyError_ as exc:
             raise ConfigError("sign.arc.key_file", str(exc)) from None
+    return wanted
+
+
+async def check_records(resolver: Any, domain: str,
+                        wanted: list[tuple[str, str, Any]]) -> list[tuple[str, bool, str]]:
+    """(record name, publishes the key?, the sentence for it) per configured selector."""
+    from smtpproxy.common.dns import DnsTempError
+
+    results = []
+    for selector, path, key in wanted:
+        name = f"{selector}._domainkey.{domain}"
+        try:
+            records = await resolver.txt(name)
+        except DnsTempError as exc:
+            results.append((name, False, f"DNS trouble ({exc.reason}), try again"))
+            continue
+        if not records:
+            results.append((name, False, f"NOT PUBLISHED (no TXT record); key {path}"))
+            continue
+        matches = [keymod.record_matches(key, r) for r in records]
+        if any(ok for ok, _ in matches):
+            results.append((name, True, f"OK, the record publishes {path} ({key.key_type})"))
+        else:
+            results.append((name, False, f"MISMATCH with {path}: {matches[0][1]}"))
+    return results
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from smtpproxy.cliconfig import load_with_flags
+    from smtpproxy.common.dns import Resolver
+    from smtpproxy.common.runtime import run
+
+    cfg = load_with_flags(args)
+    domain = args.domain.strip().rstrip(".").lower()
+    wanted = configured_keys(cfg, domain)
     if not wanted:
         print(f"{domain}: no selector configured for this domain")
         return 1
@@ -79,27 +111,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         dns_cfg = dataclasses.replace(cfg.dns, nameserver=args.dns)
 
     async def check_all() -> int:
-        resolver = Resolver(dns_cfg)
-        status = 0
-        for selector, path, key in wanted:
-            name = f"{selector}._domainkey.{domain}"
-            try:
-                records = await resolver.txt(name)
-            except DnsTempError as exc:
-                print(f"{name}: DNS trouble ({exc.reason}), try again")
-                status = 1
-                continue
-            if not records:
-                print(f"{name}: NOT PUBLISHED (no TXT record); key {path}")
-                status = 1
-                continue
-            results = [keymod.record_matches(key, r) for r in records]
-            if any(ok for ok, _ in results):
-                print(f"{name}: OK, the record publishes {path} ({key.key_type})")
-            else:
-                print(f"{name}: MISMATCH with {path}: {results[0][1]}")
-                status = 1
-        return status
+        results = await check_records(Resolver(dns_cfg), domain, wanted)
+        for name, _ok, text in results:
+            print(f"{name}: {text}")
+        return 0 if all(ok for _, ok, _ in results) else 1
 
     return run(check_all())
 
