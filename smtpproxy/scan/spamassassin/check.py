@@ -129,8 +129,11 @@ class SpamAssassinCheck:
         self.rules: RuleSet = load_files(files) if files else RuleSet()
         self.not_emitted: dict[str, str] = {}
         self._build(taken)
-        self.matcher = Matcher(self._patterns, os.path.join(cfg.state_dir, "spamassassin"),
-                               use_hyperscan=use_hyperscan, background=background_compile)
+        # No rules (off, or none found): nothing to compile, and nothing written to state_dir.
+        self.matcher = Matcher(self._patterns,
+                               os.path.join(cfg.state_dir, "spamassassin") if files else "",
+                               use_hyperscan=use_hyperscan and bool(files),
+                               background=background_compile)
         for problem in self.rules.errors:
             logger.warning("spamassassin: %s", problem)
         _LOADED.clear()  # only the latest rule set is kept
