@@ -28,6 +28,7 @@ from smtpproxy.common.config import ConfigError
 from smtpproxy.common.dns import Resolver
 from smtpproxy.common.runtime import run, serve
 from smtpproxy.common.version import version
+from smtpproxy.controller import cli as controller_cli
 from smtpproxy.daemon import ProxyService
 from smtpproxy.doctor import cli as doctor_cli
 from smtpproxy.scan.bayes import cli as bayes_cli
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", metavar="HOST:PORT", help="address of the (first) listener")
     run.add_argument("--downstream", metavar="HOST:PORT", help="re-injection listener of the (first) listener")
     run.add_argument("--state-dir", metavar="DIR", help="state directory")
+    run.add_argument("--controller", metavar="HOST:PORT|unix:PATH",
+                     help="serve the HTTP controller there (controller.listen, turned on)")
     run.set_defaults(func=cmd_run)
 
     test = with_config(sub.add_parser("configtest", help="validate a configuration and exit"))
@@ -162,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands of features that live in their own packages (learn and
     # bayes; dkim): each module offers add_parsers(sub, with_config).
-    for mod in (bayes_cli, sign_cli, doctor_cli):
+    for mod in (bayes_cli, sign_cli, controller_cli, doctor_cli):
         mod.add_parsers(sub, with_config)
 
     dump = with_config(sub.add_parser("configdump", help="print the effective configuration"))

@@ -30,6 +30,9 @@ def load_with_flags(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {}
     if getattr(args, "state_dir", None):
         overrides["state_dir"] = args.state_dir
+    if getattr(args, "controller", None):
+        overrides["controller.enabled"] = True
+        overrides["controller.listen"] = args.controller
     cfg = config_mod.load(config_path(args.config), overrides)
     listen = getattr(args, "listen", None)
     downstream = getattr(args, "downstream", None)

@@ -41,6 +41,8 @@ from smtpproxy.common.config import (
 from smtpproxy.common.dns import Resolver
 from smtpproxy.common.metrics import MetricsEndpoint, Registry
 from smtpproxy.common.store import Store, open_store
+from smtpproxy.controller.history import HistoryWriter
+from smtpproxy.controller.server import Controller
 from smtpproxy.delivery import Delivery
 from smtpproxy.relay import Downstream, DownstreamPool
 from smtpproxy.scan.hook import build_hook
@@ -109,6 +111,9 @@ class ProxyService:
         self._store: Store | None = None
         self.resolver = Resolver(cfg.dns)
         self.hostname = cfg.proxy.hostname or socket.getfqdn()
+        # The history rows (written in the background) and the HTTP controller.
+        self.history = HistoryWriter(cfg.history, self.hostname)
+        self.controller = Controller(self, cfg)
         # Replaced by start(): what the configuration asks for is built there.
         self.delivery = Delivery(cfg, hook or NoScan(), NoSigner(), self.stats, self.hostname)
         self.sessions: set[ProxySMTP] = set()
@@ -209,21 +214,30 @@ class ProxyService:
             return self._fixed_hook
         if not cfg.scan.enabled:
             return NoScan()
+        await self.open_store(cfg)
+        return build_hook(cfg, self._store, self.resolver, hostname)
+
+    async def open_store(self, cfg: Config | None = None) -> Store:
+        """The store, opened on first use (the scan, the controller's learning)."""
         if self._store is None:
-            store = open_store(cfg.store, cfg.state_dir)
+            store = open_store((cfg or self.cfg).store, (cfg or self.cfg).state_dir)
             await store.open()
             self._store = store
-        return build_hook(cfg, self._store, self.resolver, hostname)
+        return self._store
 
     async def _build_delivery(self, cfg: Config, hostname: str) -> Delivery:
         """Everything ``cfg`` needs at end-of-data, built before any of it is used:
         a bad symbols table, key or signing table raises ConfigError and nothing changes."""
         hook = await self._build_hook(cfg, hostname)
-        return Delivery(cfg, hook, build_signer(cfg, self.resolver), self.stats, hostname)
+        delivery = Delivery(cfg, hook, build_signer(cfg, self.resolver), self.stats, hostname)
+        delivery.history = self.history
+        return delivery
 
     async def start(self) -> None:
         self.delivery = await self._build_delivery(self.cfg, self.hostname)
         await self.metrics.serve(self.cfg.proxy.metrics_listen)
+        self.history.configure(self.cfg.history, self._store, self.hostname)
+        await self.controller.serve(self.cfg)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
             for cfg in self.cfg.proxy.listeners:
@@ -255,6 +269,12 @@ class ProxyService:
         """
         delivery = await self._build_delivery(cfg, cfg.proxy.hostname or socket.getfqdn())
         metrics_server = await self.metrics.bind(cfg.proxy.metrics_listen)
+        try:
+            controller_runner = await self.controller.bind(cfg)
+        except OSError:
+            if metrics_server is not None:
+                metrics_server.close()
+            raise
         wanted = {listener.name: listener for listener in cfg.proxy.listeners}
         moved = [n for n, lcfg in wanted.items()
                  if n not in self._listeners or self._listeners[n].cfg.listen != lcfg.listen]
@@ -268,9 +288,13 @@ class ProxyService:
                 listener.server.close()
             if metrics_server is not None:
                 metrics_server.close()
+            if controller_runner is not None:
+                await controller_runner.cleanup()
             raise
         # From here on nothing can fail.
         self.metrics.swap(cfg.proxy.metrics_listen, metrics_server)
+        self.history.configure(cfg.history, self._store, delivery.hostname)
+        await self.controller.swap(cfg, controller_runner)
         self.delivery = delivery
         self.cfg = cfg
         self.hostname = delivery.hostname
@@ -308,6 +332,8 @@ class ProxyService:
         if self._expiry is not None:
             self._expiry.cancel()
         self.metrics.close()
+        await self.controller.close()
+        await self.history.close()
         self._close_pools()
         if self._store is not None:
             await self._store.close()

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from smtpproxy import replies
 from smtpproxy.common.config import Config
+from smtpproxy.controller.history import new_ref, with_ref
 from smtpproxy.headers import prepend_headers, remove_headers
 from smtpproxy.relay import Downstream, DownstreamError, Reply
 from smtpproxy.sign import Signer, SignTempfail
@@ -54,6 +55,8 @@ class Outcome:
     # The downstream failed at end of data: the session drops the connection
     # and answers its generic 451 (``reply`` is then that 451).
     failure: DownstreamError | None = None
+    # The reference a refusal carries ("" for none): controller/history.py.
+    ref: str = ""
 
 
 class Delivery:
@@ -63,15 +66,27 @@ class Delivery:
         self.signer = signer
         self.stats = stats  # daemon.ProxyStats
         self.hostname = hostname
+        # controller/history.HistoryWriter, set by the daemon; None: no history.
+        self.history = None
 
     async def deliver(self, txn: Transaction, downstream: Downstream) -> Outcome:
         verdict = await self._scan(txn)
         self._count(verdict)
+        outcome = await self._apply(txn, downstream, verdict)
+        if self.history is not None:
+            self.history.record(txn, verdict, outcome)  # queued: written off the hot path
+        return outcome
+
+    async def _apply(self, txn: Transaction, downstream: Downstream, verdict: Verdict) -> Outcome:
         if verdict.action != "accept":
             await _abandon(txn.session_id, downstream)
             default = replies.SCAN_TEMPFAIL if verdict.action == "tempfail" else replies.REJECT
-            reply = Reply.parse(verdict.reply or default)
-            return Outcome(reply, verdict.action, str(reply), verdict.summary)
+            # A refusal carries a reference to its history row (history.reference_format).
+            active = self.history is not None and self.history.active
+            ref_format = self.cfg.history.reference_format if active else ""
+            ref = new_ref() if ref_format else ""
+            reply = Reply.parse(with_ref(verdict.reply or default, ref, ref_format))
+            return Outcome(reply, verdict.action, str(reply), verdict.summary, ref=ref)
         content = await self.edited(txn, verdict)
         try:
             content = await self.signer.sign(dataclasses.replace(txn, content=content),

@@ -20,7 +20,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -99,6 +99,9 @@ class Verdict:
     scan_action: str = ""
     symbols: tuple[str, ...] = ()
     scan_seconds: float = 0.0
+    # The engine's ScanResult (scan/engine.py): every symbol with its score and
+    # options, for the history (controller/history.py); None when not scanned.
+    scan_result: Any = None
     # The ARC chain status the scan verified on the message as received
     # (pass, fail, none, temperror); None when the scan did not verify it.
     # The signer seals with it instead of verifying the chain again.

@@ -1086,6 +1086,79 @@ class SignConfig:
         _check_choice(self, path, "on_failure", SIGN_FAILURE_POLICIES)
 
 
+# The hash ``smtpproxy pw`` writes (controller/auth.py); configtest refuses anything else.
+PASSWORD_HASH_PREFIX = "$scrypt$"
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """The HTTP controller (rspamd-compatible API: docs/controller.md)."""
+
+    # Serve it from the proxy daemon; `smtpproxy run --controller HOST:PORT` turns it on too.
+    enabled: bool = False
+    # HOST:PORT (rspamd's port by default, loopback only) or unix:PATH.
+    listen: str = "127.0.0.1:11334"
+    # Mode of a unix: socket.
+    socket_mode: str = "0660"
+    # Hashes made by `smtpproxy pw`, never the passwords themselves. password
+    # reads (scan, history, stat); enable_password also writes (learn, reset).
+    # Empty password: reads need none. Empty enable_password: password writes
+    # too. Both empty: writes only from secure_ip.
+    password: str = ""
+    enable_password: str = ""
+    # Networks that need no password at all (e.g. ["10.1.2.3/32"]).
+    secure_ip: tuple[str, ...] = ()
+    # Largest request body (a message to scan or learn); 0: proxy.max_message_size_bytes.
+    max_body_bytes: int = 0
+    # Wrong passwords from one address: after this many within the window,
+    # every request from it gets 429 until the window has passed.
+    auth_failures_max: int = 5
+    auth_failure_window_s: float = 60.0
+    # An idle keep-alive connection is closed after this long.
+    keepalive_timeout_s: float = 15.0
+
+    def check(self, path: str) -> None:
+        if self.listen.startswith("unix:"):
+            if len(self.listen) <= 5:
+                raise ConfigError(path + "listen", "unix: needs a path")
+            parse_socket_mode(self.socket_mode, path + "socket_mode")
+        else:
+            parse_hostport(self.listen, path + "listen")
+        for name in ("password", "enable_password"):
+            value = getattr(self, name)
+            if value and not value.startswith(PASSWORD_HASH_PREFIX):
+                raise ConfigError(path + name, "must be a hash made by `smtpproxy pw`, "
+                                  "not the password itself")
+        parse_networks(self.secure_ip, path + "secure_ip")
+        if self.max_body_bytes < 0:
+            raise ConfigError(path + "max_body_bytes", "must be 0 (the message size) or more")
+        _check_positive(self, path, "auth_failures_max", "auth_failure_window_s",
+                        "keepalive_timeout_s")
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """A row per scanned message in the common store (controller/history.py)."""
+
+    enabled: bool = True
+    # Bounds: the newest max_rows rows, none older than max_age_s. A row takes
+    # about 1-2 KB (docs/controller.md), so the defaults hold a busy host's day
+    # in about 100 MB of Redis or SQLite.
+    max_rows: int = 100_000
+    max_age_s: float = 86_400.0
+    # Appended to each refusal the proxy writes (reject, soft reject,
+    # greylist); {ref} finds the row with `smtpproxy trace`. Empty: none.
+    reference_format: str = " (ref {ref})"
+    # Rows waiting to be written; beyond it new rows are dropped (and counted),
+    # never mail slowed.
+    queue_max_rows: int = 10_000
+
+    def check(self, path: str) -> None:
+        _check_positive(self, path, "max_rows", "max_age_s", "queue_max_rows")
+        if self.reference_format and "{ref}" not in self.reference_format:
+            raise ConfigError(path + "reference_format", "must contain {ref} (or be empty)")
+
+
 @dataclass(frozen=True)
 class Config:
     # Where state lives (SQLite store, maps we write). systemd's
@@ -1098,6 +1171,8 @@ class Config:
     scan: ScanConfig = field(default_factory=ScanConfig)
     sign: SignConfig = field(default_factory=SignConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
 
     def check(self, path: str) -> None:
         if not self.state_dir:

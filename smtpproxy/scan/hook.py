@@ -81,6 +81,7 @@ class EngineHook:
         verdict.scan_action = result.action
         verdict.symbols = tuple(result.symbols)
         verdict.scan_seconds = result.elapsed_s
+        verdict.scan_result = result
         return verdict
 
     def _remember(self, txn: Transaction, message):
