@@ -111,6 +111,21 @@ def test_batch_values_for_many_keys(store_factory):
     run(go())
 
 
+def test_set_many_writes_every_key_with_its_ttl(store_factory):
+    async def go():
+        s = await store_factory()
+        try:
+            keys = [s.key("history", "row", str(i)) for i in range(30)]
+            await s.set_many({k: f"v{i}".encode() for i, k in enumerate(keys)}, 60)
+            assert await s.mget(keys) == [f"v{i}".encode() for i in range(30)]
+            assert 0 < await s.ttl(keys[7]) <= 60
+            await s.set_many({}, 60)
+        finally:
+            await s.close()
+
+    run(go())
+
+
 def test_expired_value_reads_absent(store_factory):
     async def go():
         s = await store_factory()

@@ -7,6 +7,7 @@ package imports the backends, without either importing the other.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -98,6 +99,12 @@ class Store(abc.ABC):
     async def incr_many(self, amounts: dict[str, int], ttl_s: float) -> list[int]:
         """``incr`` for many keys in one call (one round trip on standalone
         Redis, one transaction on SQLite); each key is atomic on its own."""
+
+    async def set_many(self, values: dict[str, bytes], ttl_s: float) -> None:
+        """``set`` for many keys, each with ``ttl_s`` (history rows): by default
+        concurrent sets; a backend may do them in one call (SQLite: one
+        transaction on its thread)."""
+        await asyncio.gather(*(self.set(key, value, ttl_s) for key, value in values.items()))
 
     @abc.abstractmethod
     async def delete(self, key: str) -> bool:

@@ -290,6 +290,15 @@ class SQLiteStore(Store):
         exp = time.time() + ttl_s
         await self._run_tx(lambda db: self._write(db, key, bytes(value), exp))
 
+    async def set_many(self, values: dict[str, bytes], ttl_s: float) -> None:
+        exp = time.time() + ttl_s
+
+        def run(db: sqlite3.Connection) -> None:
+            for key, value in values.items():
+                self._write(db, key, bytes(value), exp)
+
+        await self._run_tx(run)
+
     async def incr(self, key: str, amount: int, ttl_s: float) -> int:
         now = time.time()
 
