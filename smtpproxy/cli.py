@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+from smtpproxy import canary as canary_cli
 from smtpproxy.cliconfig import config_path, ensure_state_dir, load_with_flags
 from smtpproxy.common import config as config_mod
 from smtpproxy.common import log as logsetup
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands of features that live in their own packages (learn and
     # bayes; dkim): each module offers add_parsers(sub, with_config).
-    for mod in (bayes_cli, sign_cli, controller_cli, doctor_cli):
+    for mod in (bayes_cli, sign_cli, controller_cli, doctor_cli, canary_cli):
         mod.add_parsers(sub, with_config)
 
     dump = with_config(sub.add_parser("configdump", help="print the effective configuration"))

@@ -31,6 +31,7 @@ import socket
 import stat
 
 from smtpproxy import replies
+from smtpproxy.canary import CanaryMonitor
 from smtpproxy.common.config import (
     Config,
     ListenerConfig,
@@ -107,6 +108,8 @@ class ProxyService:
         # scoring engine when scan.enabled, and reload() rebuilds it.
         self.stats = ProxyStats(self)
         self.metrics = MetricsEndpoint(self.stats.registry)
+        # The canary (canary.py): smtpproxy_canary_ok, the sending loop.
+        self.canary = CanaryMonitor(self.stats)
         self._fixed_hook = hook
         self._store: Store | None = None
         self.resolver = Resolver(cfg.dns)
@@ -231,12 +234,14 @@ class ProxyService:
         hook = await self._build_hook(cfg, hostname)
         delivery = Delivery(cfg, hook, build_signer(cfg, self.resolver), self.stats, hostname)
         delivery.history = self.history
+        delivery.canary = self.canary.check_for(cfg)
         return delivery
 
     async def start(self) -> None:
         self.delivery = await self._build_delivery(self.cfg, self.hostname)
         await self.metrics.serve(self.cfg.proxy.metrics_listen)
         self.history.configure(self.cfg.history, self._store, self.hostname)
+        self.canary.configure(self.cfg, self.delivery.canary, self.hostname)
         await self.controller.serve(self.cfg)
         self._expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
@@ -245,6 +250,7 @@ class ProxyService:
         except OSError:
             await self._close_listeners(list(self._listeners))
             raise
+        self.canary.start()  # after the listeners: the canary comes back through them
 
     async def _close_listeners(self, names: list[str]) -> None:
         for name in names:
@@ -294,6 +300,7 @@ class ProxyService:
         # From here on nothing can fail.
         self.metrics.swap(cfg.proxy.metrics_listen, metrics_server)
         self.history.configure(cfg.history, self._store, delivery.hostname)
+        self.canary.configure(cfg, delivery.canary, delivery.hostname)
         await self.controller.swap(cfg, controller_runner)
         self.delivery = delivery
         self.cfg = cfg
@@ -331,6 +338,7 @@ class ProxyService:
         await asyncio.sleep(0)
         if self._expiry is not None:
             self._expiry.cancel()
+        self.canary.stop()
         self.metrics.close()
         await self.controller.close()
         await self.history.close()

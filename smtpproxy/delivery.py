@@ -13,7 +13,9 @@ Outcome the client's end-of-data gets. In order:
 4. sign: DKIM and ARC (sign/), sealing with the ARC status and the
    Authentication-Results the scan verified (never a sender's);
    a signer that must not pass the message unsigned answers SIGN_TEMPFAIL;
-5. relay: the message downstream; its reply is the client's reply (after a
+5. relay: the message downstream (except a canary of ours, canary.py:
+   answered here after 1-4, the downstream transaction abandoned);
+   its reply is the client's reply (after a
    250, the verdict's ``after_accept``: the scan remembers outbound
    Message-IDs for REPLY). A
    downstream that fails, or answers what cannot be relayed, is an Outcome
@@ -68,6 +70,8 @@ class Delivery:
         self.hostname = hostname
         # controller/history.HistoryWriter, set by the daemon; None: no history.
         self.history = None
+        # canary.CanaryCheck, set by the daemon when canary.enabled; None: no canary.
+        self.canary = None
 
     async def deliver(self, txn: Transaction, downstream: Downstream) -> Outcome:
         verdict = await self._scan(txn)
@@ -96,6 +100,13 @@ class Delivery:
             await _abandon(txn.session_id, downstream)
             return Outcome(Reply.parse(replies.SIGN_TEMPFAIL), "tempfail",
                            f"signing failed: {exc}", verdict.summary)
+        # A canary (canary.py) made with our key, scanned and signed: answered
+        # here, never relayed; any other message needs the downstream's 250.
+        nonce = self.canary.recognise(txn) if self.canary else None
+        if nonce is not None:
+            await _abandon(txn.session_id, downstream)
+            reply = Reply.parse(self.canary.passed(txn, nonce, content, verdict))
+            return Outcome(reply, "canary", str(reply), verdict.summary)
         try:
             reply = await downstream.send_message(content)
         except DownstreamError as exc:

@@ -1160,6 +1160,50 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True)
+class CanaryConfig:
+    """A test message through the real front door, recognised by the proxy (canary.py)."""
+
+    # Recognise canaries (and send them every interval_s); off by default.
+    enabled: bool = False
+    # Seconds between canaries the daemon sends itself; 0: none (a monitoring
+    # system drives `smtpproxy canary --once` instead).
+    interval_s: float = 60.0
+    # No canary passed for this long: an error in the log, smtpproxy_canary_ok 0.
+    alert_after_s: float = 300.0
+    # The public front door (Postfix smtpd with smtpd_proxy_filter), HOST:PORT.
+    target: str = "127.0.0.1:25"
+    # Envelope addresses: the recipient must be accepted by the front door
+    # (a canary passing the filter is never delivered to it).
+    recipient: str = ""
+    sender: str = ""
+    # The key of the canary's HMAC token: a hash from `smtpproxy pw` (the hash
+    # is the key: keep this file private) or secret_file, a file holding it.
+    secret: str = ""
+    secret_file: str = ""
+    # One canary's whole SMTP conversation must end within this.
+    timeout_s: float = 30.0
+
+    def check(self, path: str) -> None:
+        _check_positive(self, path, "alert_after_s", "timeout_s")
+        if self.interval_s < 0:
+            raise ConfigError(path + "interval_s", "must be 0 (send none) or more")
+        parse_hostport(self.target, path + "target")
+        if self.secret and not self.secret.startswith(PASSWORD_HASH_PREFIX):
+            raise ConfigError(path + "secret", "must be a hash made by `smtpproxy pw`, "
+                              "not the secret itself (or use secret_file)")
+        if self.secret and self.secret_file:
+            raise ConfigError(path + "secret_file", "set secret or secret_file, not both")
+        if self.enabled:
+            if not (self.secret or self.secret_file):
+                raise ConfigError(path + "secret", "required when the canary is enabled "
+                                  "(or secret_file)")
+            for name in ("recipient", "sender"):
+                if "@" not in getattr(self, name):
+                    raise ConfigError(path + name, "an address is required when the canary "
+                                      "is enabled")
+
+
+@dataclass(frozen=True)
 class Config:
     # Where state lives (SQLite store, maps we write). systemd's
     # StateDirectory= sets $STATE_DIRECTORY, which wins over this default.
@@ -1173,6 +1217,7 @@ class Config:
     dns: DnsConfig = field(default_factory=DnsConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
 
     def check(self, path: str) -> None:
         if not self.state_dir:

@@ -45,14 +45,16 @@ class Counter:
 
 
 class Gauge:
-    """A value read when scraped (e.g. the number of open sessions)."""
+    """A value read when scraped (e.g. the number of open sessions); a read
+    that returns None leaves the sample out (a feature that is off)."""
 
-    def __init__(self, name: str, help_text: str, read: Callable[[], float]):
+    def __init__(self, name: str, help_text: str, read: Callable[[], float | None]):
         self.name, self.help, self.read = name, help_text, read
 
     def render(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge",
-                f"{self.name} {self.read():g}"]
+        value = self.read()
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
+        return lines if value is None else [*lines, f"{self.name} {value:g}"]
 
 
 class Histogram:
@@ -86,7 +88,7 @@ class Registry:
         self.metrics.append(metric)
         return metric
 
-    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> Gauge:
+    def gauge(self, name: str, help_text: str, read: Callable[[], float | None]) -> Gauge:
         metric = Gauge(name, help_text, read)
         self.metrics.append(metric)
         return metric
