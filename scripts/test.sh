@@ -13,6 +13,9 @@ packages=(postfix redis-server publicsuffix libmail-dkim-perl opendkim-tools rsp
 # clamav-daemon: clamd runs privately with a signature database the tests write
 # (tests/support/clamd.py); freshclam never runs.
 packages+=(clamav-daemon)
+# chromium, chromium-driver: the web interface's browser test (tests/controller/test_web_ui.py),
+# headless through selenium and Debian's /usr/bin/chromedriver; nothing is downloaded.
+packages+=(chromium chromium-driver)
 if [ -f "$ROOT/scripts/test-packages.txt" ]; then
     while read -r pkg; do
         [ -n "$pkg" ] && [ "${pkg#\#}" = "$pkg" ] && packages+=("$pkg")

@@ -1152,9 +1152,15 @@ class HistoryConfig:
     # Rows waiting to be written; beyond it new rows are dropped (and counted),
     # never mail slowed.
     queue_max_rows: int = 10_000
+    # The newest messages' bytes kept in the daemon's memory, at most this many
+    # in all, so the web interface can learn one from its history row (rows
+    # hold no body); 0: none kept, learning only by pasting or uploading.
+    keep_messages_bytes: int = 32 * 1024 * 1024
 
     def check(self, path: str) -> None:
         _check_positive(self, path, "max_rows", "max_age_s", "queue_max_rows")
+        if self.keep_messages_bytes < 0:
+            raise ConfigError(path + "keep_messages_bytes", "must be 0 or more")
         if self.reference_format and "{ref}" not in self.reference_format:
             raise ConfigError(path + "reference_format", "must contain {ref} (or be empty)")
 

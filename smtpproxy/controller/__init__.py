@@ -6,6 +6,7 @@
   api.py       the endpoints rspamc and rspamd's web interface call
   history.py   a row per scanned message in the common store; refusal references
   cli.py       ``smtpproxy pw``, ``smtpproxy history``, ``smtpproxy trace``
+  web.py       the web interface's page (static/: index.html, app.js, app.css), CSP
 
 docs/controller.md lists the endpoints and what of rspamd's protocol they answer.
 """

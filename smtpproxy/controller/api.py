@@ -9,6 +9,9 @@
   POST /historyreset                  delete every row            write
   GET  /actions, /symbols, /graph     thresholds, symbols table, messages per minute  read
   GET  /auth                          what this password may do (rspamd's web interface)  read
+  POST /learnhistory                  ours: learn a history row's message, if still kept  write
+  GET  /health                        ours: store and resolver probed, the last day's counts  read
+  GET  /, /static/*                   the web interface (controller/web.py)   none
 
 Scanning here is the engine alone: no greylisting, no autolearn, nothing
 written to the history (a controller scan is a question, not a delivery).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -111,7 +115,8 @@ async def checkv2(request: web.Request) -> web.Response:
                         name=headers.get("Hostname"))
     message = await _parsed(raw)
     ctx = CheckContext(message=message, client=client, mail_from=headers.get("From", ""),
-                       rcpt_tos=headers.getall("Rcpt", []),
+                       rcpt_tos=[r.strip() for value in headers.getall("Rcpt", [])
+                                 for r in value.split(",") if r.strip()],
                        profile=headers.get("Profile", "inbound"), resolver=ctl.service.resolver,
                        store=await ctl.service.open_store())
     try:
@@ -149,6 +154,10 @@ async def _learn(request: web.Request, cls: str) -> web.Response:
     ctl = request.app[CONTROLLER]
     await ctl.authorize(request, WRITE)
     raw = await ctl.read_body(request)
+    return await _learn_raw(ctl, raw, cls)
+
+
+async def _learn_raw(ctl, raw: bytes, cls: str) -> web.Response:
     store = await _store(ctl)
     bayes_cfg = ctl.cfg.scan.bayes
 
@@ -172,6 +181,67 @@ async def learnspam(request: web.Request) -> web.Response:
 
 async def learnham(request: web.Request) -> web.Response:
     return await _learn(request, HAM)
+
+
+async def learnhistory(request: web.Request) -> web.Response:
+    """POST {"seq": N, "class": "spam"|"ham"}: learn the message of a history row.
+
+    Ours, for the web interface: rows hold no body, so only a message this
+    process still keeps in memory (history.keep_messages_bytes, the newest
+    first) can be learned; 404 otherwise (another host scanned it, or it is
+    too old: learn it from the mailbox with rspamc or smtpproxy learn)."""
+    ctl = request.app[CONTROLLER]
+    await ctl.authorize(request, WRITE)
+    try:
+        source = json.loads(await ctl.read_body(request))
+    except ValueError:
+        raise ControllerError(400, "malformed JSON") from None
+    if not isinstance(source, dict) or not isinstance(source.get("seq"), int) \
+            or source.get("class") not in (SPAM, HAM):
+        raise ControllerError(400, 'expected {"seq": N, "class": "spam" or "ham"}')
+    raw = ctl.service.history.kept(source["seq"])
+    if raw is None:
+        raise ControllerError(404, "that message is not kept by this host any more")
+    return await _learn_raw(ctl, raw, source["class"])
+
+
+# A health probe waits at most this long for the store or the resolver.
+HEALTH_TIMEOUT_S = 3.0
+
+
+async def _probe(check) -> dict:
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            await check()
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {HEALTH_TIMEOUT_S:g} s"}
+    except Exception as exc:  # a probe reports trouble, it never fails the request
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]}
+    return {"ok": True, "ms": round((time.monotonic() - started) * 1000, 1)}
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health (ours, for the web interface): the store and the resolver
+    probed now, and messages by action over the last 24 hours in this process."""
+    ctl = request.app[CONTROLLER]
+    await ctl.authorize(request, READ)
+
+    async def store_probe():
+        store = await ctl.service.open_store()
+        await store.get(store.key("health", "probe"))
+
+    async def dns_probe():
+        # A fresh name each time: the cache must not answer for a dead resolver.
+        # NXDOMAIN is a healthy answer (RFC 6761: .invalid never exists).
+        await ctl.service.resolver.query(f"probe-{os.urandom(6).hex()}.invalid", "A")
+
+    store, dns = await asyncio.gather(_probe(store_probe), _probe(dns_probe))
+    store["backend"] = "redis" if ctl.cfg.store.url.startswith(("redis", "rediss", "unix")) \
+        else "sqlite"
+    dns["nameserver"] = ctl.cfg.dns.nameserver or "/etc/resolv.conf"
+    return json_response({"store": store, "dns": dns,
+                          "day": ctl.service.history.throughput.totals(time.time())})
 
 
 async def stat(request: web.Request) -> web.Response:
@@ -251,6 +321,7 @@ async def history(request: web.Request) -> web.Response:
         if f["since"] and row.get("unix_time", 0) < f["since"]:
             break
         if matches(row, action=f["action"], sender=f["from"], rcpt=f["rcpt"], text=f["q"]):
+            row["kept"] = ctl.service.history.kept(row.get("seq", -1)) is not None
             rows.append(row)
             if len(rows) >= f["limit"]:
                 break
@@ -336,6 +407,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/checkv2", checkv2)
     app.router.add_post("/learnspam", learnspam)
     app.router.add_post("/learnham", learnham)
+    app.router.add_post("/learnhistory", learnhistory)
+    app.router.add_get("/health", health)
     app.router.add_get("/stat", stat)
     app.router.add_get("/history", history)
     app.router.add_post("/history", history)

@@ -14,6 +14,11 @@ and writes them in batches. A full queue drops the row and counts it:
 history never slows or stops mail. A store in trouble loses rows, logged
 once per store.error_log_interval_s.
 
+Rows hold no body. So that the web interface can learn a message from its
+row, the writer keeps the bytes of the newest messages in this process's
+memory (``kept``), at most ``history.keep_messages_bytes`` in all (0:
+none): a reference to bytes the transaction already holds, no copy.
+
 Layout in the store (``HistoryStore``; every key under the ``history`` hash tag):
 
   {history}:seq            the last row number given out (incr: atomic across hosts)
@@ -37,7 +42,7 @@ import logging
 import os
 import re
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 
 from smtpproxy.common.config import HistoryConfig
@@ -148,10 +153,12 @@ class Pending:
 
     The body is not kept: the message's bytes may be freed as soon as it is answered."""
 
-    __slots__ = ("txn", "verdict", "outcome", "ref", "header", "size", "time")
+    __slots__ = ("txn", "verdict", "outcome", "ref", "header", "size", "time", "content")
 
-    def __init__(self, txn, verdict, outcome, ref: str):
+    def __init__(self, txn, verdict, outcome, ref: str, keep_bytes: int = 0):
         content = txn.content
+        # Kept only for HistoryWriter.kept (learning from the web interface).
+        self.content = content if 0 < len(content) <= keep_bytes else None
         end = content.find(b"\r\n\r\n", 0, HEADER_BYTES)
         self.header = content[:end + 4 if end >= 0 else HEADER_BYTES]
         self.size = len(content)
@@ -296,6 +303,15 @@ class Throughput:
                 out[action].append((start * 60, total[action] / step))
         return out
 
+    def totals(self, now: float, minutes: int = MINUTES) -> dict[str, int]:
+        """{action: messages} over the last ``minutes``."""
+        first = int(now // 60) - minutes + 1
+        total: Counter = Counter()
+        for minute, counts in self.minutes:
+            if minute >= first:
+                total.update(counts)
+        return {action: total[action] for action in ACTIONS}
+
 
 class HistoryWriter:
     """The daemon's writer: ``record`` on the hot path, a task that writes in batches."""
@@ -313,6 +329,18 @@ class HistoryWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._last_error_log = 0.0
+        self._kept: OrderedDict[int, bytes] = OrderedDict()  # row number -> message
+        self._kept_bytes = 0
+
+    def kept(self, seq: int) -> bytes | None:
+        """The message of row ``seq`` if this process still keeps it."""
+        return self._kept.get(seq)
+
+    def _keep(self, seq: int, content: bytes) -> None:
+        self._kept[seq] = content
+        self._kept_bytes += len(content)
+        while self._kept and self._kept_bytes > self.cfg.keep_messages_bytes:
+            self._kept_bytes -= len(self._kept.popitem(last=False)[1])
 
     def configure(self, cfg: HistoryConfig, store: Store | None, hostname: str) -> None:
         self.cfg, self.hostname = cfg, hostname
@@ -337,7 +365,8 @@ class HistoryWriter:
             self.dropped += 1
             return
         try:
-            self._queue.append(Pending(txn, verdict, outcome, outcome.ref))
+            self._queue.append(Pending(txn, verdict, outcome, outcome.ref,
+                                       self.cfg.keep_messages_bytes))
         except Exception:  # a bug here must not fail a delivered message
             logger.exception("history: cannot record %s", txn.session_id)
             return
@@ -356,16 +385,21 @@ class HistoryWriter:
                 await self._write(batch)
 
     async def _write(self, batch: Iterable[Pending]) -> None:
-        rows = []
+        rows, contents = [], []
         for pending in batch:
             try:
                 rows.append(make_row(pending, self.hostname))
+                contents.append(pending.content)
+                pending.content = None
             except Exception:
                 logger.exception("history: cannot build the row of %s", pending.txn.session_id)
             await asyncio.sleep(0)  # a row per loop turn: sessions come first
         try:
             await self.store.write(rows)
             self.written += len(rows)
+            for row, content in zip(rows, contents, strict=True):
+                if content is not None:
+                    self._keep(row["seq"], content)
         except StoreError as exc:
             now = time.monotonic()
             if now - self._last_error_log > self.store.store.cfg.error_log_interval_s:

@@ -34,6 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from smtpproxy.common.config import Config, parse_hostport, parse_socket_mode
 from smtpproxy.controller import api
+from smtpproxy.controller import web as web_ui
 from smtpproxy.controller.api import CONTROLLER, ControllerError, json_error
 from smtpproxy.controller.auth import WRITE, Authenticator, cross_origin
 
@@ -158,6 +159,7 @@ class Controller:
                                             "max_line_size": MAX_HEADER_BYTES})
         app[CONTROLLER] = self
         api.add_routes(app)
+        web_ui.add_routes(app)
         return app
 
     async def _start(self, listen: str, cfg: Config) -> web.AppRunner:
