@@ -86,6 +86,15 @@ def test_installed_scripts_accept_every_shipped_config(installed, tmp_path):
     assert policy.returncode == 0, policy.stderr
 
 
+def test_installed_package_holds_the_web_interface(installed, tmp_path):
+    out = run(installed, "python", "-c", "from smtpproxy.controller import web\n"
+              "for name in web.FILES: print(name, len(web._read(name)))", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    sizes = dict(line.split() for line in out.stdout.splitlines())
+    assert set(sizes) == {"index.html", "app.js", "app.css"}
+    assert all(int(size) > 500 for size in sizes.values()), sizes
+
+
 def test_installed_scan_rejects_gtube(installed, tmp_path):
     out = run(installed, "smtpproxy", "scan", "--state-dir", str(tmp_path), "--dns", "127.0.0.1:9",
               "-", stdin=GTUBE, cwd=tmp_path)
