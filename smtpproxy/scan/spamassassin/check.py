@@ -44,7 +44,7 @@ from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.engine import ENGINE_SYMBOLS, SymbolDef
 from smtpproxy.scan.message import Message
 from smtpproxy.scan.spamassassin import meta as meta_expr
-from smtpproxy.scan.spamassassin.matcher import KINDS, Matcher, count
+from smtpproxy.scan.spamassassin.matcher import KINDS, Matcher, count, narrow
 from smtpproxy.scan.spamassassin.rules import RuleSet, load_files, rule_files
 
 logger = logging.getLogger("smtpproxy.scan")
@@ -307,8 +307,18 @@ class SpamAssassinCheck:
             unit_list = units()
             if not unit_list:
                 continue
+            lowered: list[bytes] | None = None
             for name in self.matcher.candidates(kind, unit_list):
-                matched = count(self.matcher.regex[name], unit_list, self.limit[name])
+                units_of = unit_list
+                literals = self.matcher.literals.get(name)
+                if literals is not None and len(unit_list) > 1:
+                    if literals[1]:
+                        if lowered is None:
+                            lowered = [u.lower() for u in unit_list]
+                        units_of = narrow(literals[0], unit_list, lowered)
+                    else:
+                        units_of = narrow(literals[0], unit_list, unit_list)
+                matched = count(self.matcher.regex[name], units_of, self.limit[name]) if units_of else 0
                 if matched:
                     hits[name] = matched
         return hits

@@ -9,10 +9,13 @@ with its exact ``re`` pattern on its own texts (per line for body rules, on
 its header for header rules), which also counts ``tflags multiple`` hits.
 So the hits are exactly those of ``re`` alone, only found sooner.
 
-A pattern with back-references or look-around, or one Hyperscan refuses
-(too long, embedded anchors), is run with ``re`` on every message
-("always" rules). Without the
-``hyperscan`` module every rule is such a rule.
+A pattern with back-references or look-around goes in relaxed (regex.py).
+One Hyperscan refuses (too long, too large, embedded anchors) is replaced
+in the database by a superset Hyperscan takes (literals.py): the literals
+one of which every match contains (as SpamAssassin's Rule2XSBody does), or
+Hyperscan's own prefilter approximation of the pattern; only a pattern
+with neither runs with ``re`` on every message ("always" rules). Without
+the ``hyperscan`` module every rule is such a rule.
 
 Compiling takes minutes for SpamAssassin's full rule set, so the databases
 are serialised to ``<state_dir>/spamassassin/hs-<key>.db``, ``key`` being a
@@ -32,6 +35,7 @@ import tempfile
 import threading
 from collections.abc import Iterable
 
+from smtpproxy.scan.spamassassin.literals import hyperscan_literal, required_literals
 from smtpproxy.scan.spamassassin.regex import Translated, compile_python, relax_for_hyperscan
 
 try:  # optional: without it every rule runs with re
@@ -42,9 +46,14 @@ except ImportError:  # pragma: no cover - depends on the installation
 logger = logging.getLogger("smtpproxy.scan")
 
 KINDS = ("header", "body", "rawbody", "full", "uri")
-# Longer patterns (ReplaceTags expansions) cost Hyperscan more to compile than they save.
+# Longer patterns (ReplaceTags expansions) cost Hyperscan more to compile than they save:
+# they go in as their required literals or prefilter approximation.
 MAX_HS_PATTERN_BYTES = 8000
-CACHE_VERSION = 2
+# Hyperscan's own limit on a pattern's length (prefilter mode included).
+HS_LENGTH_LIMIT = 65535
+# Required literals at least this long are preferred to Hyperscan's prefilter approximation.
+GOOD_LITERAL = 4
+CACHE_VERSION = 3
 PREFILTER_RE = re.compile(rb"\\[1-9]|\(\?P=|\(\?<?[=!]")
 
 # Compilations done by this process (tests assert that a cache hit compiles nothing).
@@ -63,11 +72,20 @@ def _hs_flags(t: Translated, prefilter: bool) -> int:
     return flags
 
 
-def _compile_db(patterns: list[tuple[bytes, int]]) -> object:
+def _compile_db(patterns: list[tuple[bytes, int]], ids: list[int] | None = None) -> object:
     db = hyperscan.Database()
-    db.compile(expressions=[p for p, _ in patterns], ids=list(range(len(patterns))),
+    db.compile(expressions=[p for p, _ in patterns],
+               ids=ids if ids is not None else list(range(len(patterns))),
                elements=len(patterns), flags=[f for _, f in patterns])
     return db
+
+
+def _compiles(patterns: list[tuple[bytes, int]]) -> bool:
+    try:
+        _compile_db(patterns)
+    except Exception:
+        return False
+    return True
 
 
 class Matcher:
@@ -85,6 +103,11 @@ class Matcher:
         self.always: dict[str, list[str]] = {k: [] for k in KINDS}  # run with re every time
         self.all: dict[str, list[str]] = {k: [] for k in KINDS}
         self._patterns: dict[str, list[tuple[bytes, int]]] = {k: [] for k in KINDS}
+        self._translated: dict[str, Translated] = {}
+        self._oversize: dict[str, list[str]] = {k: [] for k in KINDS}
+        self.substituted: dict[str, str] = {}  # name -> what stands for it in the database
+        # name -> (literals, caseless): a text without one of them cannot match (literals.py).
+        self.literals: dict[str, tuple[tuple[bytes, ...], bool]] = {}
         self.dbs: dict[str, object] = {}
         self.scratch: dict[str, object] = {}
         self.ready = False  # Hyperscan databases in use
@@ -95,6 +118,7 @@ class Matcher:
             for name, t in items:
                 self.regex[name] = compile_python(t)
                 self.all[kind].append(name)
+                self._translated[name] = t
         self.use_hyperscan = use_hyperscan and hyperscan is not None
         if not self.use_hyperscan:
             self._done.set()
@@ -102,8 +126,7 @@ class Matcher:
         for kind, items in rules.items():
             for name, t in items:
                 if len(t.hyperscan) > MAX_HS_PATTERN_BYTES:
-                    self.always[kind].append(name)
-                    self.hs_refused[name] = "pattern too long for Hyperscan"
+                    self._oversize[kind].append(name)
                     continue
                 pattern = t.hyperscan
                 if PREFILTER_RE.search(pattern):
@@ -114,7 +137,8 @@ class Matcher:
                 self.names[kind].append(name)
                 self._patterns[kind].append((pattern, _hs_flags(t, False)))
         digest = hashlib.sha256(repr((CACHE_VERSION, hyperscan.__version__ if hasattr(
-            hyperscan, "__version__") else "", sorted(self._patterns.items()))).encode())
+            hyperscan, "__version__") else "", sorted(self._patterns.items()),
+            sorted(self._oversize.items()))).encode())
         self.key = digest.hexdigest()[:24]
         self.cache_path = os.path.join(cache_dir, f"hs-{self.key}.db") if cache_dir else ""
         if self._load_cache():
@@ -143,7 +167,7 @@ class Matcher:
             logger.warning("spamassassin: Hyperscan cache %s unusable (%s); recompiling",
                            self.cache_path, exc)
             return False
-        self._install(dbs, data["refused"])
+        self._install(dbs, data["refused"], data["names"], data["substituted"])
         return True
 
     def _build(self) -> None:
@@ -161,36 +185,66 @@ class Matcher:
                 return
             compile_count += 1
             self.compiled_here = True
-            dbs, refused = {}, {}
+            dbs, refused, names, substituted = {}, {}, {}, {}
             for kind in KINDS:
-                patterns = self._patterns[kind]
-                if not patterns:
-                    continue
-                try:
-                    dbs[kind] = _compile_db(patterns)
-                except Exception:
+                entries = list(zip(self.names[kind], self._patterns[kind], strict=True))
+                bad = [(n, "pattern too long for Hyperscan") for n in self._oversize[kind]]
+                if entries and not _compiles([p for _, p in entries]):
                     # Find the patterns Hyperscan refuses one by one; the rest go in one database.
                     good = []
-                    for name, pattern in zip(self.names[kind], patterns, strict=True):
+                    for name, pattern in entries:
                         try:
                             _compile_db([pattern])
-                            good.append(name)
+                            good.append((name, pattern))
                         except Exception as exc:
-                            refused[name] = f"Hyperscan: {exc}"
-                    keep = set(good)
-                    patterns = [p for n, p in zip(self.names[kind], patterns, strict=True) if n in keep]
-                    dbs[kind] = _compile_db(patterns) if patterns else None
-            self._save(dbs, refused)
-            self._install(dbs, refused)
-            logger.info("spamassassin: Hyperscan databases compiled (%d rules run with re alone)",
+                            bad.append((name, f"Hyperscan: {exc}"))
+                    entries = good
+                for name, why in bad:
+                    subs, how = self._substitute(name)
+                    if subs:
+                        entries.extend((name, p) for p in subs)
+                        substituted[name] = f"{how} ({why})"
+                    else:
+                        refused[name] = why
+                order: dict[str, int] = {}
+                for name, _ in entries:
+                    order.setdefault(name, len(order))
+                names[kind] = list(order)
+                dbs[kind] = _compile_db([p for _, p in entries], [order[n] for n, _ in entries]) \
+                    if entries else None
+            self._save(dbs, refused, names, substituted)
+            self._install(dbs, refused, names, substituted)
+            logger.info("spamassassin: Hyperscan databases compiled (%d rules as a prefilter "
+                        "superset, %d run with re alone)", len(substituted),
                         sum(len(v) for v in self.always.values()))
 
-    def _save(self, dbs: dict, refused: dict[str, str]) -> None:
+    def _substitute(self, name: str) -> tuple[list[tuple[bytes, int]], str]:
+        """Patterns Hyperscan takes that stand for rule ``name``'s (a superset), and how."""
+        t = self._translated[name]
+        found = required_literals(self.regex[name])
+        literal_patterns: list[tuple[bytes, int]] = []
+        if found is not None:
+            literals, caseless = found
+            flags = hyperscan.HS_FLAG_SINGLEMATCH | (hyperscan.HS_FLAG_CASELESS if caseless else 0)
+            literal_patterns = [(hyperscan_literal(lit), flags) for lit in literals]
+            if min(len(lit) for lit in literals) >= GOOD_LITERAL and _compiles(literal_patterns):
+                return literal_patterns, f"{len(literals)} required literals"
+        pattern = t.hyperscan
+        if PREFILTER_RE.search(pattern):
+            pattern = relax_for_hyperscan(pattern)
+        if len(pattern) < HS_LENGTH_LIMIT and _compiles([(pattern, _hs_flags(t, True))]):
+            return [(pattern, _hs_flags(t, True))], "Hyperscan prefilter mode"
+        if literal_patterns and _compiles(literal_patterns):
+            return literal_patterns, f"{len(literal_patterns)} required literals"
+        return [], ""
+
+    def _save(self, dbs: dict, refused: dict[str, str], names: dict[str, list[str]],
+              substituted: dict[str, str]) -> None:
         if not self.cache_path:
             return
         try:
             os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
-            data = {"key": self.key, "refused": refused,
+            data = {"key": self.key, "refused": refused, "names": names, "substituted": substituted,
                     "dbs": {k: hyperscan.dumpb(db) for k, db in dbs.items() if db is not None}}
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.cache_path), prefix=".hs-")
             with os.fdopen(fd, "wb") as f:
@@ -204,15 +258,21 @@ class Matcher:
             logger.warning("spamassassin: cannot keep the Hyperscan cache in %s: %s",
                            self.cache_path, exc)
 
-    def _install(self, dbs: dict, refused: dict[str, str]) -> None:
+    def _install(self, dbs: dict, refused: dict[str, str], names: dict[str, list[str]],
+                 substituted: dict[str, str]) -> None:
         for kind in KINDS:
-            if refused:
-                moved = [n for n in self.names[kind] if n in refused]
-                self.names[kind] = [n for n in self.names[kind] if n not in refused]
-                self.always[kind].extend(moved)
+            self.names[kind] = list(names.get(kind, ()))
+            in_db = set(self.names[kind])
+            self.always[kind] = [n for n in self.all[kind] if n not in in_db]
             if dbs.get(kind) is not None:
                 self.scratch[kind] = hyperscan.Scratch(dbs[kind])
         self.hs_refused.update(refused)
+        self.substituted.update(substituted)
+        # The costly rules also get their texts narrowed to those holding a required literal.
+        for name in (*substituted, *refused):
+            found = required_literals(self.regex[name])
+            if found is not None:
+                self.literals[name] = (tuple(found[0]), found[1])
         self.dbs = {k: v for k, v in dbs.items() if v is not None}
         self.ready = True
 
@@ -237,6 +297,12 @@ class Matcher:
                 scratch=self.scratch[kind])
         found.extend(names[i] for i in ids)
         return found
+
+
+def narrow(literals: tuple[bytes, ...], units: list[bytes], lowered: list[bytes]) -> list[bytes]:
+    """The ``units`` holding one of ``literals`` (looked up in ``lowered``: the units,
+    lower-cased when the literals are caseless). The others cannot match."""
+    return [u for u, low in zip(units, lowered, strict=True) if any(lit in low for lit in literals)]
 
 
 def _collect(rule_id: int, _from: int, _to: int, _flags: int, ids: list[int]) -> None:
