@@ -41,7 +41,7 @@ from smtpproxy.common.config import (
 )
 from smtpproxy.common.dns import Resolver
 from smtpproxy.common.metrics import MetricsEndpoint, Registry
-from smtpproxy.common.store import Store, open_store
+from smtpproxy.common.store import Store, StoreError, open_store
 from smtpproxy.controller.history import HistoryWriter
 from smtpproxy.controller.server import Controller
 from smtpproxy.delivery import Delivery
@@ -224,7 +224,15 @@ class ProxyService:
         """The store, opened on first use (the scan, the controller's learning)."""
         if self._store is None:
             store = open_store((cfg or self.cfg).store, (cfg or self.cfg).state_dir)
-            await store.open()
+            try:
+                await store.open()
+            except StoreError as exc:
+                if not store.reconnects:
+                    raise
+                # Redis down at start is not fatal (as for the policy daemon):
+                # its operations reconnect by themselves; until then the scan
+                # goes on without it (BAYES_UNAVAILABLE, no greylisting).
+                logger.error("store not available at start: %s", exc)
             self._store = store
         return self._store
 
