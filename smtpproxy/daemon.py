@@ -31,6 +31,7 @@ import socket
 import stat
 
 from smtpproxy import replies
+from smtpproxy.budget import InflightBudget
 from smtpproxy.canary import CanaryMonitor
 from smtpproxy.common.config import (
     Config,
@@ -47,7 +48,7 @@ from smtpproxy.controller.server import Controller
 from smtpproxy.delivery import Delivery
 from smtpproxy.relay import Downstream, DownstreamPool
 from smtpproxy.scan.hook import build_hook
-from smtpproxy.server import InflightBudget, ProxySMTP
+from smtpproxy.server import ProxySMTP
 from smtpproxy.sign import NoSigner
 from smtpproxy.sign.setup import build_signer
 from smtpproxy.transaction import NoScan, ScanHook, parse_client_address

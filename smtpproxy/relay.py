@@ -16,15 +16,14 @@ connections, so a late reply can never be read as the answer to someone
 else's command.
 
 Message bytes are sent as they are: the proxy already holds them with CRLF
-line ends, so the only transformation is SMTP dot-stuffing. aiosmtplib's own
-DATA helper would also rewrite lone CR or LF characters, which would change
-the message, hence ``send_message`` below.
+line ends (wire.py's read_data made them so), so the only transformation is
+SMTP dot-stuffing (wire.py's dot_stuff, safe on its own), done here rather
+than by aiosmtplib's DATA helper, which would send it its own way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable
 from typing import NamedTuple
@@ -33,6 +32,7 @@ import aiosmtplib
 from aiosmtplib import SMTPResponse
 
 from smtpproxy import xforward
+from smtpproxy.wire import dot_stuff
 
 
 class DownstreamError(Exception):
@@ -65,36 +65,6 @@ class Reply(NamedTuple):
 _FAILURES = (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError, ValueError)
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-def crlf_only(content: bytes) -> bool:
-    """True when every CR and every LF in ``content`` is part of a CRLF."""
-    pairs = content.count(b"\r\n")
-    return content.count(b"\n") == pairs and content.count(b"\r") == pairs
-
-
-def normalize_line_ends(content: bytes) -> bytes:
-    """Every bare CR and bare LF as CRLF (RFC 5321 2.3.8: line ends are CRLF only)."""
-    return content if crlf_only(content) else _LINE_END.sub(b"\r\n", content)
-
-
-def dot_stuff(content: bytes) -> bytes:
-    """Message -> DATA payload including the final dot.
-
-    Safe on its own, whatever ``content`` holds: every line end goes out as
-    CRLF (a bare CR or LF becomes one) and every line that starts with "."
-    gets a second one, so the only lone-dot line a downstream can find, also
-    one that ends lines at a bare LF or CR, is the final one. The proxy's
-    messages have CRLF line ends already (server.py's read_data normalises
-    them), so this changes nothing but the dots of a message it received.
-    """
-    stuffed = normalize_line_ends(content).replace(b"\r\n.", b"\r\n..")
-    if stuffed.startswith(b"."):
-        stuffed = b"." + stuffed
-    if stuffed and not stuffed.endswith(b"\r\n"):
-        stuffed += b"\r\n"
-    return stuffed + b".\r\n"
 
 
 class Downstream:

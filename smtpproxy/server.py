@@ -25,26 +25,24 @@ import collections
 import itertools
 import logging
 import os
-import re
 import time
 from typing import Protocol
 
 from aiosmtpd.smtp import SMTP, Session
 
 from smtpproxy import replies, xforward
+from smtpproxy.budget import InflightBudget, Reservation
 from smtpproxy.common.config import Config, ListenerConfig
 from smtpproxy.common.log import quote
 from smtpproxy.delivery import Delivery
-from smtpproxy.relay import Downstream, DownstreamError, DownstreamPool, Reply, normalize_line_ends
+from smtpproxy.relay import Downstream, DownstreamError, DownstreamPool, Reply
 from smtpproxy.transaction import ClientInfo, Transaction
+from smtpproxy.wire import BareNewline, has_control_characters, params_valid, parse_path, read_data
 
 logger = logging.getLogger("smtpproxy")
 
 EHLO_KEYWORDS = ("8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES")
 XFORWARD_KEYWORD = "XFORWARD " + " ".join(xforward.ATTRIBUTES)
-# End-of-data scanning: readuntil() stops at every line that ends in '.', and
-# only a '.' line right after CRLF ends the message.
-_DOT_LINE_END = b".\r\n"
 
 _session_ids = itertools.count(1)
 _id_prefix = f"{os.getpid() & 0xFFFF:04X}"
@@ -75,54 +73,6 @@ class _ClientReader(asyncio.StreamReader):
             raise SessionOver("client closed its side of the connection") from None
 
 
-class InflightBudget:
-    """Message bytes all sessions hold now, against ``proxy.max_inflight_bytes``.
-
-    A session takes its share as it reads DATA (``Reservation.take``) and
-    gives it back once its end-of-data is answered, so the bytes are counted
-    while the scan, the signer and the relay hold their copies too.
-    """
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.used = 0
-
-    def reserve(self) -> Reservation:
-        return Reservation(self)
-
-
-class Reservation:
-    """One message's share of the InflightBudget; refused once, it takes nothing more."""
-
-    def __init__(self, budget: InflightBudget):
-        self.budget = budget
-        self.held = 0
-        self.refused = False
-
-    def take(self, size: int) -> bool:
-        if self.refused:
-            return False
-        if self.budget.used + size > self.budget.limit:
-            self.refused = True
-            self.release()
-            return False
-        self.budget.used += size
-        self.held += size
-        return True
-
-    def release(self) -> None:
-        self.budget.used -= self.held
-        self.held = 0
-
-
-class BareNewline(ValueError):
-    """A message line ended by a bare LF or CR, with proxy.bare_newline = "reject"."""
-
-    def __init__(self, char: str):
-        super().__init__(f"bare <{char}> received")
-        self.reply = replies.BARE_LF if char == "LF" else replies.BARE_CR
-
-
 # aiosmtpd's command loop answers these itself, without an enhanced status
 # code; the client gets ours instead (``ProxySMTP.push``).
 _AIOSMTPD_REPLIES = {
@@ -148,57 +98,6 @@ class ProxySession(Session):
         super().__init__(loop)
         self.id = new_session_id()
         self.xforward: dict[str, str | None] = {}
-
-
-def parse_path(arg: str | None, keyword: str) -> tuple[str, list[str]] | None:
-    """'FROM:<a@b> SIZE=10' -> ('a@b', ['SIZE=10']); None when malformed.
-
-    Angle brackets may be omitted (Postfix is lenient too); a '>' inside a
-    quoted local part does not end the path.
-    """
-    if arg is None or arg[: len(keyword)].upper() != keyword:
-        return None
-    rest = arg[len(keyword) :].lstrip()
-    if not rest.startswith("<"):
-        parts = rest.split()
-        if not parts:
-            return None
-        return parts[0], parts[1:]
-    quoted = escaped = False
-    for i, ch in enumerate(rest):
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-        elif ch == ">" and not quoted:
-            address = rest[1:i]
-            if ":" in address and address.startswith("@"):
-                address = address.split(":", 1)[1]  # drop an RFC 821 source route
-            return address, rest[i + 1 :].split()
-    return None
-
-
-# What no MAIL or RCPT argument may hold (aiosmtplib refuses to send these
-# downstream, and no address or parameter has a use for them).
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def has_control_characters(arg: str | None) -> bool:
-    return arg is not None and _CONTROL_CHARACTERS.search(arg) is not None
-
-
-# RFC 5321 4.1.2: esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-"), ASCII only.
-_ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-
-
-def params_valid(params: list[str]) -> bool:
-    for param in params:
-        key, eq, value = param.partition("=")
-        if not _ESMTP_KEYWORD.fullmatch(key) or (eq and not value):
-            return False
-    return True
 
 
 # The log's words for where a downstream failure happened, by metrics stage.
@@ -462,7 +361,7 @@ class ProxySMTP(SMTP):
     async def _refuse_helo(self, verb: str, hostname: str) -> bool:
         """A greeting name with a control character is refused: it would reach
         the scan's headers (SPF's smtp.helo) and log lines."""
-        if not xforward.has_control_characters(hostname):
+        if not has_control_characters(hostname):
             return False
         logger.info("%s: client=%s %s refused: control character in the hostname",
                     self.session_id, self.peer_addr, verb)
@@ -779,71 +678,3 @@ class ProxySMTP(SMTP):
         if summary:
             fields.append(f"scan={quote(summary)}")
         logger.info(" ".join(fields))
-
-
-def _bare_newline(data: bytes) -> str | None:
-    """"LF" or "CR" when ``data`` holds one that is not part of a CRLF, else None."""
-    pairs = data.count(b"\r\n")
-    if data.count(b"\n") != pairs:
-        return "LF"
-    if data.count(b"\r") != pairs:
-        return "CR"
-    return None
-
-
-async def read_data(reader: asyncio.StreamReader, limit: int, reservation: Reservation | None = None,
-                    bare_newline: str = "normalize") -> tuple[bytes | None, int]:
-    """Read a DATA payload up to the lone dot, normalise line ends, undo dot-stuffing.
-
-    Returns (content, size); content is None when the message was larger than
-    ``limit`` or ``reservation`` (the in-flight budget) refused its bytes: it
-    is still read to its end, then discarded. Only CRLF.CRLF ends the
-    message: a dot after a bare LF or CR does not (no SMTP smuggling).
-
-    A bare LF or bare CR ends a line as CRLF does ("normalize", as Postfix
-    3.9's smtpd_forbid_bare_newline), so the scan sees the lines the
-    re-injection listener will see and nothing downstream can find an end of
-    DATA in them; with "reject" it raises BareNewline instead. Dot-stuffing
-    is undone after that, on every line. Lines of any length are accepted;
-    Postfix sends long lines unsplit.
-    """
-    parts: list[bytes] = []
-    size = 0
-    keep = True
-    tail = b"\r\n"  # the 354 reply counts as a line end before the first line
-    while True:
-        try:
-            chunk = await reader.readuntil(_DOT_LINE_END)
-            found = True
-        except asyncio.LimitOverrunError as exc:
-            chunk = await reader.read(exc.consumed)
-            found = False
-        except asyncio.IncompleteReadError as exc:
-            raise ConnectionResetError("client closed the connection in DATA") from exc
-        end = found and (tail + chunk)[-5:-3] == b"\r\n"
-        if end:
-            chunk = chunk[:-3]
-        size += len(chunk)
-        if keep and (size > limit or (reservation is not None and not reservation.take(len(chunk)))):
-            keep = False
-            parts.clear()
-            if reservation is not None:
-                reservation.release()  # nothing is held any more
-        if keep:
-            parts.append(chunk)
-        if end:
-            break
-        tail = (tail + chunk)[-2:]
-    if not keep:
-        return None, size
-    data = b"".join(parts)
-    parts.clear()
-    bare = _bare_newline(data)
-    if bare is not None:
-        if bare_newline == "reject":
-            raise BareNewline(bare)
-        data = normalize_line_ends(data)
-    if data.startswith(b"."):
-        data = data[1:]
-    data = data.replace(b"\r\n.", b"\r\n")
-    return data, len(data)

@@ -9,6 +9,8 @@ updating some attributes.
 
 from __future__ import annotations
 
+from smtpproxy.wire import has_control_characters
+
 ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
 UNAVAILABLE = "[UNAVAILABLE]"
 TEMPUNAVAIL = "[TEMPUNAVAIL]"
@@ -22,12 +24,6 @@ class XforwardError(ValueError):
 
 class ControlCharacterError(XforwardError):
     """A decoded value holds a control character (xtext ``+0D+0A`` is CR LF)."""
-
-
-def has_control_characters(text: str) -> bool:
-    """C0 controls and DEL: nothing a host name, address, port or protocol holds,
-    and what would let a value end a line of a header or of the SMTP dialogue."""
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
 
 
 def xtext_decode(text: str) -> str:

@@ -36,7 +36,8 @@ from policy import codec
 from smtpproxy import xforward
 from smtpproxy.common import config
 from smtpproxy.relay import DownstreamError
-from smtpproxy.server import ProxySession, ProxySMTP, params_valid, parse_path
+from smtpproxy.server import ProxySession, ProxySMTP
+from smtpproxy.wire import params_valid, parse_path
 from tests.support.fuzz import cut, splits, wire_bytes
 
 CONTROL = "".join(map(chr, range(0x20))) + "\x7f"

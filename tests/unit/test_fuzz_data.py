@@ -1,4 +1,4 @@
-"""Properties of the DATA reader (server.read_data) and of dot-stuffing (relay.dot_stuff).
+"""Properties of the DATA reader (wire.read_data) and of dot-stuffing (wire.dot_stuff).
 
 - the same bytes in any split, with any reader buffer limit, give the same
   message, the same size and leave the same bytes for the next command;
@@ -20,8 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from smtpproxy.relay import dot_stuff
-from smtpproxy.server import read_data
+from smtpproxy.wire import dot_stuff, read_data
 from tests.support.fuzz import (
     crlf_text_bytes,
     cut,

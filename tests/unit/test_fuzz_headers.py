@@ -30,7 +30,7 @@ from smtpproxy.headers import (
     remove_headers,
     split_fields,
 )
-from smtpproxy.server import read_data
+from smtpproxy.wire import read_data
 from tests.support.fuzz import lax_header_names, wire_bytes
 
 REMOVED = ["x-spam", "x-spam-status", "authentication-results"]

@@ -8,8 +8,7 @@ import pytest
 
 from smtpproxy import replies, xforward
 from smtpproxy.headers import prepend_headers, remove_headers
-from smtpproxy.relay import dot_stuff
-from smtpproxy.server import params_valid, parse_path, read_data
+from smtpproxy.wire import dot_stuff, params_valid, parse_path, read_data
 
 # ------------------------------------------------------------------ XFORWARD
 

@@ -30,8 +30,7 @@ import contextlib
 
 import pytest
 
-from smtpproxy.relay import dot_stuff
-from smtpproxy.server import read_data
+from smtpproxy.wire import dot_stuff, read_data
 from tests.support.pipeline import ProxyProcess
 from tests.support.postfix import free_port
 
