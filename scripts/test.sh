@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 # spamassassin: its rule files only (scan/spamassassin/ reads them); its daemon never runs.
-# rspamd: for its client rspamc only (tests/integration/test_controller_rspamc.py);
+# rspamd: for its client rspamc only (tests/controller/test_controller_rspamc.py);
 # ensure_debs keeps its daemon from starting and no test starts it.
 packages=(postfix redis-server publicsuffix libmail-dkim-perl opendkim-tools rspamd spamassassin)
 # clamav-daemon: clamd runs privately with a signature database the tests write
