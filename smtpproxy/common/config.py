@@ -1210,6 +1210,16 @@ class CanaryConfig:
 
 
 @dataclass(frozen=True)
+class DoctorConfig:
+    """What `smtpproxy doctor` takes as deliberate (smtpproxy/doctor/)."""
+
+    # Public smtpd services of master.cf (NAME, or NAME/TYPE as "2525/inet")
+    # deliberately left without the proxy: reported OK, not as a bypass.
+    # `doctor --ignore-service` adds to these.
+    ignore_services: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     # Where state lives (SQLite store, maps we write). systemd's
     # StateDirectory= sets $STATE_DIRECTORY, which wins over this default.
@@ -1224,6 +1234,7 @@ class Config:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
     history: HistoryConfig = field(default_factory=HistoryConfig)
     canary: CanaryConfig = field(default_factory=CanaryConfig)
+    doctor: DoctorConfig = field(default_factory=DoctorConfig)
 
     def check(self, path: str) -> None:
         if not self.state_dir:

@@ -30,7 +30,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         findings.append(Finding(OK, "postconf", args.postfix_config or "/etc/postfix",
                                 f"{len(pf.services)} services, {len(pf.smtpd_services())} smtpd"))
-        findings += wiring.check(pf, cfg, frozenset(args.ignore_service or ()))
+        ignore = frozenset((*cfg.doctor.ignore_services, *(args.ignore_service or ())))
+        findings += wiring.check(pf, cfg, ignore)
     findings += run(resources.check(cfg))
     failed = any(f.status == FAIL for f in findings)
     if args.json:

@@ -202,13 +202,13 @@ def check(pf: Postfix, cfg: Config, ignore: frozenset[str] = frozenset()) -> lis
             if s.loopback_only or s.type != "inet":
                 continue
             if s.key in ignore or s.name in ignore:
-                out.append(Finding(OK, "bypass", subject, "public smtpd without smtpd_proxy_filter, ignored (--ignore-service)"))
+                out.append(Finding(OK, "bypass", subject, "public smtpd without smtpd_proxy_filter, deliberately (doctor.ignore_services)"))
                 continue
             out.append(Finding(
                 FAIL, "bypass", subject,
                 "public smtpd without smtpd_proxy_filter: mail accepted here is never scanned",
                 f'add "  -o smtpd_proxy_filter={postfix_form(inbound, queue)}" under the '
-                f'"{s.name} {s.type} ... smtpd" line in master.cf (or --ignore-service {s.key} if deliberate)'))
+                f'"{s.name} {s.type} ... smtpd" line in master.cf (or doctor.ignore_services = ["{s.key}"] if deliberate)'))
             continue
         out.append(Finding(OK, "bypass", subject, f"smtpd_proxy_filter = {filt}"))
         out += _check_target(pf, cfg, s, filt, queue)

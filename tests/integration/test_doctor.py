@@ -159,6 +159,16 @@ def test_second_public_smtpd_without_the_filter_fails(setup, tmp_path, capsys):
     assert bad["fix"].startswith(f'add "  -o smtpd_proxy_filter=127.0.0.1:{setup.proxy}" under')
 
 
+def test_public_smtpd_deliberately_without_the_filter_is_ok_by_config(setup, tmp_path, capsys):
+    other = free_port()
+    config = setup.config()
+    config.write_text(config.read_text() + f'\n[doctor]\nignore_services = ["{other}/inet"]\n')
+    code, findings = doctor(setup, setup.postfix(tmp_path, extra=[(str(other), {})]), capsys, config)
+    assert code == 0, failed(findings)
+    (seen,) = [f for f in findings if f["subject"] == f"master.cf {other}/inet"]
+    assert seen["status"] == "OK" and "doctor.ignore_services" in seen["saw"]
+
+
 def test_xforward_not_authorised_fails(setup, tmp_path, capsys):
     code, findings = doctor(setup, setup.postfix(tmp_path, reinject={"smtpd_proxy_filter": ""}), capsys)
     assert code == 1
