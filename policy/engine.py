@@ -67,8 +67,12 @@ def _utf8(text: str) -> bool:
 
 
 class Policy:
-    def __init__(self, cfg: Config, store: Store, hostname: str, stats: PolicyStats | None = None):
+    def __init__(self, cfg: Config, store: Store, hostname: str, stats: PolicyStats | None = None,
+                 record=None):
         pc = cfg.policy
+        # record(req, decision): what is decided beyond a plain DUNNO, for the
+        # proxy's history (policy/decisions.py); never blocks, never raises.
+        self.record = record or (lambda req, decision: None)
         self.cfg = cfg
         self.store = store
         # Counted even when nobody reads them (tests, the admin CLI): no None checks per request.
@@ -99,13 +103,15 @@ class Policy:
         now = time.time()
         action = None
         note = ""
+        decision: dict = {}
         if self.greylister.applies(req):
             try:
-                action, note = await self.greylister.check(self.store, req, now)
+                action, note, decision = await self.greylister.decide(self.store, req, now)
             except StoreError as exc:
                 raise StoreFailure("greylist", exc) from exc
             self.stats.greylist.inc(note)
             if action is not None and action.startswith("DEFER"):
+                self.record(req, {"t": round(now, 3), **decision})
                 self._log(req, action, "greylist=" + note)
                 return action
         try:
@@ -114,8 +120,12 @@ class Policy:
             raise StoreFailure("rate_limit", exc) from exc
         if refusal is not None:
             self.stats.rate_limited.inc(rule)
+            self.record(req, {"t": round(now, 3), **decision, "ratelimit": rule,
+                              "action": refusal.split(" ", 1)[0]})
             self._log(req, refusal, rl_note)
             return refusal
+        if decision:
+            self.record(req, {"t": round(now, 3), **decision})
         if action is not None:
             self._log(req, action, "greylist=" + note)
             return action

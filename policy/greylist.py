@@ -120,16 +120,29 @@ class Greylister:
 
     async def check(self, store: Store, req: dict[str, str], now: float) -> tuple[str | None, str]:
         """(action or None to go on, what happened for the log)."""
+        action, note, _ = await self.decide(store, req, now)
+        return action, note
+
+    async def decide(self, store: Store, req: dict[str, str],
+                     now: float) -> tuple[str | None, str, dict]:
+        """``check``, plus the decision as the proxy's history shows it
+        (smtpproxy/common/decisions.py): {"greylist": state, ...} or
+        {"whitelisted": why}."""
         why = self.exempt(req)
         if why:
-            return None, why
+            return None, why, {"whitelisted": why}
         network = client_network(req.get("client_address", ""), self.cfg.client_prefix_v4,
                                  self.cfg.client_prefix_v6)
         sender = normalize_sender(req.get("sender", ""))
         triplet_key, client_key = keys(store, network, sender, req.get("recipient", ""))
         result = await store.greylist(triplet_key, client_key, now, self.params)
+        record: dict = {"greylist": result.state}
         if result.state in (GL_NEW, GL_EARLY):
-            return replies.greylist_defer(self.cfg.defer_text, result.wait_s), result.state
-        if result.state == GL_PASSED and self.cfg.add_header:
-            return replies.greylist_header(result.delayed_s, self.hostname, _date(now)), result.state
-        return None, result.state if result.state != GL_AWL else "awl"
+            record["wait_s"] = round(result.wait_s)
+            return replies.greylist_defer(self.cfg.defer_text, result.wait_s), result.state, record
+        if result.state == GL_PASSED:
+            record["delayed_s"] = round(result.delayed_s)
+            if self.cfg.add_header:
+                header = replies.greylist_header(result.delayed_s, self.hostname, _date(now))
+                return header, result.state, record
+        return None, result.state if result.state != GL_AWL else "awl", record

@@ -41,6 +41,7 @@ import time
 
 from policy import replies
 from policy.codec import ProtocolError, RequestParser, format_reply
+from policy.decisions import DecisionWriter
 from policy.engine import BadRequest, Policy, StoreFailure
 from policy.stats import PolicyStats
 from smtpproxy.common.config import Config, parse_hostport
@@ -180,6 +181,7 @@ class PolicyService:
         self._inflight = 0
         self.stats = PolicyStats(lambda: len(self.connections), lambda: self._inflight)
         self.metrics = MetricsEndpoint(self.stats.registry)
+        self.decisions = DecisionWriter(self.stats.decisions_lost)
 
     def log_limited(self, kind: str, message: str, *args: object) -> None:
         """A WARNING, at most one per ``kind`` per ``store.error_log_interval_s``.
@@ -261,7 +263,9 @@ class PolicyService:
     async def start(self) -> None:
         self.hostname = await self._hostname(self.cfg)
         self.store = await self._open_store(self.cfg, at_start=True)
-        self.policy = Policy(self.cfg, self.store, self.hostname, self.stats)
+        self.decisions.configure(self.store, self.cfg.policy.decisions_ttl_s)
+        self.policy = Policy(self.cfg, self.store, self.hostname, self.stats,
+                             self.decisions.record)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.policy.refresh_maps)
         listen = self.cfg.policy.listen
@@ -313,7 +317,8 @@ class PolicyService:
         if cfg.store != self.cfg.store or cfg.state_dir != self.cfg.state_dir:
             old_store, store = self.store, await self._open_store(cfg)
         try:
-            policy = Policy(cfg, store, await self._hostname(cfg), self.stats)
+            policy = Policy(cfg, store, await self._hostname(cfg), self.stats,
+                            self.decisions.record)
             await asyncio.get_running_loop().run_in_executor(None, policy.refresh_maps)
         except BaseException:
             if old_store is not None:  # keep running on the old store
@@ -321,6 +326,7 @@ class PolicyService:
             raise
         await self.metrics.serve(cfg.policy.metrics_listen)  # moved, started or stopped
         self.cfg, self.store, self.policy = cfg, store, policy
+        self.decisions.configure(store, cfg.policy.decisions_ttl_s)
         self.default = replies.default_action(cfg.policy.default_action)
         if old_store is not None:
             await old_store.close()
@@ -337,6 +343,7 @@ class PolicyService:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
+        await self.decisions.close()
         await self._close_store()
         listen = self.cfg.policy.listen
         if listen.startswith("unix:"):

@@ -34,6 +34,9 @@ class PolicyStats:
                                       "Store calls that failed: greylist, rate_limit, or open "
                                       "(at start-up and each retry until it works)",
                                       ("operation",))
+        self.decisions_lost = r.counter("smtpproxy_policy_decisions_lost_total",
+                                        "Decisions not recorded for the proxy's history "
+                                        "(queue_full, store, error)", ("reason",))
         self.refused = r.counter("smtpproxy_policy_connections_refused_total",
                                  "Connections closed at once: max_connections reached")
         self.malformed = r.counter("smtpproxy_policy_malformed_total",

@@ -398,6 +398,10 @@ class PolicyConfig:
     # HOST:PORT for Prometheus metrics (GET /metrics); empty: off. Keep it on
     # loopback or a management network.
     metrics_listen: str = ""
+    # Each decision that is not a plain DUNNO (greylist result, rate-limit
+    # refusal, whitelisting) is kept this long in the store for the proxy's
+    # history rows (smtpproxy/common/decisions.py); 0: not recorded.
+    decisions_ttl_s: float = 3600.0
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     rate_limits: tuple[RateLimitRule, ...] = ()
 
@@ -420,6 +424,8 @@ class PolicyConfig:
             "max_line_bytes", "max_attributes", "max_connections", "drain_timeout_s",
             "map_check_interval_s",
         )
+        if self.decisions_ttl_s < 0:
+            raise ConfigError(path + "decisions_ttl_s", "must be 0 (off) or more")
         names = set()
         for i, rule in enumerate(self.rate_limits):
             if rule.name in names:

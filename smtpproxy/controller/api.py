@@ -14,7 +14,8 @@
   GET  /, /static/*                   the web interface (controller/web.py)   none
 
 Scanning here is the engine alone: no greylisting, no autolearn, nothing
-written to the history (a controller scan is a question, not a delivery).
+relayed; the scan gets a history row as in rspamd (listener ``controller``,
+outcome ``checked``, no queue id).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from aiohttp import web
 
 from smtpproxy.controller.auth import READ, WRITE
 from smtpproxy.controller.history import ACTIONS, HistoryStore, matches
+from smtpproxy.delivery import Outcome
+from smtpproxy.relay import Reply
 from smtpproxy.scan.bayes.storage import ALREADY, HAM, SPAM, BayesStore, message_id
 from smtpproxy.scan.bayes.tokenizer import tokenize
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.message import parse
-from smtpproxy.transaction import ClientInfo
+from smtpproxy.transaction import ClientInfo, Transaction, Verdict
 
 CONTROLLER = web.AppKey("controller", object)
 # A message up to this size is parsed on the event loop, a bigger one in a worker thread.
@@ -147,7 +150,19 @@ async def checkv2(request: web.Request) -> web.Response:
     }
     if "Queue-Id" in headers:
         reply["queue-id"] = headers["Queue-Id"]
+    _record_scan(ctl, raw, ctx, result)
     return json_response(reply)
+
+
+def _record_scan(ctl, raw: bytes, ctx: CheckContext, result) -> None:
+    """The scan's history row, as rspamd keeps one for every /checkv2 (queued, no I/O)."""
+    txn = Transaction(session_id="ctl-" + os.urandom(5).hex(), listener="controller",
+                      profile=ctx.profile, client=ctx.client, mail_from=ctx.mail_from,
+                      mail_options=[], rcpt_tos=list(ctx.rcpt_tos), rcpt_options=[], content=raw)
+    verdict = Verdict(scan_action=result.action, scan_result=result,
+                      scan_seconds=result.elapsed_s)
+    reply = Reply.parse("200 scanned by the controller")
+    ctl.service.history.record(txn, verdict, Outcome(reply, "checked", str(reply)))
 
 
 async def _learn(request: web.Request, cls: str) -> web.Response:

@@ -123,6 +123,23 @@ def cmd_history(args: argparse.Namespace) -> int:
     return _guarded(main)
 
 
+def policy_text(entry: dict) -> str:
+    """One policy decision of a row (controller/history.py) in words."""
+    parts = []
+    if entry.get("whitelisted"):
+        parts.append(f"whitelisted ({entry['whitelisted']})")
+    if entry.get("greylist"):
+        text = f"greylist {entry['greylist']}"
+        if "delayed_s" in entry:
+            text += f", delayed {entry['delayed_s']}s"
+        elif "wait_s" in entry:
+            text += f", wait {entry['wait_s']}s"
+        parts.append(text)
+    if entry.get("ratelimit"):
+        parts.append(f"rate limit {entry['ratelimit']}: {entry.get('action', '')}")
+    return "; ".join(parts) or "-"
+
+
 def describe(row: dict, descriptions: dict[str, str]) -> list[str]:
     lines = [
         f"time:        {_when(row['unix_time'])} ({row['unix_time']})",
@@ -142,8 +159,10 @@ def describe(row: dict, descriptions: dict[str, str]) -> list[str]:
         f"queue id:    {row.get('qid') or '-'}",
         f"reference:   {row.get('ref') or '-'}",
         f"scan time:   {row.get('time_real', 0):.3f}s",
-        "symbols:",
     ]
+    for entry in row.get("policy", []):
+        lines.append(f"policy:      <{entry.get('rcpt', '')}> {policy_text(entry)}")
+    lines.append("symbols:")
     for name, sym in row.get("symbols", {}).items():
         options = f" [{', '.join(sym.get('options', []))}]" if sym.get("options") else ""
         lines.append(f"  {name} ({sym.get('score', 0):.2f}){options}")

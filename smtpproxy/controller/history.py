@@ -5,7 +5,12 @@ time, the MX host, listener and profile, client address, name and HELO,
 envelope sender and recipients, From, Subject, Message-ID, size, score,
 action, every symbol with its options, scan time, the reply the client
 got, the re-injection listener's queue id (from its ``250 ... queued as
-QID``) and the short reference a refusal carried (``new_ref``).
+QID``) and the short reference a refusal carried (``new_ref``); and, where
+the policy daemon shares the store, its decisions for the same client and
+envelope (``policy``: one entry per recipient it decided something for,
+see smtpproxy/common/decisions.py), looked up when the batch is written.
+Scans through the controller's /checkv2 get a row too (listener
+``controller``, no queue id), as rspamd's history has them.
 
 Writing is off the hot path: the delivery pipeline calls
 ``HistoryWriter.record`` (a put on a bounded queue, no I/O, no parsing);
@@ -45,6 +50,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 
+from smtpproxy.common import decisions
 from smtpproxy.common.config import HistoryConfig
 from smtpproxy.common.store import Store, StoreError
 from smtpproxy.headers import field_name, split_fields, unfolded_value
@@ -395,6 +401,7 @@ class HistoryWriter:
                 logger.exception("history: cannot build the row of %s", pending.txn.session_id)
             await asyncio.sleep(0)  # a row per loop turn: sessions come first
         try:
+            await self._add_policy(rows)
             await self.store.write(rows)
             self.written += len(rows)
             for row, content in zip(rows, contents, strict=True):
@@ -407,6 +414,24 @@ class HistoryWriter:
                 logger.warning("history: %d rows lost, store unusable: %s", len(rows), exc)
         except Exception:
             logger.exception("history: %d rows lost", len(rows))
+
+    async def _add_policy(self, rows: list[dict]) -> None:
+        """The policy daemon's decisions for each row's recipients: one ``mget`` a batch."""
+        store = self.store.store
+        wanted = [(row, rcpt, decisions.decision_key(store, row["ip"], row["sender_smtp"], rcpt))
+                  for row in rows if row.get("ip") for rcpt in row["rcpt_smtp"]]
+        if not wanted:
+            return
+        try:
+            values = await store.mget([key for _, _, key in wanted])
+        except StoreError as exc:
+            logger.debug("history: policy decisions not read: %s", exc)
+            return
+        for (row, rcpt, _), value in zip(wanted, values, strict=True):
+            record = decisions.decode(value)
+            if record is not None:
+                record.pop("t", None)
+                row.setdefault("policy", []).append({"rcpt": rcpt, **record})
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Write what is queued (for at most ``timeout_s``), then stop."""

@@ -6,6 +6,7 @@ Each test is named after the failure it pins. Short delays are configured
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import stat
@@ -243,8 +244,12 @@ def test_two_daemons_sharing_redis_see_the_same_state(daemon_factory, redis_serv
     assert answers[:2] == ["DUNNO", "DUNNO"]
     assert answers[2].startswith("DEFER 4.7.1 Message rate limit exceeded")
     # Every key the daemons wrote expires.
+    time.sleep(0.3)  # decisions are recorded in the background (policy/decisions.py)
     keys = redis_server.cli("-n", "14", "--scan").split()
-    assert len(keys) == 3  # triplet, client network, bucket
+    assert len(keys) == 4  # triplet, client network, bucket, the triplet's last decision
+    decision = json.loads(redis_server.cli("-n", "14", "get", next(k for k in keys if "{pd}" in k)))
+    assert decision["ratelimit"] == "client" and decision["action"] == "DEFER"
+    assert decision["greylist"] == "known"
     assert all(int(redis_server.cli("-n", "14", "ttl", k)) > 0 for k in keys)
 
 

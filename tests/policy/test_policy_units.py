@@ -209,3 +209,40 @@ def test_decision_order(label, state, allowed, expected, calls):
     action = asyncio.run(policy.decide(req))
     assert action.startswith(expected)
     assert store.calls == calls
+
+
+def test_decision_writer_batches_and_counts_what_it_cannot_write():
+    import asyncio
+
+    from policy.decisions import DecisionWriter
+    from policy.stats import PolicyStats
+    from smtpproxy.common.config import StoreConfig
+    from smtpproxy.common.store import StoreError, open_store
+
+    class FailingStore:
+        key = open_store(StoreConfig(), "/nonexistent").key
+
+        def __init__(self, fail):
+            self.fail, self.batches = fail, []
+
+        async def set_many(self, values, ttl_s):
+            if self.fail:
+                raise StoreError("down")
+            self.batches.append((dict(values), ttl_s))
+
+    async def main():
+        stats = PolicyStats(lambda: 0, lambda: 0)
+        for fail in (False, True):
+            store = FailingStore(fail)
+            writer = DecisionWriter(stats.decisions_lost)
+            writer.configure(store, 60.0)
+            for i in range(3):
+                writer.record({"client_address": "192.0.2.1", "sender": "a@x",
+                               "recipient": f"r{i}@y"}, {"greylist": "new"})
+            await writer.close()
+            if not fail:
+                assert len(store.batches) == 1 and len(store.batches[0][0]) == 3
+                assert store.batches[0][1] == 60.0
+        assert stats.decisions_lost.values[("store",)] == 3
+
+    asyncio.run(main())

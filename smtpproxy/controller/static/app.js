@@ -322,6 +322,20 @@ async function loadHistory() {
     : "No messages match.");
 }
 
+// One policy daemon decision of a row: "bob@example.net: greylist passed, delayed 300 s".
+function policyText(p) {
+  const parts = [];
+  if (p.whitelisted) parts.push(`whitelisted (${p.whitelisted})`);
+  if (p.greylist) {
+    let g = `greylist ${p.greylist}`;
+    if (p.delayed_s !== undefined) g += `, delayed ${p.delayed_s} s`;
+    else if (p.wait_s !== undefined) g += `, wait ${p.wait_s} s`;
+    parts.push(g);
+  }
+  if (p.ratelimit) parts.push(`rate limit ${p.ratelimit}: ${p.action || ""}`);
+  return `${p.rcpt}: ${parts.join(", ") || "—"}`;
+}
+
 function openRow(i) {
   const row = state.rows[i];
   const facts = [
@@ -332,6 +346,7 @@ function openRow(i) {
     ["Action", row.action], ["Reply", row.reply], ["Queue id", row.qid || "—"],
     ["Reference", row.ref || "—"], ["Scan time", `${Math.round(row.time_real * 1000)} ms`],
   ];
+  if ((row.policy || []).length) facts.push(["Policy", row.policy.map(policyText).join("; ")]);
   const learn = row.kept
     ? learnButtons((cls) => api("/learnhistory", { json: { seq: row.seq, class: cls } }))
     : el("p", { class: "hint" }, "This host no longer keeps this message: learn it from the mailbox, or paste it under Scan.");
