@@ -357,11 +357,14 @@ class ProxyService:
 
 
 async def _say_goodbye(session: ProxySMTP) -> None:
-    if session.transport is None or session.transport.is_closing():
+    transport = session.transport
+    if transport is None or transport.is_closing():
         session.service.sessions.discard(session)
         return
     try:
         await asyncio.wait_for(session.push(replies.SHUTTING_DOWN), 1.0)
     except (OSError, TimeoutError):
         pass
-    session.transport.close()
+    # The client may have gone while it was told (aiosmtpd then drops
+    # session.transport): close what was there, never stop the drain.
+    transport.close()
