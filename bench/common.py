@@ -14,7 +14,6 @@ tests/support; this module holds what only the benchmarks need:
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from tests.support.net import free_port
 from tests.support.postfix import wait_until
+from tests.support.procs import stop_process
 
 if TYPE_CHECKING:
     from tests.support.pipeline import Pipeline
@@ -37,14 +37,8 @@ def pct(values: list[float], q: float) -> float:
 
 
 def stop(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL (tests/support/procs.py)."""
+    stop_process(proc, timeout)
 
 
 def apt_install(packages: list[str], allowed: bool) -> str | None:

@@ -24,6 +24,7 @@ from smtpproxy.sign import keys as keymod
 from tests.support.dns_server import DnsTestServer
 from tests.support.net import free_port, port_open
 from tests.support.postfix import PostfixInstance, wait_until
+from tests.support.procs import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -92,12 +93,7 @@ signing_table = "{self.base / f'{name}.signing'}"
 
     def stop(self) -> None:
         for proc in self.procs:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
         self.dns.stop()
 
     def postfix(self, base: Path, front: dict | None = None, reinject: dict | None = None,

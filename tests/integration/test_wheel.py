@@ -27,6 +27,7 @@ import pytest
 
 from tests.support.net import free_port, port_open
 from tests.support.postfix import SmtpSink, wait_until
+from tests.support.procs import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -118,12 +119,7 @@ def test_installed_daemon_greets_and_answers(installed, tmp_path):
             code, _ = smtp.mail("sender@example.org")
             assert code == 451
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 # Where README "Installing" puts things; the units must agree with it.
@@ -171,15 +167,6 @@ def start_unit(installed: Path, unit: str, *flags: str, cwd: Path) -> subprocess
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_installed_daemons_carry_a_message_and_answer_a_policy_question(installed, tmp_path):
     sink = SmtpSink(tmp_path / "sink", free_port())
     sink.start()
@@ -217,5 +204,5 @@ def test_installed_daemons_carry_a_message_and_answer_a_policy_question(installe
         assert reply.startswith(b"action=DEFER_IF_PERMIT 4.7.1 Greylisted"), reply
     finally:
         for proc in procs:
-            stop(proc)
+            stop_process(proc)
         sink.stop()

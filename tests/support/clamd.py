@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import stop_process
+
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 MARKER = b"SMTPPROXY-CLAMD-TEST-MARKER-7f3a9c"
 EICAR_NAME = "Smtpproxy.Test.Eicar"
@@ -67,11 +69,5 @@ class Clamd:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None

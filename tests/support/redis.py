@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.net import free_cluster_port, free_port, wait_port
+from tests.support.procs import stop_process
 
 
 def redis_binary(name: str = "redis-server") -> str:
@@ -47,13 +48,7 @@ class RedisServer:
         ).stdout
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 10)
 
 
 def start_redis(directory: str, *extra: str, port: int | None = None) -> RedisServer:
