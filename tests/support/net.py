@@ -10,12 +10,18 @@ import random
 import socket
 import time
 
+_rng = random.Random()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port nobody listens on right now, below Linux's ephemeral range
+    (32768-60999): the kernel's own pick comes from that range, where any
+    outgoing connection's local port could take it before our server binds it."""
+    for _ in range(1000):
+        port = _rng.randrange(12000, 32000)
+        if _port_free(port, host):
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _port_free(port: int, host: str = "127.0.0.1") -> bool:
