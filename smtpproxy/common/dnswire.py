@@ -30,6 +30,7 @@ import struct
 from dataclasses import dataclass
 
 import dns.exception
+import dns.message
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
@@ -74,7 +75,8 @@ class Response:
     rdatas: tuple[dns.rdata.Rdata, ...] = ()
     # The smallest TTL along the chain and its records (MAX_TTL when there are none).
     ttl: int = MAX_TTL
-    # RFC 2308: min(SOA TTL, SOA minimum) and the chain's CNAME TTLs; None without a SOA.
+    # NXDOMAIN/NODATA: RFC 2308's min(SOA TTL, SOA minimum) and the chain's CNAME TTLs
+    # (dnspython's 300 s without a SOA); None for an answer with data.
     negative_ttl: int | None = None
 
 
@@ -202,8 +204,9 @@ def _resolve(wire: bytes, rcode: int, answers: list[tuple], qname: bytes, rdtype
             (minimum,) = struct.unpack_from("!I", wire, offset + length - 4)
             negative = min(ttl, rttl, minimum)
             break
-    if negative is None and ttl != MAX_TTL:
-        negative = ttl
+    if negative is None:
+        # No SOA, no negative TTL of the zone's own: dnspython's stand-in.
+        negative = min(ttl, dns.message.NEGATIVE_TTL_WITHOUT_SOA)
     return Response(rcode, False, (), ttl, negative)
 
 
