@@ -179,3 +179,39 @@ def test_query_is_what_dnspython_reads():
 ])
 def test_name_wire(text, wire):
     assert name_wire(text) == wire
+
+
+@pytest.mark.parametrize("rdtype, text", [
+    ("A", "192.0.2.1"),
+    ("A", "0.0.0.0"),
+    ("AAAA", "2001:db8::1"),
+    ("AAAA", "::ffff:192.0.2.1"),
+    ("AAAA", "::"),
+    ("TXT", '"v=spf1 " "-all"'),
+    ("TXT", '""'),
+    ("TXT", '"' + "x" * 255 + '" "y"'),
+    ("TXT", '"\\000\\255 binary"'),
+])
+def test_records_built_here_equal_dnspythons(rdtype, text):
+    wire = response("a.example.test.", rdtype, answer=[("a.example.test.", 300, "IN", rdtype, text)])
+    (ours,) = parse(wire, "a.example.test.", rdtype).rdatas
+    (theirs,) = dns.message.from_wire(wire).answer[0]
+    assert type(ours) is type(theirs)
+    assert ours == theirs and hash(ours) == hash(theirs)
+    assert ours.to_text() == theirs.to_text() and ours.to_wire() == theirs.to_wire()
+
+
+@pytest.mark.parametrize("label, rdtype, rdata", [
+    ("A of three octets", 1, b"\xc0\x00\x02"),
+    ("AAAA of four octets", 28, b"\xc0\x00\x02\x01"),
+    ("TXT string longer than its record", 16, b"\x05abc"),
+    ("empty TXT", 16, b""),
+])
+def test_bad_record_data_is_refused(label, rdtype, rdata):
+    qname = name_wire("a.example.test.")
+    header = bytes.fromhex("109281800001000100000000")
+    question = qname + rdtype.to_bytes(2, "big") + b"\x00\x01"
+    record = b"\xc0\x0c" + rdtype.to_bytes(2, "big") + b"\x00\x01\x00\x00\x00\x3c"
+    wire = header + question + record + len(rdata).to_bytes(2, "big") + rdata
+    with pytest.raises(MalformedMessage):
+        parse_response(wire, 0x1092, qname, rdtype)
