@@ -112,8 +112,6 @@ class DnsClient:
         # A client dropped without close() (its loop ended) still closes its
         # sockets, without a ResourceWarning.
         self._finalizer = weakref.finalize(self, _close_sockets, self._sockets)
-        # Datagrams sent, for tests and the benchmark.
-        self.sent = 0
 
     # ------------------------------------------------------------ lookups
 
@@ -142,7 +140,6 @@ class DnsClient:
         try:
             sock = channel.sock or self._open(channel)
             sock.send(lookup.wire)
-            self.sent += 1
         except BlockingIOError:
             pass  # the send buffer is full: as if the datagram were lost, the timer retries
         except OSError as exc:

@@ -9,6 +9,7 @@ tell a cache hit from a lookup; time is an injected clock, never a sleep.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import dns.exception
 import dns.flags
@@ -398,7 +399,7 @@ def test_timeout_is_a_temp_error_after_every_attempt():
         with pytest.raises(DnsTempError) as err:
             await r.a("quiet.example.test")
         assert err.value.reason == "timeout"
-        assert 0.25 <= loop.time() - started < 0.6
+        assert 0.25 <= loop.time() - started < 1.0  # not the sum of three full tries and more
         # Three tries of one question: the same id each time (a late answer still counts).
         assert len(silent.received) == 3 and len({i for _n, i in silent.received}) == 1
         r.close()
@@ -527,17 +528,17 @@ def test_a_malformed_answer_is_a_temp_error():
 def test_a_slow_answer_does_not_hold_up_the_others():
     def slow_for_one(server, query, addr):
         slow = query.question[0].name.labels[0] == b"slow"
-        server.reply(server.answer(query, "192.0.2.17"), addr, delay=0.4 if slow else 0)
+        server.reply(server.answer(query, "192.0.2.17"), addr, delay=1.0 if slow else 0)
 
     async def go():
         server = await scripted(slow_for_one)
-        r = scripted_resolver(server, timeout_s=2.0)
+        r = scripted_resolver(server, timeout_s=3.0)
         loop = asyncio.get_running_loop()
         started = loop.time()
         slow = asyncio.ensure_future(r.a("slow.example.test"))
         fast = await asyncio.gather(*(r.a(f"fast{i}.example.test") for i in range(20)))
         assert fast == [["192.0.2.17"]] * 20 and not slow.done()
-        assert loop.time() - started < 0.3
+        assert loop.time() - started < 0.8
         assert await slow == ["192.0.2.17"]
         r.close()
     run(go())
@@ -605,3 +606,25 @@ def test_one_socket_for_many_lookups_and_a_new_one_per_event_loop(server):
     second = run(go("second"))  # a second asyncio.run: the first loop is gone
     assert len(second) == 1 and second[0] is not first[0] and first[0].fileno() == -1
     r.close()
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_nameserver():
+    async def go():
+        loop = asyncio.get_running_loop()
+        _, server = await loop.create_datagram_endpoint(lambda: Scripted(answers_at_once),
+                                                        local_addr=("::1", 0))
+        port = server.transport.get_extra_info("sockname")[1]
+        r = Resolver(DnsConfig(nameserver=f"[::1]:{port}", timeout_s=0.5, attempts=1))
+        assert await r.a("v6.example.test") == ["192.0.2.10"]
+        r.close()
+    run(go())
