@@ -24,7 +24,7 @@ Contract:
   ``timeout_s / attempts``; with several nameservers each try goes to the
   next one. A late answer to an earlier try still counts. SERVFAIL, REFUSED
   and the like move on to the next nameserver at once when there is another
-  one, else end the lookup. A lookup that waits never holds up another: each
+  one and a try left, else end the lookup. A lookup that waits never holds up another: each
   has its own timer and the socket is shared, not locked.
 - ``close()`` ends pending lookups and closes the sockets; safe to call
   twice, and after the event loop itself was closed.
