@@ -55,10 +55,15 @@ by the two local lists: RBL_BENCH asks about the client address ("from"
 check), URIBL_BENCH about URL domains (registrable part, no IP URLs) and,
 through selectors, the envelope sender's and From's registrable domains;
 monitoring and the URL whitelist are off. spf, dkim, dmarc and hfilter run
-as shipped (hfilter may look up HELO and sender names). Messages go to
-/checkv2 over HTTP with the per-message IP, Helo, Hostname, From and Rcpt
-headers rspamc sends (one rspamc invocation would give every file the same
-envelope), at most N requests in flight on kept-alive connections.
+as shipped. Messages go to /checkv2 over HTTP with the per-message IP, Helo,
+Hostname, From and Rcpt headers rspamc sends (one rspamc invocation would
+give every file the same envelope), at most N requests in flight on
+kept-alive connections. Besides what smtpproxy asks, rspamd asks (seen with
+--compare-questions): A and AAAA of mail.D and of D (hfilter: HELO, client
+name and sender domain resolve?), AAAA of mx.D (its SPF "mx" asks both
+families where smtpproxy asks A for an IPv4 client), and URIBL questions for
+names it finds in the text without a scheme (www.host, addresses); smtpproxy
+asks a few URL hosts rspamd decodes first (percent-encoded user@host).
 
 CPU: smtpproxy's is this process's CPU time during its run (nothing else
 runs in it then); rspamd's is the CPU time of its main process and every
