@@ -8,6 +8,7 @@ tests/support; this module holds what only the benchmarks need:
 - ``apt_install``: install Debian packages without starting system services;
 - ``start_rspamd``: a private rspamd with its network modules off;
 - ``process_tree_cpu_seconds``: the CPU time of a daemon and its workers;
+- ``wait_until_idle``: until a daemon has finished its start-up work;
 - ``smtp_source``, ``MESSAGE_SIZE``, ``cpu_seconds``, ``drain``: throughput
   runs through the test pipeline with Postfix's smtp-source.
 """
@@ -151,6 +152,25 @@ def process_tree_cpu_seconds(pid: int) -> float:
             continue
         todo.extend(int(child) for child in children)
     return total
+
+
+def wait_until_idle(pid: int, timeout: float = 300.0, quiet_s: float = 3.0) -> float:
+    """Wait until ``pid`` and its workers use (almost) no CPU for ``quiet_s``
+    seconds: rspamd compiles its Hyperscan databases for half a minute or more
+    after it starts listening, and that CPU (and its slower scans meanwhile)
+    must not be counted. Returns the seconds waited; at most ``timeout``."""
+    start = time.monotonic()
+    quiet_since = start
+    last = process_tree_cpu_seconds(pid)
+    while time.monotonic() - start < timeout:
+        time.sleep(0.5)
+        now = process_tree_cpu_seconds(pid)
+        if now - last > 0.02:  # more than 4% of a core
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            break
+        last = now
+    return time.monotonic() - start
 
 
 def drain(p: Pipeline) -> None:
