@@ -119,6 +119,27 @@ def test_server_drops(server, name, rdtype, tcp):
         (dns.query.tcp if tcp else dns.query.udp)(query, server.host, port=server.port, timeout=0.3)
 
 
+def test_server_delays_every_answer_and_counts_questions():
+    with DnsTestServer({"a.example.test": [("A", "192.0.2.1")]}, delay_s=0.5) as srv:
+        with pytest.raises(dns.exception.Timeout):  # held back past the client's patience
+            dns.query.udp(dns.message.make_query("a.example.test", "A"), srv.host, port=srv.port,
+                          timeout=0.05)
+        assert answer_texts(ask(srv, "a.example.test", "A")) == ["192.0.2.1"]
+        assert answer_texts(ask(srv, "a.example.test", "A", tcp=True)) == ["192.0.2.1"]
+        srv.delay_s = 0
+        assert dns.rcode.to_text(ask(srv, "b.example.test", "A").rcode()) == "NXDOMAIN"
+        assert srv.query_count == 4 and srv.errors == []
+
+
+def test_server_forgets_names_on_clear():
+    with DnsTestServer({"deep.sub.example.test": [("A", "192.0.2.7")]}) as srv:
+        assert dns.rcode.to_text(ask(srv, "sub.example.test", "A").rcode()) == "NOERROR"
+        srv.clear()
+        assert dns.rcode.to_text(ask(srv, "sub.example.test", "A").rcode()) == "NXDOMAIN"
+        srv.add("other.example.test", "A", "192.0.2.8")
+        assert dns.rcode.to_text(ask(srv, "example.test", "A").rcode()) == "NOERROR"
+
+
 # ---------------------------------------------------------------- the Resolver
 
 
