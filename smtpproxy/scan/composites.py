@@ -191,6 +191,10 @@ class Composite:
     name: str
     tree: Node
     policy: int  # REMOVE_* bits
+    # The symbols the expression names: with none of them found, the answer
+    # is the one over no symbols at all (``on_nothing``), known in advance.
+    names: frozenset[str] = frozenset()
+    on_nothing: bool = False
 
 
 @dataclass
@@ -220,7 +224,9 @@ class Composites:
         for name, (rule, _shipped) in rules.items():
             key = f"scan.composites.{name}.expression"
             tree = parse_expression(rule.expression, key)
-            parsed[name] = Composite(name, tree, POLICY_ACTIONS[rule.policy])
+            parsed[name] = Composite(name, tree, POLICY_ACTIONS[rule.policy],
+                                     frozenset(a.symbol for a in atoms(tree)),
+                                     _evaluate(tree, {}, [], 0, False))
         # A shipped default whose inputs this symbols table lacks is left out
         # (and so is one that needs it); a configured one naming them is an error.
         while True:
@@ -251,6 +257,8 @@ class Composites:
         requests: dict[str, list[int]] = {}
         for composite in self.order:
             if composite.name in present:
+                continue
+            if composite.names.isdisjoint(present) and not composite.on_nothing:
                 continue
             matched: list[tuple[str, int]] = []
             if _evaluate(composite.tree, present, matched, composite.policy, False):

@@ -41,6 +41,11 @@ class MacroVerdict:
         return bool(self.autoexec and self.suspicious)
 
 
+def load() -> None:
+    """Import olevba now (about 0.3 s, holding the GIL): at start-up, not on the first document."""
+    import oletools.olevba  # noqa: F401
+
+
 def looks_like_office(data: bytes, names_inside: list[str] | None) -> bool:
     """Whether ``data`` is worth olevba's time: an OLE file, or an OOXML zip
     holding a VBA project (``names_inside``: the zip's names, lower-cased)."""
@@ -52,7 +57,7 @@ def looks_like_office(data: bytes, names_inside: list[str] | None) -> bool:
 
 def analyse(filename: str, data: bytes) -> MacroVerdict:
     """olevba's findings for one document; never raises."""
-    from oletools.olevba import VBA_Parser  # imported here: oletools takes ~0.3 s to import
+    from oletools.olevba import VBA_Parser  # loaded at start-up by load()
 
     try:
         parser = VBA_Parser(filename or "attachment", data=data)

@@ -202,3 +202,10 @@ def test_violated_direct_spf_leaves_its_parts():
     assert set(result.symbols) == {"R_SPF_FAIL", "RCVD_COUNT_ZERO", "VIOLATED_DIRECT_SPF"}
     assert result.score == round(table["R_SPF_FAIL"].score + table["RCVD_COUNT_ZERO"].score + 3.5, 2)
 
+
+
+def test_negation_fires_when_its_symbol_is_absent():
+    # Decided without looking at the message's symbols: the answer over none.
+    assert "X" in scan([], X={"expression": "!A", "score": 1.0}).symbols
+    assert "X" not in scan(["A"], X={"expression": "!A", "score": 1.0}).symbols
+    assert "X" not in scan(["C"], X={"expression": "A | B", "score": 1.0}).symbols

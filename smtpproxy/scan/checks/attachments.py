@@ -73,7 +73,9 @@ EXTENSION_TYPES: dict[str, tuple[str, ...]] = {
     "pdf": ("application/pdf", "application/x-pdf", "application/octet-stream"),
 }
 # Declared types that say nothing (any extension may come with them).
-GENERIC_TYPES = frozenset(("application/octet-stream", "application/x-download", "binary/octet-stream"))
+# (and the Macintosh wrappers, which declare the encoding, not the file).
+GENERIC_TYPES = frozenset(("application/octet-stream", "application/x-download", "binary/octet-stream",
+                           "application/mac-binhex40", "application/applefile"))
 SPLIT_PART_RE = re.compile(r"^\d{3}$")
 # Characters that make a name read otherwise than it is (bidi controls,
 # zero-width characters): rspamd's "obscured unicode".
@@ -125,6 +127,8 @@ class AttachmentsCheck:
 
     def __init__(self, cfg: Config | None = None):
         self.cfg: AttachmentsConfig = (cfg or Config()).scan.attachments
+        if self.cfg.macros:
+            macros.load()
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         findings = _Findings()
