@@ -35,9 +35,11 @@ RAR_MAGIC = (b"Rar!\x1a\x07\x00", b"Rar!\x1a\x07\x01\x00")
 GZIP_MAGIC = b"\x1f\x8b"
 SEVENZIP_MAGIC = b"7z\xbc\xaf\x27\x1c"
 CAB_MAGIC = b"MSCF\x00\x00\x00\x00"
-# Decompressed bytes a tar.gz listing may read, per compressed byte given (and
-# at least 1 MB): tar headers are 512 bytes per member, data between them is skipped.
+# Decompressed bytes a tar.gz listing may read, per compressed byte given (at
+# least 1 MB, at most 64 MB): tar headers are 512 bytes per member, the data
+# between them is decompressed to be skipped.
 TAR_GZ_RATIO = 20
+TAR_GZ_MAX_BYTES = 64 << 20
 _EOCD = b"PK\x05\x06"
 
 
@@ -171,6 +173,6 @@ def _gzip(data: bytes, max_entries: int) -> Listing:
     inner = gzip.GzipFile(fileobj=io.BytesIO(data))
     head = inner.peek(512)[:512]
     if len(head) >= 262 and head[257:262] == b"ustar":
-        limit = max(1 << 20, TAR_GZ_RATIO * len(data))
+        limit = min(TAR_GZ_MAX_BYTES, max(1 << 20, TAR_GZ_RATIO * len(data)))
         return _tar(io.BufferedReader(_Capped(inner, limit)), "gzip", max_entries)
     return Listing("gzip", [Entry(name)] if name else [])

@@ -8,6 +8,7 @@ import gzip
 import io
 import struct
 import tarfile
+import threading
 import zipfile
 import zlib
 
@@ -292,3 +293,22 @@ def test_every_symbol_has_a_score():
     Engine(config.load(None).scan, [AttachmentsCheck()])  # raises if one is missing
     assert set(AttachmentsCheck.symbols) >= {"MIME_BAD_EXTENSION", "OLETOOLS"}
     assert attachments.MAX_BADNESS == max(attachments.BAD_EXTENSIONS.values())
+
+
+def test_large_archive_is_listed_off_the_event_loop(monkeypatch):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("padding.bin", bytes(attachments.INLINE_LISTING_BYTES))
+        archive.writestr("setup.exe", b"MZ")
+    big = buf.getvalue()
+    assert len(big) > attachments.INLINE_LISTING_BYTES
+    threads = []
+    real = archives.list_names
+
+    def spy(data, max_entries):
+        threads.append(threading.current_thread().name)
+        return real(data, max_entries)
+
+    monkeypatch.setattr(archives, "list_names", spy)
+    assert run(message(("big.zip", "application/zip", big))) == {"MIME_BAD_EXTENSION": (("exe",), 0.25)}
+    assert threads and threads[0].startswith("attachments")

@@ -214,3 +214,10 @@ def test_every_mime_corpus_file_parses():
             failures.append(f"{path.relative_to(CORPUS)}: {type(exc).__name__}: {exc}")
     assert failures == []
     assert len(files) > 250
+
+
+def test_huge_from_list_is_read_only_so_far():
+    raw = b"From: " + b", ".join(b"u%d@example.org" % i for i in range(100_000)) + b"\r\n\r\nx\r\n"
+    msg = parse(raw)
+    assert msg.from_address == "u0@example.org"
+    assert 100 < len(msg.from_addresses) < 1000
