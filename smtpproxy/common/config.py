@@ -1446,6 +1446,9 @@ def dump(obj: Any, prefix: str = "") -> str:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             tables.append((f.name, value))
+        elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+            # A table of named tables ([scan.composites.NAME]).
+            tables.extend((f"{f.name}.{key}", item) for key, item in value.items())
         elif _is_table_array(value):
             arrays.append((f.name, value))
         else:

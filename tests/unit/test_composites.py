@@ -209,3 +209,11 @@ def test_negation_fires_when_its_symbol_is_absent():
     assert "X" in scan([], X={"expression": "!A", "score": 1.0}).symbols
     assert "X" not in scan(["A"], X={"expression": "!A", "score": 1.0}).symbols
     assert "X" not in scan(["C"], X={"expression": "A | B", "score": 1.0}).symbols
+
+
+def test_configured_composites_survive_configdump():
+    import tomllib
+    cfg = config.load(None, {"scan.composites": {"X_Y": {"expression": "A & B", "score": 1.5}}})
+    dumped = config.dump(cfg)
+    assert "[scan.composites.X_Y]" in dumped
+    assert config.build(config.Config, tomllib.loads(dumped)) == cfg
