@@ -31,7 +31,7 @@ rspamd's group atoms (``g:NAME``) are refused: our symbols have no groups.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from smtpproxy.common.config import DEFAULT_COMPOSITES, CompositeRule, ConfigError
@@ -195,6 +195,8 @@ class Composite:
     # is the one over no symbols at all (``on_nothing``), known in advance.
     names: frozenset[str] = frozenset()
     on_nothing: bool = False
+    # The expression as nested closures, short-circuiting: whether it holds.
+    holds: Callable[[Mapping[str, tuple[str, ...]]], bool] = lambda present: False
 
 
 @dataclass
@@ -226,7 +228,7 @@ class Composites:
             tree = parse_expression(rule.expression, key)
             parsed[name] = Composite(name, tree, POLICY_ACTIONS[rule.policy],
                                      frozenset(a.symbol for a in atoms(tree)),
-                                     _evaluate(tree, {}, [], 0, False))
+                                     _evaluate(tree, {}, [], 0, False), _closure(tree))
         # A shipped default whose inputs this symbols table lacks is left out
         # (and so is one that needs it); a configured one naming them is an error.
         while True:
@@ -258,8 +260,12 @@ class Composites:
         for composite in self.order:
             if composite.name in present:
                 continue
-            if composite.names.isdisjoint(present) and not composite.on_nothing:
+            if composite.names.isdisjoint(present):
+                if not composite.on_nothing:
+                    continue
+            elif not composite.holds(present):
                 continue
+            # It fires: walk the whole tree for the symbols it matched.
             matched: list[tuple[str, int]] = []
             if _evaluate(composite.tree, present, matched, composite.policy, False):
                 present[composite.name] = ()
@@ -293,6 +299,23 @@ def _evaluate(node: Node, present: Mapping[str, tuple[str, ...]], matched: list[
         return not _evaluate(node.operand, present, matched, policy, True)
     results = [_evaluate(operand, present, matched, policy, negated) for operand in node.operands]
     return all(results) if isinstance(node, And) else any(results)
+
+
+def _closure(node: Node) -> Callable[[Mapping[str, tuple[str, ...]]], bool]:
+    """``node`` as a function of the symbols found, stopping at the first answer."""
+    if isinstance(node, Atom):
+        name, wanted = node.symbol, node.options
+        if not wanted:
+            return lambda present: name in present
+        return lambda present: name in present and all(
+            _has_option(present[name], want) for want in wanted)
+    if isinstance(node, Not):
+        inner = _closure(node.operand)
+        return lambda present: not inner(present)
+    parts = tuple(_closure(operand) for operand in node.operands)
+    if isinstance(node, And):
+        return lambda present: all(part(present) for part in parts)
+    return lambda present: any(part(present) for part in parts)
 
 
 def _has_option(options: tuple[str, ...], want: str | re.Pattern[str]) -> bool:
