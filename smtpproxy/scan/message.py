@@ -108,6 +108,12 @@ class Message:
     html_parts: list[str] = field(default_factory=list)
     # text/calendar parts (invitations): text beside the HTML, not attachments.
     calendar_parts: list[str] = field(default_factory=list)
+    # Indexes into text_parts, html_parts and calendar_parts of the bodies of
+    # attached messages (message/rfc822): their text is the message's text
+    # too (URLs, Bayes, rules), but not its own body (``own_body``).
+    nested_text: set[int] = field(default_factory=set)
+    nested_html: set[int] = field(default_factory=set)
+    nested_calendar: set[int] = field(default_factory=set)
     defects: list[str] = field(default_factory=list)
     # Every From field as written (unfolded only by the parser, encoded words
     # still encoded, 8-bit bytes read as UTF-8): DMARC's author domains must
@@ -187,6 +193,17 @@ class Message:
     def html_text(self) -> str:
         """The HTML parts as plain text (tags dropped, entities decoded)."""
         return "\n".join(self.html_texts)
+
+    def own_body(self) -> tuple[list[str], list[str], list[str]]:
+        """(text parts, HTML parts as text, calendar parts) of the message's own
+        body, leaving out those of attached messages; all of them when the
+        message has no body of its own (a message forwarded as attachment only)."""
+        own = ([t for i, t in enumerate(self.text_parts) if i not in self.nested_text],
+               [t for i, t in enumerate(self.html_texts) if i not in self.nested_html],
+               [t for i, t in enumerate(self.calendar_parts) if i not in self.nested_calendar])
+        if any(own):
+            return own
+        return list(self.text_parts), list(self.html_texts), list(self.calendar_parts)
 
     @cached_property
     def visible_text(self) -> str:
@@ -489,6 +506,11 @@ def _add_part(msg: Message, part: EmailMessage, ctype: str, nested: bool) -> Non
         return
     text = decode_bytes(payload[: MAX_TEXT_CHARS * 4], charset)[:MAX_TEXT_CHARS]
     if ctype in CALENDAR_TYPES:
-        msg.calendar_parts.append(text)
+        texts, nested_set = msg.calendar_parts, msg.nested_calendar
+    elif ctype == "text/plain":
+        texts, nested_set = msg.text_parts, msg.nested_text
     else:
-        (msg.text_parts if ctype == "text/plain" else msg.html_parts).append(text)
+        texts, nested_set = msg.html_parts, msg.nested_html
+    if nested:
+        nested_set.add(len(texts))
+    texts.append(text)

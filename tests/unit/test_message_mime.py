@@ -72,6 +72,9 @@ def test_parts_nested_in_message_rfc822(label, raw):
     assert msg.parts[-1].payload.startswith(b"MZ")
     assert msg.text_parts == ["see attached"]
     assert "http://inner.example/x" in msg.urls
+    # The inner HTML is the message's text, not an alternative of its own body.
+    assert msg.nested_html == {0}
+    assert msg.own_body() == (["see attached"], [], [])
 
 
 def test_encoded_attached_messages_are_bounded():

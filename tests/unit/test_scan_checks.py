@@ -105,6 +105,13 @@ MIME_CASES = [
     ("executable attachment is not this check's", MULTIPART.format(kind="mixed", parts=(
         part("text/plain", "see attached") + part("application/octet-stream", "TVqQ", "setup.exe"))),
      {}),
+    ("a forwarded message's html is not the text's alternative", MULTIPART.format(kind="mixed", parts=(
+        part("text/plain", "Meeting moved to three o'clock tomorrow")
+        + ["Content-Type: message/rfc822\r\n\r\nSubject: fwd\r\nContent-Type: text/html\r\n\r\n"
+           "<p>Cheap pills, best prices, order online today</p>\r\n"])), {}),
+    ("a message forwarded alone is judged by its own parts", MULTIPART.format(kind="mixed", parts=(
+        ["Content-Type: message/rfc822\r\n\r\nSubject: fwd\r\nContent-Type: text/html\r\n\r\n"
+         "<p>Cheap pills</p>\r\n"])), {"MIME_HTML_ONLY": ()}),
     ("html and calendar alternatives", MULTIPART.format(kind="alternative", parts=(
         part("text/html", "<p>Team meeting</p>")
         + part("text/calendar; method=REQUEST", "BEGIN:VCALENDAR\r\nEND:VCALENDAR"))), {}),

@@ -31,11 +31,13 @@ class MimeCheck:
     async def run(self, ctx: CheckContext) -> list[Hit]:
         msg = ctx.message
         hits: list[Hit] = []
+        # The message's own body: an attached message's parts are not its alternatives.
+        texts, htmls, calendars = msg.own_body() if msg.html_parts else ([], [], [])
         # An invitation's text/calendar is the plain alternative of its HTML.
-        if msg.html_parts and not msg.text_parts and not msg.calendar_parts:
+        if htmls and not texts and not calendars:
             hits.append(Hit("MIME_HTML_ONLY"))
-        elif msg.html_parts and msg.text_parts:
-            ratio = _similarity(msg.text_parts[0], msg.html_texts[0])
+        elif htmls and texts:
+            ratio = _similarity(texts[0], htmls[0])
             if ratio < PARTS_DIFFER_RATIO:
                 hits.append(Hit("R_PARTS_DIFFER", (f"{100 * (1 - ratio):.0f}%",)))
         if msg.defects:
