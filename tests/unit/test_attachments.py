@@ -279,6 +279,11 @@ def test_documents_are_routed_to_olevba(monkeypatch):
     assert found == {"OLETOOLS": (("AutoExec + Suspicious (AutoOpen,Shell)",), 1.0)}
     seen.clear()
     assert run(raw, macros=False) == {} and seen == []
+    seen.clear()
+    many = message(*((f"d{i}.doc", "application/msword", ole) for i in range(attachments.MAX_DOCUMENTS + 3)))
+    found = run(many)
+    assert len(seen) == attachments.MAX_DOCUMENTS
+    assert found["OLETOOLS_FAIL"] == (("3 more documents not analysed",), 0.0)
 
 
 def test_damaged_or_oversized_documents_give_oletools_fail():
