@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtpproxy.common import config
 from smtpproxy.common.config import ConfigError
@@ -217,3 +219,14 @@ def test_configured_composites_survive_configdump():
     dumped = config.dump(cfg)
     assert "[scan.composites.X_Y]" in dumped
     assert config.build(config.Config, tomllib.loads(dumped)) == cfg
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="AB_ ()&|!~-^[]/,andortx", max_size=40))
+def test_any_text_parses_or_is_a_config_error(text):
+    try:
+        tree = parse_expression(text, "scan.composites.X.expression")
+    except ConfigError as err:
+        assert err.key == "scan.composites.X.expression"
+    else:
+        assert isinstance(tree, Atom | Not | And | Or)
