@@ -9,6 +9,7 @@ from __future__ import annotations
 from smtpproxy.common.config import Config
 from smtpproxy.scan.checks.antivirus import AntivirusCheck
 from smtpproxy.scan.checks.arc import ArcCheck
+from smtpproxy.scan.checks.attachments import AttachmentsCheck
 from smtpproxy.scan.checks.base import Check
 from smtpproxy.scan.checks.bayes import BayesCheck
 from smtpproxy.scan.checks.dkim import DkimCheck
@@ -27,6 +28,6 @@ def all_checks(cfg: Config | None = None) -> list[Check]:
     """Every check, built from ``cfg`` (the whole Config) where a check needs settings."""
     configured = (DkimCheck, ArcCheck, DmarcCheck, DnsblCheck, MultimapCheck, BayesCheck,
                   SpamAssassinCheck)
-    configured += (ReplyCheck, AntivirusCheck)
+    configured += (ReplyCheck, AntivirusCheck, AttachmentsCheck)
     return [GtubeCheck(), HeadersCheck(), MimeCheck(), SpfCheck(),
             *(check(cfg) if cfg is not None else check() for check in configured)]
