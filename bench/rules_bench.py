@@ -12,8 +12,8 @@ DNSBL lists anything, and SPF/DKIM/DMARC find no records).
 
 - smtpproxy: the shipped engine with its default configuration plus the
   SpamAssassin rules check on (the system's rule files), no store (so no
-  Bayes), the client taken from the message's topmost Received header (what
-  the MX that received it saw, as XFORWARD would tell us).
+  Bayes), the client taken from the first Received header naming a public
+  address (what the MX facing the sender saw, as XFORWARD would tell us).
 - SpamAssassin: Debian's spamd -L (no network tests), Bayes off
   (use_bayes 0), the stock rules.
 - rspamd: Debian's rspamd with its network modules off (bench/common.py),
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import random
 import re
@@ -126,12 +127,24 @@ def figures(scored: list[tuple[str, float]], add: float) -> dict:
 
 
 def client_of(msg) -> ClientInfo:
-    received = msg.header_all("received")
-    match = RECEIVED_FROM.search(received[0]) if received else None
-    if match is None:
-        return ClientInfo()
-    return ClientInfo(name=match.group("rdns") or "unknown", addr=match.group("ip"),
-                      helo=match.group("helo"))
+    """The first hop from a public address, reading the Received chain from the top.
+
+    The corpus's top hops are the recipients' own (fetchmail from localhost,
+    relays on private addresses); the MX that faced the sender is the first
+    hop from outside, as SpamAssassin's trust path finds it.
+    """
+    for received in msg.header_all("received"):
+        match = RECEIVED_FROM.search(received)
+        if match is None:
+            continue
+        try:
+            ip = ipaddress.ip_address(match.group("ip"))
+        except ValueError:
+            continue
+        if ip.is_global:
+            return ClientInfo(name=match.group("rdns") or "unknown", addr=str(ip),
+                              helo=match.group("helo"))
+    return ClientInfo()
 
 
 def bench_smtpproxy(rows, state_dir: Path, dns: DnsTestServer) -> dict:
