@@ -220,27 +220,25 @@ class SpamAssassinCheck:
             self._patterns[rule.kind].append((name, rule.pattern))
             if rule.kind == "header":
                 self.header_rules[name] = rule
-        # Base values: every meta with no regex rule hit, in both worlds.
+        # Base values: every meta with no regex rule hit, in both worlds; "hi"
+        # also starts a message with every rule not run here on.
         self.base_lo, self.base_hi = self._evaluate({}, None)
+        self._hi_start = {**self.base_hi, **dict.fromkeys(self.rules.skipped, 1)}
 
     def _evaluate(self, hits: dict[str, int], dirty: set[str] | None) -> tuple[dict, dict]:
         """Meta values with ``hits``; unknown rules 0 ("lo") or 1 ("hi"). ``dirty``: the
         metas to compute (None: all), the others keep their base values."""
-        lo = dict(hits)
-        hi = dict(hits)
         if dirty is None:
+            lo = dict(hits)
+            hi = dict(hits)
             for name in self.rules.skipped:
                 hi[name] = 1
+            metas = self.metas
         else:
-            lo.update(self.base_lo)
-            hi.update(self.base_hi)
-            lo.update(hits)
-            hi.update(hits)
-            for name in self.rules.skipped:
-                hi[name] = 1
-        for m in self.metas:
-            if dirty is not None and m.name not in dirty:
-                continue
+            lo = {**self.base_lo, **hits}
+            hi = {**self._hi_start, **hits}
+            metas = [self.metas[i] for i in sorted(self.meta_index[n] for n in dirty)]
+        for m in metas:
             lo[m.name] = 1 if m.fn(lo) else 0  # type: ignore[operator]
             hi[m.name] = (1 if m.fn(hi) else 0) if m.partial else lo[m.name]  # type: ignore[operator]
         if dirty is None:
