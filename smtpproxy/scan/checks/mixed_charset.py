@@ -2,11 +2,13 @@
 
 "Рaypal" with a Cyrillic Р reads as PayPal to a person and as an unknown
 word to a filter. Each short word (MAX_WORD_CHARS letters or fewer; long
-words are left alone to spare real multi-script text) gets a badness as
-rspamd computes it: a switch inside a word from Latin letters to a
-character that can pass for a Latin one (the Unicode confusables shipped in
-smtpproxy/scan/data/latin_confusables.txt) adds 1 / (letters seen in the
-previous script); a digit followed by a non-Latin letter adds 0.25; two or
+words are left alone to spare real multi-script text) gets a badness: a
+switch of script inside a word, between a Latin letter and one that can
+pass for Latin (the Unicode confusables shipped in
+smtpproxy/scan/data/latin_confusables.txt), adds 1 / (letters in the run
+before it). rspamd counts only switches away from Latin, from the second
+letter on, so "Yоur аccоunt" (Cyrillic о and а) weighs almost nothing
+there; we count both directions from the first letter. A digit followed by a non-Latin letter adds 0.25; two or
 more accented Latin letters add half a point each after the first (rspamd's
 rate when the language allows diacritics; we detect no language, so we
 always take that lenient rate). A part whose mean badness per word exceeds
@@ -58,13 +60,14 @@ def _accented(ch: str, cp: int) -> bool:
 
 
 def word_badness(word: str) -> float:
-    """rspamd's rspamd_chartable_process_word_utf, diacritics treated leniently."""
+    """How much ``word`` looks disguised: rspamd's rspamd_chartable_process_word_utf, see the module doc."""
     if word.isascii() or len(word) > MAX_WORD_CHARS:
         return 0.0
     badness = 0.0
     state = previous = _START
-    last_is_latin = False
-    same_script = 0
+    run_latin = False  # the script of the current run of letters
+    run_length = 0  # letters in it; 0: no run yet (start, or after a digit or mark)
+    last_cp = 0
     accented = 0
     for ch in word:
         cp = ord(ch)
@@ -72,30 +75,23 @@ def word_badness(word: str) -> float:
             accented += 1
         if ch.isalpha():
             latin = _latin(cp)
-            if state == _DIGIT:
-                if not latin and previous != _START:
-                    badness += 0.25
-            elif state == _ALPHA:
-                if same_script > 0:
-                    if not latin and last_is_latin:
-                        if cp in LATIN_CONFUSABLES:
-                            badness += 1.0 / same_script
-                        last_is_latin = False
-                        same_script = 1
-                    else:
-                        same_script += 1
-                else:
-                    last_is_latin = latin
-                    same_script = 1
+            if state == _DIGIT and not latin and previous != _START:
+                badness += 0.25
+            if run_length and latin != run_latin:
+                # A switch of script counts when the non-Latin side could pass for Latin.
+                if (cp if not latin else last_cp) in LATIN_CONFUSABLES:
+                    badness += 1.0 / run_length
+                run_length = 0
+            if not run_length:
+                run_latin = latin
+            run_length += 1
+            last_cp = cp
             previous, state = state, _ALPHA
-        elif ch.isdigit():
-            if state != _DIGIT:
-                previous = state
-            state, same_script = _DIGIT, 0
         else:
-            if state != _OTHER:
+            new_state = _DIGIT if ch.isdigit() else _OTHER
+            if state != new_state:
                 previous = state
-            state, same_script = _OTHER, 0
+            state, run_length = new_state, 0
     if accented > 1:
         badness += (accented - 1) / 2
     return min(badness, MAX_WORD_BADNESS)

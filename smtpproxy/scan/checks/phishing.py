@@ -76,13 +76,14 @@ def phishing_weight(linked: str, shown: str) -> float:
         label, shown_label = linked, shown
     if label == shown_label:
         return 0.0  # the same name under another public suffix
+    if label.isascii() != shown_label.isascii():
+        return 1.0  # one name in another script: rspamd's confusable check weighs it fully
     dist = 2 * levenshtein(label[:64], shown_label[:64]) / (len(label[:64]) + len(shown_label[:64]))
     if dist <= 0.3:
         return 1.0  # a look-alike
     if dist <= 1.0:
         return math.tanh(3 * (1 - dist + 0.1))
-    # Unrelated names; one in another script than the other is a disguise.
-    return 1.0 if linked.isascii() != shown.isascii() else 0.5
+    return 0.5  # unrelated names
 
 
 def _numeric(host: str) -> bool:
@@ -162,14 +163,18 @@ class PhishingCheck:
             return None
         if any(is_subdomain_or_same(shown_host, host) for host in _embedded_hosts(href)):
             return None
-        linked = self.psl.organizational_domain(_ascii(linked_host))
-        shown = self.psl.organizational_domain(_ascii(shown_host))
+        linked, shown = self._registrable(linked_host), self._registrable(shown_host)
         evidence = f"{idna_to_unicode(shown)}->{idna_to_unicode(linked)}"
         if listed_domain(_ascii(linked_host), self.redirectors):
             return evidence, 0.0, True
         if sender_domain and linked == sender_domain:
             return None
         return evidence, phishing_weight(idna_to_unicode(linked), idna_to_unicode(shown)), False
+
+
+    def _registrable(self, host: str) -> str:
+        """The registrable domain of a host name; an address stays whole."""
+        return host if _numeric(host) else self.psl.organizational_domain(_ascii(host))
 
 
 def _ascii(host: str) -> str:
