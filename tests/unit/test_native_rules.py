@@ -298,3 +298,37 @@ def test_word_badness_as_rspamd():
 ])
 def test_split_url(url, expected):
     assert split_url(url) == expected
+
+
+# ------------------------------------------------------------------ in the engine
+
+class DmarcResult:
+    """Stands in for the DMARC check: leaves its facts, as the real one does."""
+
+    name = "dmarc"
+    symbols = ("DMARC_POLICY_ALLOW",)
+    after = ()
+
+    def __init__(self, result: str, domain: str):
+        self.facts = {"result": result, "domain": domain}
+
+    async def run(self, ctx):
+        ctx.facts["dmarc"] = self.facts
+        return []
+
+
+@pytest.mark.parametrize("dmarc,expected", [
+    ("fail", {"PHISHING": 2.0, "FROM_NEQ_DISPLAY_NAME": 4.0}),  # PHISHING: 4.0 x weight 0.5
+    ("pass", {"FROM_NEQ_DISPLAY_NAME": 4.0}),  # the link is the DMARC-verified sender's own
+])
+def test_engine_scores_the_native_symbols_with_their_weights(dmarc, expected):
+    from smtpproxy.scan.engine import Engine, load_symbols
+
+    cfg = Config()
+    checks = [DmarcResult(dmarc, "evil.example"), PhishingCheck(cfg), DisplayNamesCheck()]
+    engine = Engine(cfg.scan, checks, load_symbols(cfg.scan))
+    raw = link("http://login.evil.example/pp", "https://www.paypal.com/signin").replace(
+        "From: Shop <news@shop.example>", '"service@paypal.com" <x@evil.example>'.join(("From: ", "")))
+    result = asyncio.run(engine.scan(context(raw)))
+    scores = {name: s.score for name, s in result.symbols.items() if s.score}
+    assert scores == pytest.approx(expected)
