@@ -12,7 +12,9 @@ every HTML part of the message, read once per scan):
 - per text block (font, span, div, p, td holding text of its own):
   hidden (display:none, visibility:hidden, a font of 3 px or less),
   zero-size font, or low contrast (text colour close to its background),
-  with the inherited styles rspamd's HTML parser applies.
+  with the inherited styles rspamd's HTML parser applies. Stylesheets are
+  not read: below an element with a class or a background picture the
+  background counts as unknown, and colours are not compared with it.
 
 Contract: never raises on any input; the cost is bounded by reading at most
 MAX_HTML_CHARS of markup and MAX_TOKENS tags per message (what follows is
@@ -118,6 +120,9 @@ class _Style:
     bgcolor: Color | None = None
     font_px: float | None = None
     hidden: bool = False
+    # The background may come from where we do not look (a stylesheet class,
+    # a background picture): colours are then not compared with it.
+    bg_unknown: bool = False
 
 
 @dataclass
@@ -190,6 +195,8 @@ def low_contrast(style: _Style) -> bool:
     fg, bg = style.color, style.bgcolor
     if fg is not None and fg[3] < 0.04:
         return True
+    if style.bg_unknown:
+        return False
     if fg is not None and bg is not None:
         return bg[3] > 0.04 and similar_colors(fg, bg)
     if fg is not None:  # no background declared: the reader's is white
@@ -201,12 +208,16 @@ def low_contrast(style: _Style) -> bool:
 
 def _style_of(tag: str, attrs: list[tuple[str, str | None]], parent: _Style) -> _Style:
     """The element's style: its parent's, changed by its attributes and style declarations."""
-    style = _Style(parent.color, parent.bgcolor, parent.font_px, parent.hidden)
+    style = _Style(parent.color, parent.bgcolor, parent.font_px, parent.hidden, parent.bg_unknown)
     for name, value in attrs:
         if value is None:
             continue
-        if name == "bgcolor":
-            style.bgcolor = parse_color(value) or style.bgcolor
+        if name in ("class", "background"):
+            style.bg_unknown = True
+        elif name == "bgcolor":
+            color = parse_color(value)
+            if color is not None:
+                style.bgcolor, style.bg_unknown = color, False
         elif name == "color" and tag == "font":
             style.color = parse_color(value) or style.color
         elif name == "text" and tag == "body":
@@ -224,11 +235,14 @@ def _apply_css(style: _Style, declarations: str, parent: _Style) -> None:
         prop, val = prop.strip().lower(), val.lower().replace("!important", "").strip()
         if prop == "color":
             style.color = parse_color(val) or style.color
-        elif prop in ("background-color", "background"):
+        elif prop in ("background-color", "background", "background-image"):
+            if "url(" in val or "gradient(" in val:
+                style.bg_unknown = True
+                continue
             for token in (val, *val.split()):
                 color = parse_color(token)
                 if color is not None:
-                    style.bgcolor = color
+                    style.bgcolor, style.bg_unknown = color, False
                     break
         elif prop == "font-size":
             size = font_size_px(val, parent.font_px)

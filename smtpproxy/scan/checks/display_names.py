@@ -3,7 +3,9 @@
 From rspamd's rules/misc.lua: SPOOF_DISPLAY_NAME (the From name shows an
 address of the recipient's own domain while the mail comes from another)
 and FROM_NEQ_DISPLAY_NAME (the name shows an address of another domain
-than the sender's). From rules/headers_checks.lua: FROM_DN_EQ_ADDR,
+than the sender's). Unlike rspamd, a subdomain of the sender's domain (or
+the other way round) is the same sender, and "alice@example.org via List"
+is a mailing list's rewritten From, not FROM_NEQ_DISPLAY_NAME. From rules/headers_checks.lua: FROM_DN_EQ_ADDR,
 FROM_NAME_HAS_TITLE (Mr/Mrs/Dr), FROM_NAME_EXCESS_SPACE, and the To/Cc
 display-name facts TO_DN_RECIPIENTS, TO_DN_NONE/SOME/ALL and
 TO_DN_EQ_ADDR_SOME/ALL.
@@ -19,6 +21,7 @@ import re
 from typing import ClassVar
 
 from smtpproxy.scan.checks.base import CheckContext, Hit
+from smtpproxy.scan.urls import is_subdomain_or_same
 
 MAX_FIELD_CHARS = 2048
 MAX_RECIPIENTS = 100
@@ -26,6 +29,9 @@ MAX_RECIPIENTS = 100
 NAME_ADDRESS_RE = re.compile(r"[\w.+'&-]+@((?:[\w-]+\.)+[\w-]+)")
 TITLE_RE = re.compile(r"^(mrs?|dr)[.\s]")
 EXCESS_SPACE_RE = re.compile(r"\s\s")
+# "alice@example.org via Some List": a mailing list (Google Groups, Mailman's
+# DMARC mitigation) rewrote From and kept the author's address in the name.
+VIA_RE = re.compile(r"(?i)\bvia\b")
 
 
 def _parse_one(value: str) -> tuple[str, str]:
@@ -83,10 +89,12 @@ class DisplayNamesCheck:
         sender = _domain(addr)
         if shown is not None and sender:
             shown_domain = shown.group(1).lower().rstrip(".")
-            if shown_domain != sender:
+            if not is_subdomain_or_same(shown_domain, sender):
                 ours = {_domain(a) for a in rcpt_tos} | {_domain(a) for _, a in recipients}
-                symbol = "SPOOF_DISPLAY_NAME" if shown_domain in ours else "FROM_NEQ_DISPLAY_NAME"
-                hits.append(Hit(symbol, (sender, shown_domain)))
+                if shown_domain in ours:
+                    hits.append(Hit("SPOOF_DISPLAY_NAME", (sender, shown_domain)))
+                elif not VIA_RE.search(name, shown.end()):
+                    hits.append(Hit("FROM_NEQ_DISPLAY_NAME", (sender, shown_domain)))
         return hits
 
     def _to(self, recipients: list[tuple[str, str]]) -> list[Hit]:
