@@ -9,7 +9,9 @@ every HTML part of the message, read once per scan):
 - ``images``: each <img> with its declared size, whether it sits inside a
   link, and whether it travels with the message (cid:/data:);
 - ``text_len`` and ``words``: how much text the part shows;
-- per text block (font, span, div, p, td holding text of its own):
+- per text block (font, span, div, p, td with text of its own, directly
+  or through inline elements such as <b>; rspamd looks only at blocks with
+  no element inside, so "<font color=white><b>...</b></font>" escapes it):
   hidden (display:none, visibility:hidden, a font of 3 px or less),
   zero-size font, or low contrast (text colour close to its background),
   with the inherited styles rspamd's HTML parser applies. Stylesheets are
@@ -129,8 +131,14 @@ class _Style:
 class _Open:
     tag: str
     style: _Style
+    # For a text block: the text it shows itself or through inline elements
+    # (<b>, <a> ...; not through a nested text block), and how much of it is
+    # hidden, in a zero-size font, or in low contrast (with the first such style).
     text_len: int = 0
-    has_children: bool = False
+    hidden_len: int = 0
+    zero_len: int = 0
+    transparent_len: int = 0
+    transparent_style: _Style | None = None
 
 
 def parse_color(value: str) -> Color | None:
@@ -288,7 +296,6 @@ class _Reader:
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         top = self.stack[-1]
-        top.has_children = True
         if tag == "a":
             self._end_link()
             href = next((v for k, v in attrs if k == "href" and v), None)
@@ -325,9 +332,19 @@ class _Reader:
         text = data.strip()
         if not text:
             return
-        top = self.stack[-1]
-        top.text_len += len(text)
-        self.doc.text_len += len(text)
+        size = len(text)
+        self.doc.text_len += size
+        block = self._text_block()
+        if block is not None:
+            style = self.stack[-1].style
+            block.text_len += size
+            if style.hidden or (style.font_px is not None and style.font_px <= INVISIBLE_FONT_PX):
+                block.hidden_len += size
+            if style.font_px == 0:
+                block.zero_len += size
+            if low_contrast(style):
+                block.transparent_len += size
+                block.transparent_style = block.transparent_style or style
         self.doc.words += len(WORD_RE.findall(text))
         if self.link is not None and sum(map(len, self.link_chars)) < MAX_LINK_TEXT_CHARS:
             self.link_chars.append(data)
@@ -340,20 +357,28 @@ class _Reader:
             self.doc.links.append(self.link)
             self.link, self.link_chars = None, []
 
+    def _text_block(self) -> _Open | None:
+        """The innermost open text block, looked for among the last few open elements."""
+        for element in reversed(self.stack[-MAX_END_TAG_SEARCH:]):
+            if element.tag in TEXT_BLOCKS:
+                return element
+        return None
+
     def _close(self, element: _Open) -> None:
         if element.tag in UNSHOWN:
             self.unshown -= 1
             return
-        if element.tag not in TEXT_BLOCKS or element.has_children or not element.text_len:
+        if element.tag not in TEXT_BLOCKS or not element.text_len:
             return
-        style, doc = element.style, self.doc
-        if style.hidden or (style.font_px is not None and style.font_px <= INVISIBLE_FONT_PX):
+        doc = self.doc
+        if element.hidden_len:
             doc.invisible_blocks += 1
-        if style.font_px is not None and style.font_px == 0:
+        if element.zero_len:
             doc.zero_size_blocks += 1
-        if low_contrast(style):
+        style = element.transparent_style
+        if style is not None:
             doc.invisible_blocks += 1
-            doc.transparent_len += element.text_len
+            doc.transparent_len += element.transparent_len
             if not doc.transparent_example:
                 doc.transparent_example = (f"{element.tag} color {_hex(style.color)} "
                                            f"bgcolor {_hex(style.bgcolor)}")

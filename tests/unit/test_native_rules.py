@@ -292,6 +292,13 @@ def test_mixed_charset(label, raw, expected):
     assert run(MixedCharsetCheck(), raw) == expected
 
 
+def test_long_mixed_text_costs_little():
+    raw = text_message("pаypal éàü " * 100_000)
+    started = time.process_time()
+    assert "R_MIXED_CHARSET" in run(MixedCharsetCheck(), raw)
+    assert time.process_time() - started < 0.5
+
+
 def test_word_badness_as_rspamd():
     assert word_badness("paypal") == 0.0
     assert word_badness("paуpal") == 1.5  # Cyrillic у after two Latin letters, then back
@@ -347,3 +354,10 @@ def test_engine_scores_the_native_symbols_with_their_weights(dmarc, expected):
     result = asyncio.run(engine.scan(context(raw)))
     scores = {name: s.score for name, s in result.symbols.items() if s.score}
     assert scores == pytest.approx(expected)
+
+
+def test_hidden_text_inside_inline_elements_counts():
+    doc = html_doc('<body bgcolor="white"><p>Hello</p><font color="white"><b>cheap pills</b> here</font></body>')
+    assert (doc.invisible_blocks, doc.transparent_len) == (1, len("cheap pills") + len("here"))
+    doc = html_doc('<div style="display:none"><p>one</p><p>two</p></div><p>shown</p>')
+    assert doc.invisible_blocks == 2  # each hidden paragraph, not their empty container
