@@ -84,6 +84,14 @@ def test_phishing(label, raw, kwargs, expected):
     assert run(PhishingCheck(), raw, **kwargs) == expected
 
 
+def test_many_long_phished_links_cost_little():
+    links = "".join(f'<a href="http://{"b" * 60}{i}.example/">http://{"a" * 60}{i}.example/</a>' for i in range(300))
+    started = time.process_time()
+    hits = run(PhishingCheck(), html_message(links))
+    assert time.process_time() - started < 0.5
+    assert hits["PHISHING"][1] == 0.5 and len(hits["PHISHING"][0]) == 5
+
+
 def test_phishing_weight_follows_rspamd_distance():
     assert phishing_weight("paypal.com", "paypal.com") == 0.0
     assert phishing_weight("paypal-secure.com", "paypal.com") == pytest.approx(0.797, abs=0.01)

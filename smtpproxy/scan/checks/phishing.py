@@ -50,6 +50,11 @@ DISPLAYED_URL_RE = re.compile(
 # URLs inside a link's query or path: the redirection target of a tracker.
 EMBEDDED_URL_RE = re.compile(r"(?i)(?:https?|ftp)(?::|%3a)(?://|%2f%2f)([^/?#&%\s]+)")
 MIN_DISPLAY_CHARS = 5
+# Bounds on hostile links: the labels compared (the edit distance costs their
+# product), the distinct pairs weighed per message, the tracker URL searched.
+MAX_LABEL_CHARS = 32
+MAX_PAIRS = 50
+MAX_EMBEDDED_SEARCH_CHARS = 2048
 # A link's host worth comparing: letters, digits, hyphens and dots, or an
 # address literal (an undecoded "=3D" or a stray quote leaves no real host).
 LINKED_HOST_RE = re.compile(r"^(?:[\w-]+\.)+[\w-]+$|^\[[0-9a-f:.]+\]$")
@@ -78,7 +83,8 @@ def phishing_weight(linked: str, shown: str) -> float:
         return 0.0  # the same name under another public suffix
     if label.isascii() != shown_label.isascii():
         return 1.0  # one name in another script: rspamd's confusable check weighs it fully
-    dist = 2 * levenshtein(label[:64], shown_label[:64]) / (len(label[:64]) + len(shown_label[:64]))
+    label, shown_label = label[:MAX_LABEL_CHARS], shown_label[:MAX_LABEL_CHARS]
+    dist = 2 * levenshtein(label, shown_label) / (len(label) + len(shown_label))
     if dist <= 0.3:
         return 1.0  # a look-alike
     if dist <= 1.0:
@@ -91,11 +97,10 @@ def _numeric(host: str) -> bool:
 
 
 def _embedded_hosts(href: str) -> list[str]:
-    """Hosts of the URLs a tracking link carries in its path or query."""
-    start = href.find("?")
-    slash = href.find("/", href.find("//") + 2 if "//" in href else 0)
-    tail = href[min(p for p in (start, slash, len(href)) if p >= 0):]
-    return [m.group(1).lower().rstrip(".") for m in EMBEDDED_URL_RE.finditer(tail[:2048])]
+    """Hosts of the URLs a tracking link carries after its own host."""
+    start = href.find("//") + 2 if "//" in href else 0
+    return [m.group(1).lower().rstrip(".")
+            for m in EMBEDDED_URL_RE.finditer(href, start, start + MAX_EMBEDDED_SEARCH_CHARS)]
 
 
 class PhishingCheck:
@@ -123,27 +128,28 @@ class PhishingCheck:
         sender_domain = ""
         if dmarc.get("result") == "pass" and dmarc.get("domain"):
             sender_domain = self.psl.organizational_domain(str(dmarc["domain"]))
-        phished: dict[str, float] = {}
+        weighed: dict[tuple[str, str], float] = {}  # (shown, linked) -> weight
         excused: dict[str, None] = {}
         for doc in html_docs(ctx):
             for link in doc.links:
                 found = self._compare(link.href, link.text, sender_domain)
                 if found is None:
                     continue
-                evidence, weight, redirector = found
+                shown, linked, redirector = found
                 if redirector:
-                    excused[evidence] = None
-                elif weight > 0:
-                    phished[evidence] = max(weight, phished.get(evidence, 0.0))
+                    excused[f"{shown}->{linked}"] = None
+                elif (shown, linked) not in weighed and len(weighed) < MAX_PAIRS:
+                    weighed[(shown, linked)] = phishing_weight(linked, shown)
+        phished = sorted(((w, f"{s}->{li}") for (s, li), w in weighed.items() if w > 0),
+                         key=lambda item: -item[0])
         if phished:
-            ranked = sorted(phished.items(), key=lambda item: -item[1])
-            hits.append(Hit("PHISHING", tuple(e for e, _ in ranked[:MAX_OPTIONS]), ranked[0][1]))
+            hits.append(Hit("PHISHING", tuple(e for _, e in phished[:MAX_OPTIONS]), phished[0][0]))
         if excused:
             hits.append(Hit("REDIRECTOR_FALSE", tuple(excused)[:MAX_OPTIONS]))
         return hits
 
-    def _compare(self, href: str, text: str, sender_domain: str) -> tuple[str, float, bool] | None:
-        """(shown->linked, weight, through a redirector) when the link shows another site."""
+    def _compare(self, href: str, text: str, sender_domain: str) -> tuple[str, str, bool] | None:
+        """(shown, linked registrable domains, through a redirector) when the link shows another site."""
         if len(text) < MIN_DISPLAY_CHARS:
             return None
         match = DISPLAYED_URL_RE.match(text)
@@ -164,12 +170,10 @@ class PhishingCheck:
         if any(is_subdomain_or_same(shown_host, host) for host in _embedded_hosts(href)):
             return None
         linked, shown = self._registrable(linked_host), self._registrable(shown_host)
-        evidence = f"{idna_to_unicode(shown)}->{idna_to_unicode(linked)}"
-        if listed_domain(_ascii(linked_host), self.redirectors):
-            return evidence, 0.0, True
         if sender_domain and linked == sender_domain:
             return None
-        return evidence, phishing_weight(idna_to_unicode(linked), idna_to_unicode(shown)), False
+        redirector = bool(listed_domain(_ascii(linked_host), self.redirectors))
+        return idna_to_unicode(shown), idna_to_unicode(linked), redirector
 
 
     def _registrable(self, host: str) -> str:
