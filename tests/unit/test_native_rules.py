@@ -7,6 +7,8 @@ import email.header
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smtpproxy.common.config import Config, ConfigError, ScanConfig
 from smtpproxy.scan.checks.base import CheckContext
@@ -19,6 +21,7 @@ from smtpproxy.scan.html_doc import MAX_HTML_CHARS, html_doc
 from smtpproxy.scan.message import parse
 from smtpproxy.scan.urls import split_url
 from smtpproxy.transaction import ClientInfo
+from tests.support.fuzz import wire_bytes
 
 HEAD = ("From: Shop <news@shop.example>\r\nTo: bob@example.net\r\nSubject: Offers\r\n"
         "Date: Thu, 1 Jan 2026 00:00:00 +0000\r\nMessage-ID: <1@shop.example>\r\n")
@@ -369,3 +372,34 @@ def test_hidden_text_inside_inline_elements_counts():
     assert (doc.invisible_blocks, doc.transparent_len) == (1, len("cheap pills") + len("here"))
     doc = html_doc('<div style="display:none"><p>one</p><p>two</p></div><p>shown</p>')
     assert doc.invisible_blocks == 2  # each hidden paragraph, not their empty container
+
+
+# ------------------------------------------------------------------ never raise
+
+MARKUP_PIECES = ["<", ">", "/", "=", '"', "'", " ", "a", "!", "-", "?", "&", "#", ";", ":", "\u0430", "\u200b",
+                 "<a href=", "</a>", "<font color=white>", "</font>", "<!--", "-->", 'style="font-size:0"',
+                 "http://x.example", "www.y.example", "<img width=300 height=300 src=cid:a>", "<script>",
+                 "</p>", "<td bgcolor=#000>", "class=c", "background:url(x)", "rgb(300,1,1", "&amp;"]
+
+
+@given(st.lists(st.sampled_from(MARKUP_PIECES), max_size=60).map("".join))
+@settings(max_examples=300, deadline=None)
+def test_html_reader_never_raises_and_keeps_its_bounds(markup):
+    doc = html_doc(markup)
+    assert len(doc.links) <= 200 and len(doc.images) <= 100
+    assert 0 <= doc.transparent_len <= doc.text_len
+
+
+CHECKS = [PhishingCheck(), RedirectorsCheck(), DisplayNamesCheck(), HtmlTextCheck(), MixedCharsetCheck()]
+
+
+@given(st.lists(st.sampled_from(MARKUP_PIECES), max_size=40).map("".join),
+       st.sampled_from(["x@a.example", '"it@example.net" <x@a.example>', '"" a " b" <@>', "=?utf-8?B?w6k=?= <", ""]),
+       wire_bytes(10))
+@settings(max_examples=200, deadline=None)
+def test_native_checks_never_raise(markup, from_value, wire):
+    for raw in (html_message(markup, HEAD.replace("Shop <news@shop.example>", from_value)),
+                text_message(markup), HEAD + "\r\n" + wire.decode("latin-1")):
+        for check in CHECKS:
+            hits = asyncio.run(check.run(context(raw)))
+            assert all(hit.symbol in check.symbols and 0 <= hit.weight <= 1 for hit in hits)
