@@ -307,7 +307,7 @@ class _Reader:
                 src = (values.get("src") or "").strip().lower()
                 self.doc.images.append(Image(
                     _dimension(values, "width"), _dimension(values, "height"),
-                    in_link=self.link is not None or any(o.tag == "a" for o in self.stack),
+                    in_link=self.link is not None,
                     embedded=src.startswith(("cid:", "data:"))))
             return
         if tag in VOID:
