@@ -968,6 +968,10 @@ class ScanConfig:
     # Default scores and descriptions of every symbol: empty = the file shipped
     # with the program (smtpproxy/scan/symbols.toml).
     symbols_file: str = ""
+    # URL shorteners and redirectors, one domain a line (REDIRECTOR_URL; a link
+    # through one is no PHISHING): empty = the list shipped with the program
+    # (smtpproxy/scan/data/redirectors.txt).
+    redirectors_file: str = ""
     # Per-symbol score overrides, e.g. { MISSING_MID = 1.0 }.
     scores: dict[str, float] = field(default_factory=dict)
     # Each check's own time limit, and the whole scan's (well under
