@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from smtpproxy.common import log as logsetup
+from smtpproxy.common import workers
 from smtpproxy.common.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,11 @@ def tune_gc() -> None:
 
 
 def sd_notify(state: str) -> None:
-    """Tell systemd about our state when it asked us to (Type=notify)."""
+    """Tell systemd about our state when it asked us to (Type=notify); a
+    worker process tells its supervising parent (workers.py), which speaks
+    for all of them."""
+    if workers.notify_parent(state):
+        return
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
