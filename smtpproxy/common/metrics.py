@@ -10,9 +10,10 @@ With several worker processes (workers.py) the one endpoint shows the
 totals of all of them, as one process would: each worker writes a snapshot
 of its figures to the shared runtime directory every SNAPSHOT_INTERVAL_S,
 and whichever worker answers a scrape adds the others' snapshots to its own
-live figures. Counters and histograms are summed; gauges are summed (open
-sessions, bytes in flight) unless declared otherwise (``aggregate="max"``).
-The figures of the other workers are up to SNAPSHOT_INTERVAL_S old. A
+live figures (see ``render_all``). Counters and histograms are summed;
+gauges are summed (open sessions, bytes in flight) unless declared
+otherwise (``aggregate="max"``). The figures of the other workers are up to
+SNAPSHOT_INTERVAL_S old. A
 worker that dies leaves its counters in the totals (the parent keeps them
 as ``retired.json``), so they never go backwards.
 """
@@ -134,12 +135,13 @@ class Registry:
         """Every figure now, as JSON-able data (another worker adds it to its own)."""
         return {metric.name: metric.snapshot() for metric in self.metrics}
 
-    def render(self, others: list[dict[str, dict]] = ()) -> str:
-        """The text exposition; ``others``: other workers' snapshots, added in."""
-        if not others:
+    def render(self, snapshots: list[dict[str, dict]] | None = None) -> str:
+        """The text exposition of this registry's figures, or of the sum of
+        ``snapshots`` (several workers' figures, this one's among them)."""
+        if snapshots is None:
             return "\n".join(line for metric in self.metrics for line in metric.render()) + "\n"
-        merged = merge_snapshots([self.snapshot(), *others])
-        return "\n".join(line for metric in self.metrics
+        merged = merge_snapshots(snapshots or [self.snapshot()])
+        return "\n".join(line for metric in self.metrics if metric.name in merged
                          for line in metric.render(merged[metric.name])) + "\n"
 
 
@@ -209,23 +211,34 @@ def retire_snapshot(runtime_dir: str, index: int) -> None:
         os.unlink(path)
 
 
-def other_workers_snapshots() -> list[dict[str, dict]]:
-    """The snapshots of the other workers (and of those retired); [] in a single process."""
+def write_snapshot(registry: Registry) -> None:
+    """In a worker: this worker's figures now, for the others (and for a scrape)."""
     ctx = workers.current()
     if ctx is None:
-        return []
-    own = os.path.basename(_snapshot_path(ctx.runtime_dir, ctx.index))
-    out = []
+        return
     try:
-        names = os.listdir(ctx.runtime_dir)
-    except OSError:
-        return []
-    for name in names:
-        if name.endswith(".json") and name != own:
-            snap = _read_json(os.path.join(ctx.runtime_dir, name))
-            if snap is not None:
-                out.append(snap)
-    return out
+        _write_json(_snapshot_path(ctx.runtime_dir, ctx.index), registry.snapshot())
+    except OSError as exc:
+        logger.warning("metrics: cannot write this worker's snapshot: %s", exc)
+
+
+def render_all(registry: Registry) -> str:
+    """What a scrape shows: this process's figures, or in a worker those of every
+    worker (and of those retired). A worker answering a scrape first writes its
+    own snapshot and then shows the sum of the files only: two scrapes answered
+    by different workers never see a counter go backwards."""
+    ctx = workers.current()
+    if ctx is None:
+        return registry.render()
+    write_snapshot(registry)
+    snapshots = []
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(ctx.runtime_dir)):
+            if name.endswith(".json"):
+                snap = _read_json(os.path.join(ctx.runtime_dir, name))
+                if snap is not None:
+                    snapshots.append(snap)
+    return registry.render(snapshots)
 
 
 async def serve_metrics(registry: Registry, listen: str, key: str = "metrics_listen"):
@@ -242,7 +255,7 @@ async def serve_metrics(registry: Registry, listen: str, key: str = "metrics_lis
                 raise ValueError("request too large")
             parts = head.split(b"\r\n", 1)[0].split()
             if len(parts) >= 2 and parts[0] == b"GET" and parts[1].split(b"?")[0] == b"/metrics":
-                body = registry.render(other_workers_snapshots()).encode()
+                body = render_all(registry).encode()
                 status, ctype = b"200 OK", b"text/plain; version=0.0.4"
             else:
                 body, status, ctype = b"not found\n", b"404 Not Found", b"text/plain"
@@ -331,10 +344,4 @@ class MetricsEndpoint:
             self._write_snapshot()
 
     def _write_snapshot(self) -> None:
-        ctx = workers.current()
-        if ctx is None:
-            return
-        try:
-            _write_json(_snapshot_path(ctx.runtime_dir, ctx.index), self.registry.snapshot())
-        except OSError as exc:
-            logger.warning("metrics: cannot write this worker's snapshot: %s", exc)
+        write_snapshot(self.registry)

@@ -320,6 +320,9 @@ class Supervisor:
         self._notify("STOPPING=1")
         logger.info("stopping: %d workers drain", self._alive())
         self._kill_all(signal.SIGTERM)
+        # As a single process closes its listeners: new connections are
+        # refused at once, not queued for workers that no longer accept.
+        self.sockets.close()
         self.stop_deadline = time.monotonic() + self.drain_timeout(self.cfg) + STOP_GRACE_S
 
     def _on_signal(self, signum: int, _frame) -> None:
