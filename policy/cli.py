@@ -31,8 +31,9 @@ from smtpproxy.common import log as logsetup
 from smtpproxy.common import runtime
 from smtpproxy.common.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load, worker_count
 from smtpproxy.common.store import Store, StoreError, open_store
+from smtpproxy.common.supervisor import Supervisor
 from smtpproxy.common.version import version
-from smtpproxy.common.workers import Endpoint, Supervisor
+from smtpproxy.common.workers import Endpoint
 
 PROGRAM = "smtpproxy-policy"
 
@@ -70,7 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     count = worker_count(cfg.policy.workers)
     if count == 1:
         return serve_one(cfg)  # one process, no supervisor
-    # Forked before any event loop, thread or store connection exists (workers.py).
+    # Forked before any event loop, thread or store connection exists (common/supervisor.py).
     return Supervisor(
         PROGRAM, cfg, count, "policy.workers", _endpoints, reload_config,
         drain_timeout=lambda c: c.policy.drain_timeout_s, worker_main=serve_one,

@@ -29,7 +29,7 @@ listen address needs a restart, a changed store URL opens the new store
 before the old one is closed.
 
 With ``policy.workers`` above 1 this service runs in each worker process
-(smtpproxy/common/workers.py) on the sockets the supervising parent bound;
+(smtpproxy/common/supervisor.py) on the sockets the supervising parent bound;
 greylisting and rate limits stay exact across workers because their state
 lives in the store, whose updates are atomic against other processes.
 """
@@ -303,6 +303,7 @@ class PolicyService:
             self.server.close()
             await self._close_store()
             raise
+        self.metrics.share()
         self._maps_task = loop.create_task(self._watch_maps())
         logger.info("listening on %s, store %s, event loop %s", listen,
                     self.cfg.store.url.rpartition("@")[2] or "sqlite (state_dir)",
@@ -355,6 +356,7 @@ class PolicyService:
             conn.close()
         await self.decisions.close()
         await self._close_store()
+        self.metrics.stop_sharing()  # after the drain: what it counted is in
         listen = self.cfg.policy.listen
         if listen.startswith("unix:") and workers.current() is None:  # else the parent's
             try:

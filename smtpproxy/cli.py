@@ -28,8 +28,8 @@ from smtpproxy.common import log as logsetup
 from smtpproxy.common.config import Config, ConfigError, worker_count
 from smtpproxy.common.dns import Resolver
 from smtpproxy.common.runtime import run, serve
+from smtpproxy.common.supervisor import Supervisor
 from smtpproxy.common.version import version
-from smtpproxy.common.workers import Supervisor
 from smtpproxy.controller import cli as controller_cli
 from smtpproxy.daemon import ProxyService, endpoints
 from smtpproxy.doctor import cli as doctor_cli
@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if count == 1:
         return serve_one(cfg)  # one process, no supervisor
     # Forked before anything else exists: no event loop, thread, store or
-    # scan engine is built in this process (workers.py).
+    # scan engine is built in this process (common/supervisor.py).
     return Supervisor(
         PROGRAM, cfg, count, "proxy.workers", endpoints, reload_config,
         drain_timeout=lambda c: c.proxy.drain_timeout_s, worker_main=serve_one,

@@ -21,7 +21,7 @@ then closes whatever is left. A transaction cut off this way was never
 answered 250, so the sending Postfix keeps the message and retries.
 
 With ``proxy.workers`` above 1 this service runs in each worker process
-(smtpproxy/common/workers.py): the listeners, the controller and the
+(smtpproxy/common/supervisor.py): the listeners, the controller and the
 metrics endpoint serve the sockets the supervising parent bound, a reload
 cannot move them (the parent refuses such a reload before it reaches the
 workers), and only the first worker sends canaries. Everything shared
@@ -264,6 +264,7 @@ class ProxyService:
     async def start(self) -> None:
         self.delivery = await self._build_delivery(self.cfg, self.hostname)
         await self.metrics.serve(self.cfg.proxy.metrics_listen)
+        self.metrics.share()
         self.history.configure(self.cfg.history, self._store, self.hostname)
         self.canary.configure(self.cfg, self.delivery.canary, self.hostname)
         await self.controller.serve(self.cfg)
@@ -370,6 +371,7 @@ class ProxyService:
             self._expiry.cancel()
         self.canary.stop()
         self.metrics.close()
+        self.metrics.stop_sharing()
         await self.controller.close()
         await self.history.close()
         self._close_pools()

@@ -6,7 +6,7 @@ format by a tiny asyncio HTTP server (``GET /metrics``). Off unless a
 ``metrics_listen`` address is configured; it should listen on loopback or
 a management network only.
 
-With several worker processes (workers.py) the one endpoint shows the
+With several worker processes (supervisor.py) the one endpoint shows the
 totals of all of them, as one process would: each worker writes a snapshot
 of its figures to the shared runtime directory every SNAPSHOT_INTERVAL_S,
 and whichever worker answers a scrape adds the others' snapshots to its own
@@ -222,6 +222,26 @@ def write_snapshot(registry: Registry) -> None:
         logger.warning("metrics: cannot write this worker's snapshot: %s", exc)
 
 
+def totals(registry: Registry) -> dict[str, dict]:
+    """Every figure as a snapshot: this process's, or the sum over the workers."""
+    ctx = workers.current()
+    if ctx is None:
+        return registry.snapshot()
+    write_snapshot(registry)
+    return merge_snapshots(_read_snapshots(ctx.runtime_dir) or [registry.snapshot()])
+
+
+def _read_snapshots(runtime_dir: str) -> list[dict[str, dict]]:
+    snapshots = []
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(runtime_dir)):
+            if name.endswith(".json"):
+                snap = _read_json(os.path.join(runtime_dir, name))
+                if snap is not None:
+                    snapshots.append(snap)
+    return snapshots
+
+
 def render_all(registry: Registry) -> str:
     """What a scrape shows: this process's figures, or in a worker those of every
     worker (and of those retired). A worker answering a scrape first writes its
@@ -231,14 +251,7 @@ def render_all(registry: Registry) -> str:
     if ctx is None:
         return registry.render()
     write_snapshot(registry)
-    snapshots = []
-    with contextlib.suppress(OSError):
-        for name in sorted(os.listdir(ctx.runtime_dir)):
-            if name.endswith(".json"):
-                snap = _read_json(os.path.join(ctx.runtime_dir, name))
-                if snap is not None:
-                    snapshots.append(snap)
-    return registry.render(snapshots)
+    return registry.render(_read_snapshots(ctx.runtime_dir))
 
 
 async def serve_metrics(registry: Registry, listen: str, key: str = "metrics_listen"):
@@ -282,8 +295,8 @@ async def serve_metrics(registry: Registry, listen: str, key: str = "metrics_lis
 class MetricsEndpoint:
     """A daemon's ``GET /metrics`` listener, moved or stopped as its configuration says.
 
-    In a worker process, while it listens, it also writes the worker's
-    snapshot for the others (see the module docstring)."""
+    In a worker process it also writes the worker's snapshot for the others
+    (``share``, see the module docstring)."""
 
     def __init__(self, registry: Registry, key: str = "metrics_listen"):
         self.registry = registry
@@ -300,7 +313,6 @@ class MetricsEndpoint:
         if listen:
             self._server = await serve_metrics(self.registry, listen, self.key)
             self.listen = listen
-            self._share()
 
     async def bind(self, listen: str):
         """A listener on ``listen`` next to the current one, for ``swap``; None when
@@ -319,29 +331,30 @@ class MetricsEndpoint:
         if server is not None:
             self._server = server
             self.listen = listen
-            self._share()
 
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
-        if self._snapshots is not None:
-            self._snapshots.cancel()
-            self._snapshots = None
-            self._write_snapshot()  # the last figures of this worker
         self.listen = ""
 
     # ------------------------------------------------------------ several workers
 
-    def _share(self) -> None:
+    def share(self) -> None:
+        """In a worker: write this worker's snapshot now and every SNAPSHOT_INTERVAL_S
+        (for the scrapes and the controller's /stat answered by any worker)."""
         if workers.current() is not None and self._snapshots is None:
-            self._write_snapshot()
+            write_snapshot(self.registry)
             self._snapshots = asyncio.get_running_loop().create_task(self._write_snapshots())
+
+    def stop_sharing(self) -> None:
+        """At stop: the last snapshot, with everything counted until now."""
+        if self._snapshots is not None:
+            self._snapshots.cancel()
+            self._snapshots = None
+            write_snapshot(self.registry)
 
     async def _write_snapshots(self) -> None:
         while True:
             await asyncio.sleep(SNAPSHOT_INTERVAL_S)
-            self._write_snapshot()
-
-    def _write_snapshot(self) -> None:
-        write_snapshot(self.registry)
+            write_snapshot(self.registry)

@@ -68,13 +68,13 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def sd_notify(state: str) -> None:
-    """Tell systemd about our state when it asked us to (Type=notify); a
-    worker process tells its supervising parent (workers.py), which speaks
-    for all of them."""
+def sd_notify(state: str, address: str | None = None) -> None:
+    """Tell systemd about our state when it asked us to (Type=notify; ``address``:
+    its socket, else $NOTIFY_SOCKET). A worker process tells its supervising
+    parent instead (supervisor.py), which speaks for all of them."""
     if workers.notify_parent(state):
         return
-    address = os.environ.get("NOTIFY_SOCKET")
+    address = address or os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):

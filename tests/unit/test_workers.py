@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from smtpproxy.common import config, workers
+from smtpproxy.common import config, supervisor, workers
 from smtpproxy.common.metrics import Registry, merge_snapshots
 from smtpproxy.scan.spamassassin import matcher
 from smtpproxy.scan.spamassassin.regex import split_match_op, translate
@@ -97,9 +97,9 @@ def test_merge_leaves_a_gauge_out_when_no_worker_has_a_value():
 # ---------------------------------------------------------------- the supervisor
 
 
-def _supervisor(tmp_path, worker_main) -> workers.Supervisor:
+def _supervisor(tmp_path, worker_main) -> supervisor.Supervisor:
     cfg = config.load(None, {"state_dir": str(tmp_path / "state"), "proxy.workers": 2})
-    return workers.Supervisor(
+    return supervisor.Supervisor(
         "test", cfg, 2, "proxy.workers", lambda cfg: [], lambda: cfg,
         drain_timeout=lambda cfg: 1.0, worker_main=worker_main)
 
@@ -114,7 +114,7 @@ def test_worker_failing_at_start_stops_the_program(tmp_path, caplog):
 
 
 def test_workers_that_keep_dying_make_the_program_give_up(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(workers, "RESTART_BACKOFF_S", 0.01)
+    monkeypatch.setattr(supervisor, "RESTART_BACKOFF_S", 0.01)
     caplog.set_level("INFO")
 
     def die_soon(cfg) -> int:
@@ -124,7 +124,7 @@ def test_workers_that_keep_dying_make_the_program_give_up(tmp_path, caplog, monk
 
     assert _supervisor(tmp_path, die_soon).run() == 1
     assert "replacing it in 0.01s" in caplog.text and "replacing it in 0.02s" in caplog.text
-    assert f"{workers.MAX_QUICK_DEATHS + 1} times in a row" in caplog.text
+    assert f"{supervisor.MAX_QUICK_DEATHS + 1} times in a row" in caplog.text
     assert "giving up" in caplog.text
 
 
