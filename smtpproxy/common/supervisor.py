@@ -166,6 +166,7 @@ class _Slot:
     ready: bool = False
     quick_deaths: int = 0
     restart_at: float | None = None
+    generation: int = 0  # the reloads this worker has had, counted as the parent's
 
 
 class Supervisor:
@@ -194,6 +195,7 @@ class Supervisor:
         self.exit_code = 0
         self.stop_deadline = 0.0
         self.started = False  # every worker was ready once
+        self.generation = 0  # reloads so far
         self._pending: list[int] = []
         self._notify_r = self._notify_w = -1
         self._wake_r = self._wake_w = -1
@@ -302,10 +304,15 @@ class Supervisor:
             index, pid, state = int(parts[0]), int(parts[1]), parts[2]
             if index >= len(self.slots) or self.slots[index].pid != pid:
                 continue  # from a worker already gone
+            slot = self.slots[index]
             if state == "READY=1":
-                self.slots[index].ready = True
+                slot.ready = True
+                if slot.generation != self.generation:  # a reload came while it started
+                    slot.generation, slot.ready = self.generation, False
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.pid, signal.SIGHUP)
             elif state == "RELOADING=1":
-                self.slots[index].ready = False
+                slot.ready = False
         if not self.stopping and all(slot.ready for slot in self.slots):
             if not self.started:
                 logger.info("%s started: %d workers (pids %s)", self.program, self.count,
@@ -331,25 +338,38 @@ class Supervisor:
     def _fork(self, slot: _Slot) -> None:
         slot.restart_at = None
         slot.ready = False
+        slot.generation = self.generation  # forked with the configuration of now
         parent = os.getpid()
+        # Signals wait until the child has its own handlers: the parent's
+        # would only queue them for a loop the child never runs.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = self._become_worker(slot.index, parent)
+                code = self._become_worker(slot.index, parent, mask)
+            except KeyboardInterrupt:
+                code = 130
             except BaseException:
                 logger.exception("worker %d failed", slot.index)
             finally:
                 logging.shutdown()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         slot.pid, slot.started = pid, time.monotonic()
         logger.info("worker %d started (pid %d)", slot.index, pid)
 
-    def _become_worker(self, index: int, parent: int) -> int:
+    def _become_worker(self, index: int, parent: int, mask) -> int:
         signal.set_wakeup_fd(-1)
-        for sig in SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+        # Until the worker's event loop takes them over (runtime.serve, once
+        # started): SIGTERM ends a worker still starting, as it would end a
+        # single process; SIGHUP is ignored, the parent sends it again once
+        # the worker is ready (_read_notifications).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _die_with_parent()
         if os.getppid() != parent:  # the parent died before the line above
             return 1
@@ -424,10 +444,12 @@ class Supervisor:
         self.on_reload(new)
         logger.info("reload: passing SIGHUP to %d workers", self._alive())
         self._notify("RELOADING=1")
+        self.generation += 1
         for slot in self.slots:
-            if slot.pid:
-                slot.ready = False
-        self._kill_all(signal.SIGHUP)
+            if slot.pid and slot.ready:  # a worker still starting gets it when ready
+                slot.ready, slot.generation = False, self.generation
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGHUP)
 
     def _moved(self, new: Config) -> tuple[str, str] | None:
         bound = {ep.address for ep in self.sockets.endpoints}
