@@ -146,6 +146,20 @@ class BoundSockets:
         out = [s for socks in self.shared.values() for s in socks]
         return out + [s for slots in self.per_slot.values() for socks in slots for s in socks]
 
+    def drop(self, address: str) -> None:
+        """Close the sockets of an address no configuration uses any more (a
+        listener removed, the controller turned off): a socket nobody serves
+        would hold connections that no worker accepts."""
+        for sock in self.shared.pop(address, []):
+            sock.close()
+        for socks in self.per_slot.pop(address, []):
+            for s in socks:
+                s.close()
+        if address.startswith("unix:"):
+            with contextlib.suppress(OSError):
+                os.unlink(address[5:])
+        self.endpoints = [ep for ep in self.endpoints if ep.address != address]
+
     def close(self) -> None:
         for sock in self.all():
             sock.close()
@@ -440,6 +454,12 @@ class Supervisor:
             if ep.address.startswith("unix:") and ep.mode is not None:
                 with contextlib.suppress(OSError):
                     os.chmod(ep.address[5:], ep.mode)
+        wanted = {ep.address for ep in self.endpoints(new)}
+        for ep in list(self.sockets.endpoints):
+            if ep.address not in wanted:
+                logger.info("%s: %s no longer used, closed (using it again takes a restart)",
+                            ep.key, ep.address)
+                self.sockets.drop(ep.address)
         self.cfg = new
         self.on_reload(new)
         logger.info("reload: passing SIGHUP to %d workers", self._alive())

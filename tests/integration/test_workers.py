@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.policy.support import PolicyDaemon
+from tests.support.controller import READ_PASSWORD, controller_config, request
 from tests.support.net import free_port, port_open
 from tests.support.pipeline import ProxyProcess
 from tests.support.postfix import SmtpSink, wait_until
@@ -104,15 +105,19 @@ class Proxy:
     """The proxy with ``workers`` processes relaying to smtp-sink."""
 
     def __init__(self, base: Path, workers: int | str = 2, hostname: str = "filter.example.test",
-                 extra: str = ""):
+                 extra: str = "", unix: bool = False, controller_port: int | None = None):
         self.base = base
         self.port, self.metrics_port, self.sink_port = free_port(), free_port(), free_port()
+        self.socket_path = base / "proxy.sock" if unix else None
+        self.controller_port = controller_port
         self.sink = SmtpSink(base / "sink", self.sink_port)
         self.workers, self.extra = workers, extra
         self.proc = ProxyProcess(base / "proxy", self.config(hostname))
 
     def config(self, hostname: str, port: int | None = None) -> str:
         workers = f'"{self.workers}"' if isinstance(self.workers, str) else self.workers
+        listen = f"unix:{self.socket_path}" if self.socket_path else f"127.0.0.1:{port or self.port}"
+        controller = controller_config(self.controller_port) if self.controller_port else ""
         return f"""
 state_dir = "{self.base / 'proxy' / 'state'}"
 [log]
@@ -125,15 +130,16 @@ metrics_listen = "127.0.0.1:{self.metrics_port}"
 {self.extra}
 [[proxy.listeners]]
 name = "inbound"
-listen = "127.0.0.1:{port or self.port}"
+listen = "{listen}"
 downstream = "127.0.0.1:{self.sink_port}"
 [scan]
 enabled = false
+{controller}
 """
 
     def start(self) -> Proxy:
         self.sink.start()
-        self.proc.start(self.port)
+        self.proc.start(None if self.socket_path else self.port)
         if self.workers != 1:
             wait_until(lambda: "started: " in self.log(), 20, "every worker ready")
         return self
@@ -303,6 +309,32 @@ def test_one_worker_runs_no_supervisor(proxy):
     assert "supervisor" not in p.log()
     send(p.port, "single process")
     wait_until(lambda: len(p.sink.files()) >= 1, 20, "the message at the sink")
+
+
+def test_unix_listener_and_controller_are_shared_by_the_workers(proxy):
+    p = proxy(workers=2, unix=True, controller_port=free_port())
+    path = str(p.socket_path)
+    for i in range(6):
+        with smtplib.SMTP(timeout=30) as smtp:
+            smtp.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            smtp.sock.settimeout(30)
+            smtp.sock.connect(path)
+            assert smtp.getreply()[0] == 220
+            smtp.sendmail("a@example.org", ["b@example.net"],
+                          f"Subject: over the socket {i}\r\n\r\nhello\r\n")
+    wait_until(lambda: len(p.sink.files()) >= 6, 20, "6 messages at the sink")
+    # /stat counts over both workers, whichever answers.
+    time.sleep(1.2)
+    for _ in range(4):
+        status, body = request(p.controller_port, "GET", "/stat",
+                               headers={"Password": READ_PASSWORD})
+        assert status == 200 and body["connections"] == 6, body
+    victim = min(p.workers_now())
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(p.workers_now() - {victim}) == 2, 20, "a replacement worker")
+    assert p.socket_path.exists()  # the parent's socket: no worker removes it
+    p.proc.stop()
+    assert not p.socket_path.exists()
 
 
 # ---------------------------------------------------------------- the policy daemon
