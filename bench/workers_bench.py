@@ -58,7 +58,7 @@ def children(pid: int) -> list[int]:
 
 
 def config(base: Path, port: int, sink_port: int, nameserver: str, workers: int,
-           spamassassin: bool) -> str:
+           spamassassin: bool, extra: str) -> str:
     return f"""
 state_dir = "{base / 'state'}"
 [log]
@@ -77,6 +77,7 @@ enabled = true
 enabled = {"true" if spamassassin else "false"}
 [dns]
 nameserver = "{nameserver}"
+{extra}
 """
 
 
@@ -84,7 +85,7 @@ def measure(tmp: Path, workers: int, args, nameserver: str, sink_port: int) -> d
     port = free_port()
     proxy = ProxyProcess(tmp / f"proxy-{workers}",
                          config(tmp / "shared", port, sink_port, nameserver, workers,
-                                args.spamassassin))
+                                args.spamassassin, args.extra.replace("\\n", "\n")))
     proxy.start(port)
     try:
         if workers > 1:
@@ -117,6 +118,9 @@ def main() -> int:
     parser.add_argument("--settle-s", type=float, default=1.0)
     parser.add_argument("--spamassassin", action="store_true",
                         help="run the SpamAssassin rules too (Hyperscan compiled once, cached)")
+    parser.add_argument("--extra", default="", metavar="TOML",
+                        help="appended to the proxy's configuration (\\n for a new line), "
+                             "e.g. '[history]\\nenabled = false'")
     args = parser.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
 
