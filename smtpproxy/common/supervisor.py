@@ -224,7 +224,12 @@ class Supervisor:
         except OSError as exc:
             logger.error("cannot start: %s", exc)
             return 1
-        self.runtime_dir = _make_runtime_dir(self.cfg.state_dir, self.program)
+        try:
+            self.runtime_dir = _make_runtime_dir(self.cfg.state_dir, self.program)
+        except OSError as exc:
+            logger.error("cannot start: the workers' directory in %s: %s", self.cfg.state_dir, exc)
+            self.sockets.close()
+            return 1
         self._notify_r, self._notify_w = os.pipe()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -364,6 +369,9 @@ class Supervisor:
                 code = self._become_worker(slot.index, parent, mask)
             except KeyboardInterrupt:
                 code = 130
+            except ConfigError as exc:  # found while starting (a key, a symbols table)
+                logger.error("configuration error: %s", exc)
+                code = 2
             except BaseException:
                 logger.exception("worker %d failed", slot.index)
             finally:
@@ -423,7 +431,9 @@ class Supervisor:
             return
         if not self.started and not was_ready:
             logger.error("worker %d %s while starting: stopping", slot.index, how)
-            self._stop(1)
+            # Its status is the program's (2: a configuration error, as one process).
+            code = os.waitstatus_to_exitcode(status)
+            self._stop(code if code > 0 else 1)
             return
         slot.quick_deaths = slot.quick_deaths + 1 if lived < STABLE_AFTER_S else 1
         if slot.quick_deaths > MAX_QUICK_DEATHS:

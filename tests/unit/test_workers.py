@@ -107,10 +107,19 @@ def _supervisor(tmp_path, worker_main) -> supervisor.Supervisor:
 def test_worker_failing_at_start_stops_the_program(tmp_path, caplog):
     caplog.set_level("INFO")
     started = time.monotonic()
-    assert _supervisor(tmp_path, lambda cfg: 3).run() == 1
+    assert _supervisor(tmp_path, lambda cfg: 3).run() == 3  # its status is the program's
     assert time.monotonic() - started < 10
     assert "exited with status 3 while starting: stopping" in caplog.text
     assert not list((tmp_path / "state").glob(".workers-*"))
+
+
+def test_configuration_error_at_a_worker_start_exits_2(tmp_path, caplog):
+    def bad_key(cfg) -> int:
+        raise config.ConfigError("sign.keys[0].key_file", "cannot read /nonexistent")
+
+    caplog.set_level("INFO")
+    assert _supervisor(tmp_path, bad_key).run() == 2
+    assert "worker 0 exited with status 2 while starting: stopping" in caplog.text
 
 
 def test_workers_that_keep_dying_make_the_program_give_up(tmp_path, caplog, monkeypatch):
