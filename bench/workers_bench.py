@@ -14,13 +14,16 @@ For each worker count the proxy is started afresh, warmed up, then measured;
 the counts alternate over --rounds and each figure is the best of them (this
 machine is shared and noisy). Printed per count: messages per second, the
 ratio to the first count, the proxy's CPU per message (parent and workers,
-user+system) and the peak RSS (VmHWM) of each worker process and of the
-supervising parent.
+user+system), the cores the proxy used in the best run (CPU seconds per
+second: on an idle machine N workers can use up to N cores; on a shared one
+the scheduler may give the program less), and the peak RSS (VmHWM) of each
+worker process and of the supervising parent.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -144,7 +147,7 @@ def main() -> int:
     print(f"proxy workers benchmark: {MESSAGE_SIZE // 1024} KB messages, smtp-source -> proxy "
           f"(scanning on{', SpamAssassin rules' if args.spamassassin else ''}) -> smtp-sink, "
           f"concurrency {args.concurrency}, {args.messages} messages, best of {args.rounds} rounds")
-    print(f"{'workers':>7} {'msg/s':>8} {'ratio':>6} {'CPU ms/msg':>11} "
+    print(f"{'workers':>7} {'msg/s':>8} {'ratio':>6} {'CPU ms/msg':>11} {'cores used':>11} "
           f"{'RSS MB per worker (peak)':>25} {'parent RSS MB':>14}")
     base = max(r["rate"] for r in runs[counts[0]])
     for w in counts:
@@ -152,7 +155,11 @@ def main() -> int:
         rss = " ".join(f"{x:.1f}" for x in best["rss"])
         parent = f"{best['parent_rss']:.1f}" if best["parent_rss"] is not None else "-"
         print(f"{w:>7} {best['rate']:>8.0f} {best['rate'] / base:>6.2f} "
-              f"{statistics.median(r['cpu_ms'] for r in runs[w]):>11.2f} {rss:>25} {parent:>14}")
+              f"{statistics.median(r['cpu_ms'] for r in runs[w]):>11.2f} "
+              f"{best['rate'] * best['cpu_ms'] / 1000:>11.2f} {rss:>25} {parent:>14}")
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"load average at the end: {' '.join(load)} on {os.cpu_count()} CPUs (other "
+          "sessions' load takes cores the workers would use: see docs/operations.md)")
     return 0
 
 
