@@ -78,6 +78,30 @@ def _check_positive(obj: Any, path: str, *names: str) -> None:
             raise ConfigError(path + name, "must be greater than 0")
 
 
+# More worker processes than this is a typo, not a machine.
+MAX_WORKERS = 256
+
+
+def check_workers(value: int | str, key: str) -> None:
+    """``workers``: a count of 1..MAX_WORKERS, or "auto" (one per usable CPU)."""
+    if value == "auto":
+        return
+    if isinstance(value, str) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(key, f'expected a number of processes (1 to {MAX_WORKERS}) or "auto", '
+                               f"got {value!r}")
+
+
+def worker_count(value: int | str) -> int:
+    """The number of worker processes ``workers`` (checked) asks for."""
+    if value != "auto":
+        return int(value)
+    try:
+        usable = len(os.sched_getaffinity(0))  # the CPUs this process may run on
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return max(1, min(usable, MAX_WORKERS))
+
+
 def _check_choice(obj: Any, path: str, name: str, choices: tuple[str, ...]) -> None:
     if getattr(obj, name) not in choices:
         raise ConfigError(path + name, f"must be one of {', '.join(choices)}")
@@ -180,6 +204,12 @@ class ProxyConfig:
     # HOST:PORT for Prometheus metrics (GET /metrics); empty: off. Keep it on
     # loopback or a management network.
     metrics_listen: str = ""
+    # Worker processes serving every listener (the SMTP listeners, the
+    # controller, metrics_listen): one Python process uses one core. 1: one
+    # process, no supervisor; "auto": one per CPU. With more than one, a
+    # supervising parent binds the sockets, forks the workers and passes
+    # SIGHUP and SIGTERM on to them (docs/operations.md, "Worker processes").
+    workers: int | str = 1
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
 
     def check(self, path: str) -> None:
@@ -194,6 +224,7 @@ class ProxyConfig:
             raise ConfigError(path + "max_inflight_bytes",
                               f"must be at least max_message_size_bytes ({self.max_message_size_bytes})")
         _check_choice(self, path, "bare_newline", BARE_NEWLINE_ACTIONS)
+        check_workers(self.workers, path + "workers")
         if self.downstream_pool_size < 0:
             raise ConfigError(path + "downstream_pool_size", "must be 0 or more")
         if self.metrics_listen:
@@ -402,6 +433,9 @@ class PolicyConfig:
     # refusal, whitelisting) is kept this long in the store for the proxy's
     # history rows (smtpproxy/common/decisions.py); 0: not recorded.
     decisions_ttl_s: float = 3600.0
+    # Worker processes answering on listen (and metrics_listen): 1, a count
+    # or "auto" (one per CPU), as proxy.workers.
+    workers: int | str = 1
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     rate_limits: tuple[RateLimitRule, ...] = ()
 
@@ -417,6 +451,7 @@ class PolicyConfig:
         if not 0 <= mode <= 0o777:
             raise ConfigError(path + "socket_mode", f"expected an octal mode such as 0660, got {self.socket_mode!r}")
         _check_choice(self, path, "default_action", POLICY_DEFAULT_ACTIONS)
+        check_workers(self.workers, path + "workers")
         if self.metrics_listen:
             parse_hostport(self.metrics_listen, path + "metrics_listen")
         _check_positive(
@@ -1376,6 +1411,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    if tp == int | str:  # a count or a word ("auto"); check() says which words
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(key, f"expected an integer or a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug
 

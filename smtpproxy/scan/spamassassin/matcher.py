@@ -21,11 +21,15 @@ Compiling takes minutes for SpamAssassin's full rule set, so the databases
 are serialised to ``<state_dir>/spamassassin/hs-<key>.db``, ``key`` being a
 hash of the patterns and flags (so of the rule files' content): a restart
 or reload with unchanged rules loads them in milliseconds. A compile runs
-in a worker thread; until it is done the rules run with ``re`` alone.
+in a worker thread; until it is done the rules run with ``re`` alone. A lock
+file beside the cache makes several processes sharing it (proxy.workers)
+compile once: the first compiles, the others wait and load its result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -183,8 +187,8 @@ class Matcher:
 
     def _compile(self) -> None:
         global compile_count
-        with _compile_lock:
-            if self._load_cache():  # another build (a reload) finished meanwhile
+        with _compile_lock, self._cache_lock():
+            if self._load_cache():  # another build (a reload, a worker) finished meanwhile
                 return
             compile_count += 1
             self.compiled_here = True
@@ -240,6 +244,28 @@ class Matcher:
         if literal_patterns and _compiles(literal_patterns):
             return literal_patterns, f"{len(literal_patterns)} required literals"
         return [], ""
+
+    @contextlib.contextmanager
+    def _cache_lock(self):
+        """Held while compiling: of several worker processes (proxy.workers) one
+        compiles, the others wait for it and then load its databases from the cache."""
+        if not self.cache_path:
+            yield
+            return
+        try:
+            os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
+            fd = os.open(os.path.join(os.path.dirname(self.cache_path), ".compile.lock"),
+                         os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # compiling without the lock beats not compiling
+            logger.warning("spamassassin: no compile lock in %s: %s",
+                           os.path.dirname(self.cache_path), exc)
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _save(self, dbs: dict, refused: dict[str, str], names: dict[str, list[str]],
               substituted: dict[str, str]) -> None:
