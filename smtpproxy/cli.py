@@ -142,6 +142,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                     options = f"[{', '.join(s.options)}]" if s.options else ""
                     print(f"Symbol: {s.name} ({s.score:.2f}){options}")
                 print(flush=True)
+        resolver.close()
         if store is not None:
             await store.close()
         return status

@@ -375,6 +375,7 @@ class ProxyService:
         await self.controller.close()
         await self.history.close()
         self._close_pools()
+        self.resolver.close()
         if self._store is not None:
             await self._store.close()
 
