@@ -19,6 +19,7 @@ What each rule type reads, as SpamAssassin presents it:
   rawbody  the text parts decoded from their transfer encoding, not rendered
   full     the raw message
   uri      the message's URLs
+  eval     the ``eval:`` tests evals.py implements, on the same views
 
 A meta whose inputs include rules not run here (``eval:`` tests, network
 tests, ...) fires only if it fires both with all of those off and with all
@@ -43,6 +44,7 @@ from smtpproxy.common.config import Config
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.engine import ENGINE_SYMBOLS, SymbolDef
 from smtpproxy.scan.message import Message
+from smtpproxy.scan.spamassassin import evals
 from smtpproxy.scan.spamassassin import meta as meta_expr
 from smtpproxy.scan.spamassassin.matcher import KINDS, Matcher, count, narrow
 from smtpproxy.scan.spamassassin.rules import RuleSet, load_files, rule_files
@@ -208,8 +210,12 @@ class SpamAssassinCheck:
         self._patterns: dict[str, list] = {k: [] for k in KINDS}
         self.header_rules: dict[str, object] = {}
         self.exists_rules = []
+        self.eval_rules = []
         for name, rule in rs.rules.items():
             if rule.kind == "meta" or name not in run:
+                continue
+            if rule.kind == "eval":
+                self.eval_rules.append(rule)
                 continue
             if rule.exists:
                 self.exists_rules.append(rule)
@@ -284,6 +290,11 @@ class SpamAssassinCheck:
         for rule in self.exists_rules:
             if texts.header_values(rule.header):
                 hits[rule.name] = 1
+        if self.eval_rules:
+            ev = evals.EvalInput(msg, texts.header_values)
+            for rule in self.eval_rules:
+                if evals.run(ev, rule.text, rule.args):
+                    hits[rule.name] = 1
         # header: the fields each rule names, as one prefilter pass over all of them.
         targets = {}
         for rule in self.header_rules.values():
@@ -333,13 +344,16 @@ class SpamAssassinCheck:
             kinds[r.kind] += 1
         lines = [
             f"spamassassin: {len(rs.files)} rule files, {len(rs.rules)} rules loaded ("
-            + ", ".join(f"{k} {kinds[k]}" for k in ("header", "body", "rawbody", "full", "uri", "meta"))
+            + ", ".join(f"{k} {kinds[k]}" for k in ("header", "body", "rawbody", "full", "uri", "meta",
+                                                    "eval"))
             + f"), {len(self.defs)} scored symbols, {len(rs.skipped)} skipped, "
             f"{rs.inactive} in inactive if/ifplugin blocks",
             f"spamassassin: {len(self.partial_metas)} metas read rules not run here "
             "(they fire only when those could not change the outcome)",
             "spamassassin: skipped by reason: " + ", ".join(
                 f"{reason} {n}" for reason, n in rs.skip_reasons().most_common()),
+            "spamassassin: eval tests run by function: " + ", ".join(
+                f"{fn} {n}" for fn, n in rs.evals_run.most_common()),
             "spamassassin: eval tests skipped by function: " + ", ".join(
                 f"{fn} {n}" for fn, n in rs.evals.most_common()),
             "spamassassin: ignored directives: " + ", ".join(

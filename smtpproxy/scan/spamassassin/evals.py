@@ -1,0 +1,357 @@
+"""SpamAssassin ``eval:`` tests computed here, as SpamAssassin's plugins compute them.
+
+Each function reads one message through ``EvalInput`` (the parsed message
+model and the header views the header rules use; nothing is parsed again)
+and returns whether the test fires. The arguments are the rule's, as
+strings (``'undef'`` included, as SpamAssassin passes them). Ported from
+SpamAssassin 4.0's HeaderEval and MIMEEval plugins and Util's date parser,
+quirks included where a rule's hit rate depends on them. An ``eval:`` test
+not in ``EVALS`` stays skipped (rules.py counts it per function).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from collections.abc import Callable
+
+from smtpproxy.scan.message import Message
+
+# Util.pm's %TZ: the zone names its date parser knows (others count as -0000).
+TZ = {
+    "UT": "+0000", "UTC": "+0000", "NDT": "-0230", "AST": "-0400", "ADT": "-0300",
+    "NST": "-0330", "EST": "-0500", "EDT": "-0400", "CST": "-0600", "CDT": "-0500",
+    "MST": "-0700", "MDT": "-0600", "PST": "-0800", "PDT": "-0700", "HST": "-1000",
+    "AKST": "-0900", "AKDT": "-0800", "HADT": "-0900", "HAST": "-1000", "GMT": "+0000",
+    "BST": "+0100", "IST": "+0100", "WET": "+0000", "WEST": "+0100", "CET": "+0100",
+    "CEST": "+0200", "EET": "+0200", "EEST": "+0300", "MSK": "+0300", "MSD": "+0400",
+    "MET": "+0100", "MEZ": "+0100", "MEST": "+0200", "MESZ": "+0200", "BRST": "-0200",
+    "BRT": "-0300", "AEST": "+1000", "AEDT": "+1100", "ACST": "+0930", "ACDT": "+1030",
+    "AWST": "+0800", "NZST": "+1200", "NZDT": "+1300", "JST": "+0900", "KST": "+0900",
+    "HKT": "+0800", "SGT": "+0800", "PHT": "+0800", "IDT": "+0300",
+}
+FOLD_RE = re.compile(r"\r?\n\s+")
+MONTHS = "jan feb mar apr may jun jul aug sep oct nov dec".split()
+_MON = "(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+DATE_DMY_RE = re.compile(r" (\d+) " + _MON + r" (\d{4}) ", re.I | re.A)
+DATE_MDTY_RE = re.compile(r" " + _MON + r" +(\d+) \d+:\d+:\d+ (\d{4}) ", re.I | re.A)
+DATE_DMYY_RE = re.compile(r" (\d+) " + _MON + r" (\d{2,3}) ", re.I | re.A)
+TIME_RE = re.compile(r" (\d?\d):(\d\d)(:(\d\d))? ", re.A)
+NUMERIC_TZ_RE = re.compile(r" ([-+]\d{4}) ", re.A)
+NAMED_TZ_RE = re.compile(r"\b([A-Z]{2,4}(?:-DST)?)\b", re.A)
+# A date in a Received field, as HeaderEval finds it.
+RECEIVED_DATE_RE = re.compile(r"(\s.?\d+ \S\S\S \d+ \d+:\d+:\d+ \S+)", re.A)
+OUTLOOK_MSGID_RE = re.compile(r"<[0-9a-f]{4}([0-9a-f]{8})\$[0-9a-f]{8}\$[0-9a-f]{8}@")
+# Constants.pm's CHARSETS_LIKELY_TO_FP_AS_CAPS, in an encoded word.
+CAPS_FP_CHARSET_RE = re.compile(
+    r"=\?[-_a-z0-9]*(?:koi|jp|jis|euc|gb|big5|isoir|cp1251|windows-1251|georgianps|pt154|tis)"
+    r"[-_a-z0-9]*\?", re.I | re.A)
+SUBJECT_PREFIX_RE = re.compile(r"^(?:(?:Re|Fwd|Fw|Aw|Antwort|WG|SV|VB|VS|VL):\s*)+", re.I)
+NOT_LETTER_RE = re.compile(r"[^a-zA-Z]")
+# HeaderEval's _check_recipients constants ("best experimentally derived values").
+TOCC_SORTED_COUNT = 7
+TOCC_SIMILAR_COUNT = 5
+TOCC_SIMILAR_LENGTH = 2
+
+
+def parse_rfc822_date(text: str) -> int | None:
+    """Util.pm's parse_rfc822_date: seconds since the epoch, or None. Lenient the
+    same way: the first day-month-year anywhere, invalid fields forced into range."""
+    s = " " + text + " "
+    s = re.sub(r", *", " ", s)
+    s = re.sub(r"\s+", " ", s)
+    m = DATE_DMY_RE.search(s)
+    if m:
+        dd, mon, yyyy = m.group(1), m.group(2), m.group(3)
+    else:
+        m = DATE_MDTY_RE.search(s)
+        if m:
+            dd, mon, yyyy = m.group(2), m.group(1), m.group(3)
+        else:
+            m = DATE_DMYY_RE.search(s)
+            if not m:
+                return None
+            dd, mon, yyyy = m.group(1), m.group(2), m.group(3)
+    s = s[:m.start()] + " " + s[m.end():]
+    year = int(yyyy)
+    if len(yyyy) == 2 and year < 50:
+        year += 2000
+    elif len(yyyy) != 4:
+        year += 1900
+    hh = mm = ss = 0
+    m = TIME_RE.search(s)
+    if m:
+        hh, mm, ss = int(m.group(1)), int(m.group(2)), int(m.group(4) or 0)
+        s = s[:m.start()] + " " + s[m.end():]
+    tzoff = None
+    m = NUMERIC_TZ_RE.search(s)
+    if m:
+        tzoff = m.group(1)
+    else:
+        m = NAMED_TZ_RE.search(s)
+        if m:
+            tzoff = TZ.get(m.group(1))
+    tzoff = tzoff or "-0000"
+    month = MONTHS.index(mon.lower()) + 1
+    day = int(dd)
+    ss, mm, hh = min(ss, 59), min(mm, 59), min(hh, 23)
+    max_dd = 31
+    if month in (4, 6, 9, 11):
+        max_dd = 30
+    elif month == 2:
+        max_dd = 29 if calendar.isleap(year) else 28
+    if day > max_dd:
+        day = 1
+        month += 1
+        if month > 12:
+            month, year = 1, year + 1
+    year = min(max(year, 1970), 2037)
+    if day < 1:  # Time::Local croaks on day 0
+        return None
+    seconds = calendar.timegm((year, month, day, hh, mm, ss))
+    offset = (int(tzoff[1:3]) * 60 + int(tzoff[3:5])) * 60
+    if tzoff[0] == "-":
+        return seconds + offset
+    return 0 if seconds < offset else seconds - offset
+
+
+class EvalInput:
+    """One message as the eval tests read it; values they share are computed once."""
+
+    def __init__(self, msg: Message, header_values: Callable[[str], list[str]]):
+        self.msg = msg
+        self.header_values = header_values  # check.py's header view: "To:addr", "ToCc", ...
+        self._memo: dict[str, object] = {}
+
+    def fields(self, spec: str) -> list[str]:
+        """The values of ``spec``. Received is read raw and unfolded as SpamAssassin
+        unfolds (a line end and the white space after it become one space), so the
+        dates in it read as they do there; it carries no encoded words."""
+        if spec.lower() == "received":
+            return [FOLD_RE.sub(" ", v) for v in self.header_values("Received:raw")]
+        return self.header_values(spec)
+
+    def get(self, spec: str) -> str | None:
+        """SpamAssassin's $pms->get(spec, undef): the values joined by newlines, None if absent."""
+        values = self.fields(spec)
+        if not values:
+            return None
+        return "\n".join(values)
+
+    def text(self, spec: str) -> str:
+        """$pms->get(spec): "" when absent."""
+        return self.get(spec) or ""
+
+    def memo(self, key: str, compute: Callable[[], object]) -> object:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+
+def _undef_or(value: str) -> float | None:
+    return None if value == "undef" else float(value)
+
+
+# ---------------------------------------------------------------- dates (HeaderEval)
+
+def _date_header_time(ev: EvalInput) -> int | None:
+    for name in ("Resent-Date", "Date"):
+        for value in ev.fields(name):
+            if value:
+                parsed = parse_rfc822_date(value)
+                if parsed is not None:
+                    return parsed
+    return None
+
+
+def _received_times(ev: EvalInput) -> tuple[list[int], int | None]:
+    """HeaderEval's _get_received_header_times: the Received dates, top first, and
+    the time a fetchmail-style local hop gives (None)."""
+    received = [r for r in ev.fields("Received") if r.strip()]
+    if not received:
+        return [], None
+    local = []
+    if re.search(r"\bfrom (?:localhost\s|(?:\S+ ){1,2}\S*\b127\.0\.0\.1\b)", received[0]) \
+            or re.search(r"qmail \d+ invoked by uid \d+", received[0]):
+        local.append(received.pop(0))
+    if received and re.search(r"\bby localhost with \w+ \(fetchmail-[\d.]+", received[0]):
+        local.append(received.pop(0))
+    elif local:
+        received.insert(0, local.pop(0))
+    fetchmail = []
+    now = time.time()
+    for line in local:
+        m = RECEIVED_DATE_RE.search(line)
+        if m:
+            parsed = parse_rfc822_date(m.group(1))
+            if parsed is not None and now >= parsed:
+                fetchmail.append(parsed)
+    times = []
+    for line in received:
+        m = RECEIVED_DATE_RE.search(line)
+        if m:
+            parsed = parse_rfc822_date(m.group(1))
+            if parsed is not None:
+                times.append(parsed)
+    return times, (max(fetchmail) if fetchmail else None)
+
+
+def _date_diff(ev: EvalInput) -> int:
+    """Date: minus the closest Received date (0 when either is missing)."""
+    date = _date_header_time(ev)
+    if date is None:
+        return 0
+    times, _ = _received_times(ev)
+    if not times:
+        return 0
+    diffs = [date - t for t in times]
+    if len(diffs) > 1 and diffs[-1] == 0:  # the last Received without difference does not count
+        diffs.pop()
+    return min(diffs, key=abs)  # Perl's sort is stable: the first of equal distances
+
+
+def check_for_shifted_date(ev: EvalInput, low: str = "undef", high: str = "undef") -> bool:
+    diff = ev.memo("date_diff", lambda: _date_diff(ev))
+    lo, hi = _undef_or(low), _undef_or(high)
+    return (lo is None or diff >= 3600 * lo) and (hi is None or diff < 3600 * hi)  # type: ignore[operator]
+
+
+# ---------------------------------------------------------------- Message-ID (HeaderEval)
+
+def check_outlook_message_id(ev: EvalInput) -> bool:
+    """An Outlook-style Message-ID whose time token is far from both the Date
+    and the Received date (Outlook derives it from the sending time)."""
+    m = OUTLOOK_MSGID_RE.match(ev.text("MESSAGEID"))
+    if m is None:
+        return False
+    token = int(m.group(1), 16)
+    x, y, fudge = 0.0023283064365387, 27111902.8329849, 250
+    date = parse_rfc822_date(ev.text("Date")) or 0
+    if abs(token - int(date * x + y)) < fudge:
+        return False
+    # As written in HeaderEval, the whole Received text is parsed: its first date counts.
+    received = parse_rfc822_date(ev.text("Received")) or 0
+    return abs(token - int(received * x + y)) >= fudge
+
+
+def gated_through_received_hdr_remover(ev: EvalInput) -> bool:
+    """Mail through a list manager that drops Received fields (ezmlm, MSN groups)."""
+    listing = ev.get("Mailing-List")
+    if listing is not None and re.search(r"^contact \S+@\S+; run by ezmlm$", listing, re.M):
+        if re.search(r"^mailing list \S+@\S+", ev.text("Delivered-To"), re.M) and re.search(
+                r"qmail \d+ invoked (?:from network|by .{3,20})\); \d+ ... \d+", ev.text("Received")):
+            return True
+    received = ev.get("Received")
+    if received is None:
+        return True  # no Received fields: the tests reading them cannot run
+    return bool(re.search(r"from groups\.msn\.com \(\S+\.msn\.com ", received))
+
+
+def check_messageid_not_usable(ev: EvalInput) -> bool:
+    if re.search(r"<mailto:(?:leave-\S+|\S+-unsubscribe)@\S+>$", ev.text("List-Unsubscribe"), re.I):
+        return True
+    if gated_through_received_hdr_remover(ev):
+        return True
+    received = ev.text("Received")
+    return "/CWT/DCE)" in received or "iPlanet Messaging Server" in received
+
+
+# ---------------------------------------------------------------- recipients (HeaderEval)
+
+def _recipients(ev: EvalInput) -> tuple[bool, float]:
+    inputs: list[str] = []
+    for spec in ("ToCc:addr", "Bcc:addr"):
+        inputs += ev.header_values(spec)
+        if len(inputs) >= TOCC_SIMILAR_COUNT:
+            break
+    address: list[str] = []
+    previous = ""
+    for current in inputs:  # neighbouring duplicates go; Perl's loop ends at a false value
+        if current in ("", "0"):
+            break
+        if current.lower() != previous.lower():
+            address.append(current)
+            previous = current
+        if len(address) == 256:
+            break
+    is_sorted = len(address) >= TOCC_SORTED_COUNT and address == sorted(address)
+    similar = 0.0
+    if len(address) >= TOCC_SIMILAR_COUNT:
+        user = [a[:TOCC_SIMILAR_LENGTH] for a in address]
+        # A map over m/\@(.*)/ drops addresses without "@": the lists can shift, as in Perl.
+        fqhn = [m.group(1) for a in address if (m := re.search(r"@(.*)", a))]
+        host = [h[:TOCC_SIMILAR_LENGTH] for h in fqhn]
+        hits = combinations = 0
+        for i in range(len(address)):
+            for j in range(i + 1, len(address)):
+                hits += user[i] == user[j]
+                hi_, hj = (host[i] if i < len(host) else ""), (host[j] if j < len(host) else "")
+                fi, fj = (fqhn[i] if i < len(fqhn) else ""), (fqhn[j] if j < len(fqhn) else "")
+                hits += hi_ == hj and fi != fj
+                combinations += 1
+        similar = hits / combinations
+    return is_sorted, similar
+
+
+def sorted_recipients(ev: EvalInput) -> bool:
+    return ev.memo("recipients", lambda: _recipients(ev))[0]  # type: ignore[index]
+
+
+def similar_recipients(ev: EvalInput, low: str = "undef", high: str = "undef") -> bool:
+    similar = ev.memo("recipients", lambda: _recipients(ev))[1]  # type: ignore[index]
+    lo, hi = _undef_or(low), _undef_or(high)
+    return (lo is None or similar >= lo) and (hi is None or similar < hi)
+
+
+def check_for_missing_to_header(ev: EvalInput) -> bool:
+    # A field present but empty is not missing: SpamAssassin's value still holds its line end.
+    return ev.get("To") is None and ev.get("Apparently-To") is None
+
+
+def subject_is_all_caps(ev: EvalInput) -> bool:
+    subject = SUBJECT_PREFIX_RE.sub("", ev.text("Subject").strip())
+    if not re.search(r"\s", subject) or len(subject) < 10:  # one word, or short
+        return False
+    letters = NOT_LETTER_RE.sub("", subject)
+    if CAPS_FP_CHARSET_RE.search(ev.text("Subject:raw")):
+        return False
+    return bool(letters) and letters == letters.upper()
+
+
+# ---------------------------------------------------------------- MIME structure (MIMEEval)
+
+def _mime_counts(ev: EvalInput) -> tuple[int, int]:
+    """(text/html parts, other text/* parts), attachments included, as MIMEEval counts."""
+    html = sum(1 for p in ev.msg.parts if p.content_type == "text/html")
+    text = sum(1 for p in ev.msg.parts if p.content_type.startswith("text") and p.content_type != "text/html")
+    return html, text
+
+
+def check_for_mime_html(ev: EvalInput) -> bool:
+    if re.match(r"text/html", ev.text("Content-Type"), re.I):
+        return True
+    return ev.memo("mime_counts", lambda: _mime_counts(ev))[0] > 0  # type: ignore[index]
+
+
+def check_for_mime_html_only(ev: EvalInput) -> bool:
+    if re.match(r"text/html", ev.text("Content-Type"), re.I):
+        return True
+    html, text = ev.memo("mime_counts", lambda: _mime_counts(ev))  # type: ignore[misc]
+    return html > 0 and text == 0
+
+
+EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
+    check_for_shifted_date, check_outlook_message_id, gated_through_received_hdr_remover,
+    check_messageid_not_usable, sorted_recipients, similar_recipients,
+    check_for_missing_to_header, subject_is_all_caps, check_for_mime_html,
+    check_for_mime_html_only,
+)}
+
+
+def run(ev: EvalInput, fn: str, args: tuple[str, ...]) -> bool:
+    """One test; a message that trips the port (hostile input) makes it not fire."""
+    try:
+        return bool(EVALS[fn](ev, *args))
+    except (ValueError, TypeError, IndexError, OverflowError, RecursionError):
+        return False
