@@ -211,6 +211,8 @@ class SpamAssassinCheck:
         self.header_rules: dict[str, object] = {}
         self.exists_rules = []
         self.eval_rules = []
+        self.freemail = evals.Freemail(rs.freemail_domains, rs.freemail_wildcards,
+                                       rs.freemail_welcomelist)
         for name, rule in rs.rules.items():
             if rule.kind == "meta" or name not in run:
                 continue
@@ -291,7 +293,7 @@ class SpamAssassinCheck:
             if texts.header_values(rule.header):
                 hits[rule.name] = 1
         if self.eval_rules:
-            ev = evals.EvalInput(msg, texts.header_values)
+            ev = evals.EvalInput(msg, texts.header_values, self.freemail)
             for rule in self.eval_rules:
                 if evals.run(ev, rule.text, rule.args):
                     hits[rule.name] = 1

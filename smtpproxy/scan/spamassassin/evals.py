@@ -12,6 +12,7 @@ not in ``EVALS`` stays skipped (rules.py counts it per function).
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -116,12 +117,46 @@ def parse_rfc822_date(text: str) -> int | None:
     return 0 if seconds < offset else seconds - offset
 
 
+class Freemail:
+    """The FreeMail plugin's lists, from the rule files' freemail_domains lines."""
+
+    # FreeMail.pm's $email_welcomelist: role and machine addresses are never "freemail".
+    ROLE_RE = re.compile(
+        r"^(?:abuse|support|sales|info|helpdesk|contact|kontakt|(?:post|host|domain)master"
+        r"|undisclosed.*|request-[a-f0-9]{16}|bounced?-"
+        r"|[a-f0-9]{8}(?:\.[a-f0-9]{8}|-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12})"
+        r"|.+=.+=.+)@", re.I)
+
+    def __init__(self, domains: set[str], wildcards: set[str], welcomelist: set[str]):
+        self.domains = frozenset(domains)
+        self.welcomelist = frozenset(welcomelist)
+        self.wildcard_re = None
+        if wildcards:
+            alternatives = "|".join(sorted(
+                re.escape(w).replace("\\?", ".").replace("\\*", "[^.]*") for w in wildcards))
+            self.wildcard_re = re.compile(r"@(?:" + alternatives + r")$")
+
+    @property
+    def available(self) -> bool:
+        return bool(self.domains or self.wildcard_re)
+
+    def is_freemail(self, email: str) -> bool:
+        if not email or email in self.welcomelist:
+            return False
+        domain = email.rpartition("@")[2]
+        if domain in self.welcomelist or self.ROLE_RE.search(email):
+            return False
+        return domain in self.domains or bool(self.wildcard_re and self.wildcard_re.search(email))
+
+
 class EvalInput:
     """One message as the eval tests read it; values they share are computed once."""
 
-    def __init__(self, msg: Message, header_values: Callable[[str], list[str]]):
+    def __init__(self, msg: Message, header_values: Callable[[str], list[str]],
+                 freemail: Freemail | None = None):
         self.msg = msg
         self.header_values = header_values  # check.py's header view: "To:addr", "ToCc", ...
+        self.freemail = freemail
         self._memo: dict[str, object] = {}
 
     def fields(self, spec: str) -> list[str]:
@@ -341,11 +376,50 @@ def check_for_mime_html_only(ev: EvalInput) -> bool:
     return html > 0 and text == 0
 
 
+# ---------------------------------------------------------------- freemail (FreeMail)
+
+@functools.lru_cache(maxsize=64)
+def _regex(text: str) -> re.Pattern:
+    """A rule argument's regex (Perl's \\d, \\w are ASCII on these octets)."""
+    return re.compile(text, re.A)
+
+
+def check_freemail_header(ev: EvalInput, header: str = "", regex: str | None = None) -> bool:
+    """A freemail address in ``header`` (matching ``regex`` when given)."""
+    if ev.freemail is None or not ev.freemail.available or not header:
+        return False
+    pattern = _regex(regex) if regex is not None else None
+    for email in (a.lower() for a in ev.header_values(f"{header}:addr")):
+        if ev.freemail.is_freemail(email) and (pattern is None or pattern.search(email)):
+            return True
+    return False
+
+
+def _all_from_addrs(ev: EvalInput) -> list[str]:
+    """PerMsgStatus' all_from_addrs: Resent-From, else From and the envelope senders."""
+    addrs = ev.header_values("Resent-From:first:addr")
+    if not addrs:
+        addrs = [re.sub(r"\.+", ".", a) for spec in (
+            "From:addr", "Envelope-Sender:addr", "Resent-Sender:addr", "X-Envelope-From:addr",
+            "EnvelopeFrom:addr") for a in ev.header_values(spec) if a]
+    return list(dict.fromkeys(addrs))
+
+
+def check_freemail_from(ev: EvalInput, regex: str | None = None) -> bool:
+    if ev.freemail is None or not ev.freemail.available:
+        return False
+    pattern = _regex(regex) if regex is not None else None
+    for email in dict.fromkeys(a.lower() for a in _all_from_addrs(ev)):
+        if email and ev.freemail.is_freemail(email) and (pattern is None or pattern.search(email)):
+            return True
+    return False
+
+
 EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
     check_for_shifted_date, check_outlook_message_id, gated_through_received_hdr_remover,
     check_messageid_not_usable, sorted_recipients, similar_recipients,
     check_for_missing_to_header, subject_is_all_caps, check_for_mime_html,
-    check_for_mime_html_only,
+    check_for_mime_html_only, check_freemail_header, check_freemail_from,
 )}
 
 
@@ -353,5 +427,5 @@ def run(ev: EvalInput, fn: str, args: tuple[str, ...]) -> bool:
     """One test; a message that trips the port (hostile input) makes it not fire."""
     try:
         return bool(EVALS[fn](ev, *args))
-    except (ValueError, TypeError, IndexError, OverflowError, RecursionError):
+    except (ValueError, TypeError, IndexError, OverflowError, RecursionError, re.error):
         return False

@@ -101,6 +101,10 @@ class RuleSet:
     skipped: dict[str, str] = field(default_factory=dict)  # name -> reason
     evals: Counter = field(default_factory=Counter)  # eval function -> rules skipped
     evals_run: Counter = field(default_factory=Counter)  # eval function -> rules run (evals.py)
+    # The FreeMail plugin's lists (freemail_domains, freemail_welcomelist), lower-cased.
+    freemail_domains: set[str] = field(default_factory=set)
+    freemail_wildcards: set[str] = field(default_factory=set)  # with * or ?
+    freemail_welcomelist: set[str] = field(default_factory=set)
     ignored: Counter = field(default_factory=Counter)  # directive -> lines
     inactive: int = 0  # rule lines inside false if/ifplugin blocks
     files: list[str] = field(default_factory=list)
@@ -346,6 +350,24 @@ class _Parser:
             self.rs.priority[name] = int(rest.split()[0])
         except (IndexError, ValueError):
             self.rs.errors.append(f"{where}: priority {name}: not a number")
+
+    def d_freemail_domains(self, name: str, rest: str, where: str) -> None:
+        for word in f"{name} {rest}".split():
+            if re.search(r"[^a-zA-Z0-9.*?-]", word):  # as FreeMail.pm, which warns
+                self.rs.errors.append(f"{where}: freemail_domains: invalid {word!r}")
+            elif "*" in word or "?" in word:
+                self.rs.freemail_wildcards.add(word.lower())
+            else:
+                self.rs.freemail_domains.add(word.lower())
+
+    def d_freemail_welcomelist(self, name: str, rest: str, where: str) -> None:
+        for word in f"{name} {rest}".split():
+            if re.search(r"\w[.@]\w", word):
+                self.rs.freemail_welcomelist.add(word.lower())
+            else:
+                self.rs.errors.append(f"{where}: freemail_welcomelist: invalid {word!r}")
+
+    d_freemail_whitelist = d_freemail_welcomelist
 
     def _replace(self, kind: str, name: str, rest: str) -> None:
         self.replace[kind][name] = rest
