@@ -44,10 +44,11 @@ from smtpproxy.common.config import Config
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.engine import ENGINE_SYMBOLS, SymbolDef
 from smtpproxy.scan.message import Message
-from smtpproxy.scan.spamassassin import evals
+from smtpproxy.scan.spamassassin import evals, relays
 from smtpproxy.scan.spamassassin import meta as meta_expr
 from smtpproxy.scan.spamassassin.matcher import KINDS, Matcher, count, narrow
 from smtpproxy.scan.spamassassin.rules import RuleSet, load_files, rule_files
+from smtpproxy.transaction import ClientInfo
 
 logger = logging.getLogger("smtpproxy.scan")
 
@@ -57,6 +58,9 @@ DEFAULT_LOCAL_CF = "/etc/spamassassin/local.cf"
 # SpamAssassin's MAX_BODY_LINE_LENGTH: longer body lines are split at a space.
 MAX_LINE = 2048
 HEADER_MODIFIERS = {"raw", "addr", "name", "first", "last"}
+# SpamAssassin's trust-path pseudo-headers, built from the Received chain (relays.py).
+RELAY_HEADERS = ("x-spam-relays-trusted", "x-spam-relays-untrusted", "x-spam-relays-internal",
+                 "x-spam-relays-external")
 PARAGRAPH_RE = re.compile(r"\n+\s*\n+")
 SPACE_RE = re.compile(r"\s+")
 
@@ -261,10 +265,10 @@ class SpamAssassinCheck:
     async def run(self, ctx: CheckContext) -> list[Hit]:
         if not self.rules.rules:
             return []
-        return self.scan(ctx.message, ctx.mail_from)
+        return self.scan(ctx.message, ctx.mail_from, ctx.client)
 
-    def scan(self, msg: Message, mail_from: str = "") -> list[Hit]:
-        hits = self.match(msg, mail_from)
+    def scan(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None) -> list[Hit]:
+        hits = self.match(msg, mail_from, client)
         dirty: set[str] = set()
         todo = list(hits)
         while todo:
@@ -285,15 +289,15 @@ class SpamAssassinCheck:
                 out.append(Hit(m.name))
         return out
 
-    def match(self, msg: Message, mail_from: str = "") -> dict[str, int]:
+    def match(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None) -> dict[str, int]:
         """Regex and exists rules that hit: {name: hit count}."""
         hits: dict[str, int] = {}
-        texts = _Texts(msg, mail_from, self.max_bytes)
+        texts = _Texts(msg, mail_from, self.max_bytes, client)
         for rule in self.exists_rules:
             if texts.header_values(rule.header):
                 hits[rule.name] = 1
         if self.eval_rules:
-            ev = evals.EvalInput(msg, texts.header_values, self.freemail)
+            ev = evals.EvalInput(msg, texts.header_values, self.freemail, texts.relays)
             for rule in self.eval_rules:
                 if evals.run(ev, rule.text, rule.args):
                     hits[rule.name] = 1
@@ -368,12 +372,35 @@ class SpamAssassinCheck:
         return lines
 
 
+def client_relay(client: ClientInfo | None) -> relays.Relay | None:
+    """The connecting host as XFORWARD told it, as a relay (Postfix says "unknown"
+    for a name it could not verify: no rDNS, as in its Received field)."""
+    if client is None or client.ip is None:
+        return None
+    name = client.name or ""
+    if name.lower() == "unknown" or name.startswith("["):
+        name = ""
+    strip = relays.STRIP_RE.sub
+    return relays.Relay(ip=str(client.ip), rdns=strip("!", name.rstrip(".")), helo=strip("!", client.helo or ""),
+                        no_reverse_dns=not name)
+
+
 class _Texts:
     """What the rule types read from one message, built on first use."""
 
-    def __init__(self, msg: Message, mail_from: str, max_bytes: int):
+    def __init__(self, msg: Message, mail_from: str, max_bytes: int, client: ClientInfo | None = None):
         self.msg, self.mail_from, self.max_bytes = msg, mail_from, max_bytes
+        self.client = client
         self._raw_headers: dict[str, list[str]] | None = None
+        self._relays: relays.Relays | None = None
+
+    def relays(self) -> relays.Relays:
+        """The relay chain as SpamAssassin reads it (relays.py), built on first use."""
+        if self._relays is None:
+            originating = [v for h in relays.ORIGINATING_IP_HEADERS for v in self.msg.header_all(h)]
+            self._relays = relays.relays(self.raw_headers().get("received", []), originating,
+                                         client_relay(self.client))
+        return self._relays
 
     # headers
 
@@ -410,6 +437,8 @@ class _Texts:
             values = [self.mail_from] if self.mail_from else []
         elif lower == "tocc":
             values = self._field("to", raw) + self._field("cc", raw)
+        elif lower in RELAY_HEADERS:
+            values = [self.relays().header(lower)]
         elif name == "MESSAGEID":
             values = [v for h in ("x-message-id", "resent-message-id", "x-original-message-id",
                                   "message-id") for v in self._field(h, raw)]

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from smtpproxy.scan.message import Message
+from smtpproxy.scan.spamassassin import relays as relay_chain
 
 # Util.pm's %TZ: the zone names its date parser knows (others count as -0000).
 TZ = {
@@ -153,11 +154,21 @@ class EvalInput:
     """One message as the eval tests read it; values they share are computed once."""
 
     def __init__(self, msg: Message, header_values: Callable[[str], list[str]],
-                 freemail: Freemail | None = None):
+                 freemail: Freemail | None = None,
+                 relays: Callable[[], relay_chain.Relays] | None = None):
         self.msg = msg
         self.header_values = header_values  # check.py's header view: "To:addr", "ToCc", ...
         self.freemail = freemail
+        self._relays = relays
         self._memo: dict[str, object] = {}
+
+    @property
+    def relays(self) -> relay_chain.Relays:
+        """The relay chain (check.py builds it once per message for the header rules too)."""
+        if self._relays is None:
+            chain = relay_chain.relays(self.header_values("Received:raw"))
+            self._relays = lambda: chain
+        return self._relays()
 
     def fields(self, spec: str) -> list[str]:
         """The values of ``spec``. Received is read raw and unfolded as SpamAssassin
@@ -376,6 +387,83 @@ def check_for_mime_html_only(ev: EvalInput) -> bool:
     return html > 0 and text == 0
 
 
+# ---------------------------------------------------------------- relays (RelayEval)
+
+IPV4_RE = re.compile(r"^" + relay_chain._V4 + r"$")
+
+
+def check_all_trusted(ev: EvalInput) -> bool:
+    r = ev.relays
+    return bool(r.trusted) and not r.untrusted and not r.unparseable
+
+
+def check_no_relays(ev: EvalInput) -> bool:
+    r = ev.relays
+    return not r.trusted and not r.untrusted and not r.unparseable
+
+
+def check_relays_unparseable(ev: EvalInput) -> bool:
+    return ev.relays.unparseable > 0
+
+
+def helo_ip_mismatch(ev: EvalInput) -> bool:
+    """An untrusted relay that said HELO with a public IPv4 address outside its own /24."""
+    for relay in ev.relays.untrusted:
+        if not IPV4_RE.match(relay.helo) or relay_chain.is_private(relay.helo):
+            continue
+        m = re.match(r"(\d+\.\d+\.\d+\.)", relay.helo)
+        if IPV4_RE.match(relay.ip) and not relay.private and relay.helo != relay.ip \
+                and m and not relay.ip.startswith(m.group(1)):
+            return True
+    return False
+
+
+def check_for_numeric_helo(ev: EvalInput) -> bool:
+    untrusted = ev.relays.header("x-spam-relays-untrusted")
+    m = re.search(r"(?i)\bhelo=(" + relay_chain._V4 + r")(?=[\x00-\x20,;\[()<>]|\Z)", untrusted)
+    return bool(m) and not relay_chain.is_private(m.group(1))
+
+
+DOTCOM_HELO_RE = re.compile(r"(?:\.|^)(lycos\.com|lycos\.co\.uk|hotmail\.com|localhost\.com|excite\.com"
+                            r"|caramail\.com|cs\.com|aol\.com|msn\.com|yahoo\.com|drizzle\.com)$", re.I)
+
+
+def check_for_no_rdns_dotcom_helo(ev: EvalInput) -> bool:
+    """A big-dotcom HELO from a host without rDNS (RelayEval: the last public untrusted relay decides)."""
+    result = False
+    for relay in ev.relays.untrusted:
+        if relay.private:
+            continue
+        result = bool(DOTCOM_HELO_RE.search(relay.helo)) and relay.no_reverse_dns
+    return result
+
+
+def check_for_forged_yahoo_received_headers(ev: EvalInput) -> bool:
+    """From: a yahoo.com address, but Yahoo's servers did not hand the mail over."""
+    if not re.search(r"(?i)\byahoo\.com$", ev.text("From:addr")):
+        return False
+    rcvd = ev.text("Received")
+    if ev.text("Resent-From") and ev.text("Resent-To") and ev.text("X-Received"):
+        rcvd = ev.text("X-Received")
+    rcvd = re.sub(r"\s+", " ", rcvd)
+    if gated_through_received_hdr_remover(ev):
+        return False
+    chain = ev.relays
+    trusted, untrusted = chain.header("x-spam-relays-trusted"), chain.header("x-spam-relays-untrusted")
+    if re.search(r" rdns=\S+\.yahoo\.com ", trusted) or re.search(r"^[^\]]+ rdns=\S+\.yahoo\.com ", untrusted):
+        return False
+    for pattern in (r"by web\S+\.mail\S*\.yahoo\.com via HTTP", r"by sonic\S+\.consmr\.mail\S*\.yahoo\.com with HTTP",
+                    r"by smtp\S+\.yahoo\.com with SMTP",
+                    r"from \[" + relay_chain.IP + r"\] by \S+\.(?:groups|scd|dcn)\.yahoo\.com with NNFMP",
+                    r"by \w+\.\w+\.yahoo\.com \(\d+\.\d+\.\d+/\d+\.\d+\.\d+\)(?: with ESMTP)? id \w+"):
+        if re.search(pattern, rcvd):
+            return False
+    if re.search(r"\bmailer\d+\.bulk\.scd\.yahoo\.com\b", rcvd) and \
+            re.search(r"(?i)@reply\.yahoo\.com$", ev.text("From:addr")):
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- freemail (FreeMail)
 
 @functools.lru_cache(maxsize=64)
@@ -420,6 +508,8 @@ EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
     check_messageid_not_usable, sorted_recipients, similar_recipients,
     check_for_missing_to_header, subject_is_all_caps, check_for_mime_html,
     check_for_mime_html_only, check_freemail_header, check_freemail_from,
+    check_all_trusted, check_no_relays, check_relays_unparseable, helo_ip_mismatch,
+    check_for_numeric_helo, check_for_no_rdns_dotcom_helo, check_for_forged_yahoo_received_headers,
 )}
 
 

@@ -67,10 +67,9 @@ IF_CALL_RE = re.compile(r"\b(plugin|can)\s*\(\s*([\w:]+)\s*\)")
 EVAL_RE = re.compile(r"^eval:\s*(\w+)\s*(?:\((.*)\))?\s*$", re.S)
 # One argument of an eval call: 'quoted', "quoted" or bare (numbers, undef).
 EVAL_ARG_RE = re.compile(r"""\s*(?:'([^']*)'|"([^"]*)"|([^,\s]+))\s*(?:,|$)""")
-# Pseudo-headers built from SpamAssassin's trust path, which we do not compute.
-UNSUPPORTED_HEADERS = ("ALL-TRUSTED", "ALL-INTERNAL", "ALL-UNTRUSTED", "ALL-EXTERNAL",
-                       "X-Spam-Relays-Untrusted", "X-Spam-Relays-Trusted",
-                       "X-Spam-Relays-External", "X-Spam-Relays-Internal")
+# Pseudo-headers of SpamAssassin's trust path we do not compute (the header
+# fields each part of the chain added); the X-Spam-Relays-* ones are (relays.py).
+UNSUPPORTED_HEADERS = ("ALL-TRUSTED", "ALL-INTERNAL", "ALL-UNTRUSTED", "ALL-EXTERNAL")
 MAX_INCLUDE_DEPTH = 10
 
 
