@@ -216,7 +216,7 @@ class SpamAssassinCheck:
         self.exists_rules = []
         self.eval_rules = []
         self.freemail = evals.Freemail(rs.freemail_domains, rs.freemail_wildcards,
-                                       rs.freemail_welcomelist)
+                                       rs.freemail_welcomelist, rs.valid_tlds)
         for name, rule in rs.rules.items():
             if rule.kind == "meta" or name not in run:
                 continue
@@ -297,7 +297,8 @@ class SpamAssassinCheck:
             if texts.header_values(rule.header):
                 hits[rule.name] = 1
         if self.eval_rules:
-            ev = evals.EvalInput(msg, texts.header_values, self.freemail, texts.relays)
+            ev = evals.EvalInput(msg, texts.header_values, self.freemail, texts.relays,
+                                 lambda: [line.decode("utf-8", "replace") for line in texts.body_lines()])
             for rule in self.eval_rules:
                 if evals.run(ev, rule.text, rule.args):
                     hits[rule.name] = 1

@@ -128,7 +128,26 @@ class Freemail:
         r"|[a-f0-9]{8}(?:\.[a-f0-9]{8}|-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12})"
         r"|.+=.+=.+)@", re.I)
 
-    def __init__(self, domains: set[str], wildcards: set[str], welcomelist: set[str]):
+    # FreeMail.pm's email_regex, its valid-TLD ending checked apart (tld_ok).
+    EMAIL_RE = re.compile(
+        r"(?=.{0,64}@)(?<![a-z0-9!#$%&'*+/=?^_`{|}~-])([a-z0-9!#$%&'*+/=?^_`{|}~-]+"
+        r"(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*@(?:[a-z0-9](?:[a-z0-9-]{0,59}[a-z0-9])?\.){1,4}"
+        r"([a-z0-9-]+))(?![a-z0-9-]|\.[a-z0-9])", re.I | re.A)
+    # Body addresses that are not someone to write to: in a URL, or a header-like "x@y>" / "x@y word:".
+    BODY_URL_RE = re.compile(r"(?i)<?https?://\S{0,255}(?:@|%40)\S{0,255}")
+    # skip_replyto_envfrom: bulk and bounce senders, whose Reply-To is not a sign.
+    BULK_ENVFROM_RE = re.compile(
+        r"(?:^(?:post|host|domain)master|^double-bounce|^(?:sentto|owner|return|(?:gr)?bounced?)-.+"
+        r"|-(?:request|bounces?|admin|owner)|\b(?:do[._-t]?)?no[._-t]?repl(?:y|ies)|.+=.+)@", re.I)
+    HEADERLIKE_RE = re.compile(r"<?(?<!mailto:)" + EMAIL_RE.pattern + r"(?:>|\s{1,10}(?!(?:fa(?:x|csi)|tel"
+                               r"|phone|e?-?mail))[a-z]{2,11}:)", re.I | re.A)
+    MAILTO_RE = re.compile(r"""(?i)<a\s[^>]*?\bhref\s*=\s*["']?\s*mailto:([^"'\s>?]+)""")
+    MAX_BODY_EMAILS = 5  # freemail_max_body_emails
+    MAX_BODY_FREEMAILS = 3  # freemail_max_body_freemails
+
+    def __init__(self, domains: set[str], wildcards: set[str], welcomelist: set[str],
+                 valid_tlds: set[str] = frozenset()):  # type: ignore[assignment]
+        self.valid_tlds = frozenset(valid_tlds)
         self.domains = frozenset(domains)
         self.welcomelist = frozenset(welcomelist)
         self.wildcard_re = None
@@ -155,8 +174,11 @@ class EvalInput:
 
     def __init__(self, msg: Message, header_values: Callable[[str], list[str]],
                  freemail: Freemail | None = None,
-                 relays: Callable[[], relay_chain.Relays] | None = None):
+                 relays: Callable[[], relay_chain.Relays] | None = None,
+                 body_lines: Callable[[], list[str]] | None = None):
         self.msg = msg
+        # The body as the body rules read it (Subject first, HTML rendered), as text.
+        self.body_lines = body_lines or (lambda: [msg.subject, *msg.text_parts, *msg.html_texts])
         self.header_values = header_values  # check.py's header view: "To:addr", "ToCc", ...
         self.freemail = freemail
         self._relays = relays
@@ -483,6 +505,73 @@ def check_freemail_header(ev: EvalInput, header: str = "", regex: str | None = N
     return False
 
 
+def _body_freemails(ev: EvalInput, body_lines: list[str]) -> set[str] | None:
+    """FreeMail's _parse_body: the freemail addresses written in the body (mailto:
+    links, then the text); None when there are so many that the body is not used."""
+    fm = ev.freemail
+    assert fm is not None
+    found: list[str] = []
+    for html in ev.msg.html_parts:
+        for m in fm.MAILTO_RE.finditer(html):
+            email = m.group(1).lower()
+            e = fm.EMAIL_RE.match(email)
+            if e and e.group(2).lower() in fm.valid_tlds and email not in found:
+                found.append(email)
+                if len(found) >= 20:
+                    break
+    for line in body_lines:
+        if len(found) >= 40:
+            break
+        line = fm.BODY_URL_RE.sub(" ", line)
+        line = fm.HEADERLIKE_RE.sub(" ", line)
+        for m in fm.EMAIL_RE.finditer(line):
+            if m.group(2).lower() not in fm.valid_tlds:
+                continue
+            email = m.group(1).lower()
+            if email not in found:
+                found.append(email)
+                if len(found) >= 40:
+                    break
+    emails: set[str] = set()
+    freemails = 0
+    for count, email in enumerate(found, 1):
+        if count == fm.MAX_BODY_EMAILS:
+            return None
+        if fm.is_freemail(email):
+            freemails += 1
+            if freemails == fm.MAX_BODY_FREEMAILS:
+                return None
+            emails.add(email)
+    return emails
+
+
+def check_freemail_replyto(ev: EvalInput, what: str = "replyto") -> bool:
+    """Reply-To (or, for "reply", From) a freemail address other than From's, or
+    other than a freemail address the body asks to write to."""
+    fm = ev.freemail
+    if fm is None or not fm.available or what not in ("replyto", "reply"):
+        return False
+    envfrom = ev.header_values("EnvelopeFrom")
+    if envfrom and fm.BULK_ENVFROM_RE.search(envfrom[0]):
+        return False
+    from_addrs = [a.lower() for a in ev.header_values("From:addr")]
+    replyto_addrs = [a.lower() for a in ev.header_values("Reply-To:addr")]
+    from_is_fm = any(fm.is_freemail(a) for a in from_addrs)
+    replyto_is_fm = any(fm.is_freemail(a) for a in replyto_addrs)
+    from_not_in_replyto = not any(a in replyto_addrs for a in from_addrs)
+    if from_is_fm and replyto_is_fm and from_not_in_replyto:
+        return True
+    if what == "replyto" and not replyto_is_fm:
+        return False
+    if what == "reply" and ((replyto_addrs and not replyto_is_fm) or not from_is_fm):
+        return False
+    body = ev.memo("body_freemails", lambda: _body_freemails(ev, ev.body_lines()))
+    if not body:
+        return False
+    reply_addrs = replyto_addrs if what == "replyto" or replyto_is_fm else from_addrs
+    return any(b != r for b in body for r in reply_addrs)  # type: ignore[union-attr]
+
+
 def _all_from_addrs(ev: EvalInput) -> list[str]:
     """PerMsgStatus' all_from_addrs: Resent-From, else From and the envelope senders."""
     addrs = ev.header_values("Resent-From:first:addr")
@@ -507,7 +596,7 @@ EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
     check_for_shifted_date, check_outlook_message_id, gated_through_received_hdr_remover,
     check_messageid_not_usable, sorted_recipients, similar_recipients,
     check_for_missing_to_header, subject_is_all_caps, check_for_mime_html,
-    check_for_mime_html_only, check_freemail_header, check_freemail_from,
+    check_for_mime_html_only, check_freemail_header, check_freemail_from, check_freemail_replyto,
     check_all_trusted, check_no_relays, check_relays_unparseable, helo_ip_mismatch,
     check_for_numeric_helo, check_for_no_rdns_dotcom_helo, check_for_forged_yahoo_received_headers,
 )}

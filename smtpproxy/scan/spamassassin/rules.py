@@ -104,6 +104,7 @@ class RuleSet:
     freemail_domains: set[str] = field(default_factory=set)
     freemail_wildcards: set[str] = field(default_factory=set)  # with * or ?
     freemail_welcomelist: set[str] = field(default_factory=set)
+    valid_tlds: set[str] = field(default_factory=set)  # util_rb_tld (RegistryBoundaries)
     ignored: Counter = field(default_factory=Counter)  # directive -> lines
     inactive: int = 0  # rule lines inside false if/ifplugin blocks
     files: list[str] = field(default_factory=list)
@@ -367,6 +368,9 @@ class _Parser:
                 self.rs.errors.append(f"{where}: freemail_welcomelist: invalid {word!r}")
 
     d_freemail_whitelist = d_freemail_welcomelist
+
+    def d_util_rb_tld(self, name: str, rest: str, where: str) -> None:
+        self.rs.valid_tlds.update(w.lower() for w in f"{name} {rest}".split())
 
     def _replace(self, kind: str, name: str, rest: str) -> None:
         self.replace[kind][name] = rest
