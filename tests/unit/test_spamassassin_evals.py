@@ -10,11 +10,13 @@ import pytest
 
 from smtpproxy.common import config
 from smtpproxy.scan.message import parse
-from smtpproxy.scan.spamassassin import evals
+from smtpproxy.scan.spamassassin import evals, relays
 from smtpproxy.scan.spamassassin.check import SpamAssassinCheck, _Texts
 from smtpproxy.scan.spamassassin.rules import load_text
+from smtpproxy.transaction import ClientInfo
 
-FREEMAIL = evals.Freemail({"gmail.com", "yahoo.com"}, {"mail*.example"}, {"friend@yahoo.com"})
+FREEMAIL = evals.Freemail({"gmail.com", "yahoo.com"}, {"mail*.example"}, {"friend@yahoo.com"},
+                          {"com", "org", "net", "example"})
 
 
 def message(headers: str, body: str = "hello\n", mail_from: str = "") -> evals.EvalInput:
@@ -204,3 +206,119 @@ def test_hostile_values_do_not_raise():
                      ("similar_recipients", ("0", "undef")), ("sorted_recipients", ())):
         assert run(ev, fn, *args) in (True, False)
     assert not run(ev, "check_freemail_header", "To", "(unbalanced")
+
+
+# ------------------------------------------------------------------ relays (Received chain)
+
+POSTFIX = ("from mail.example.org (mail.example.org [203.0.113.5]) by mx.example.net (Postfix) "
+           "with ESMTP id 4F2A1C; Thu, 19 Sep 2002 10:00:00 +0000 (UTC)")
+POSTFIX_NO_RDNS = ("from yahoo.com (unknown [198.51.100.7]) by mx.example.net (Postfix) with SMTP "
+                   "id 99ZZ; Thu, 19 Sep 2002 10:00:00 +0000")
+LOCAL = ("from localhost (localhost [127.0.0.1]) by mx.example.net (Postfix) with ESMTP id 1AB; "
+         "Thu, 19 Sep 2002 10:00:05 +0000")  # ids under 3 characters are not kept
+
+
+def test_received_fields_parse_as_spamassassin_parses_them():
+    r = relays.parse_received(POSTFIX)
+    assert isinstance(r, relays.Relay)
+    assert (r.ip, r.rdns, r.helo, r.by, r.id) == ("203.0.113.5", "mail.example.org", "mail.example.org",
+                                                  "mx.example.net", "4F2A1C")
+    r = relays.parse_received(POSTFIX_NO_RDNS)
+    assert (r.ip, r.rdns, r.helo, r.no_reverse_dns) == ("198.51.100.7", "", "yahoo.com", True)
+    sendmail = ("from pc1 (IDENT:joe@dsl.example.com [198.51.100.9]) by relay.example.org "
+                "(8.11.6/8.11.6) with ESMTP id g8J2EHC32519; Thu, 19 Sep 2002 03:14:18 +0100")
+    r = relays.parse_received(sendmail)
+    assert (r.ip, r.rdns, r.helo, r.ident, r.by) == ("198.51.100.9", "dsl.example.com", "pc1", "joe",
+                                                     "relay.example.org")
+    exim = ("from [61.174.163.26] (helo=host) by list.example.net with smtp (Exim 3.31 #1 (Debian)) "
+            "id 18t2z0-0001NX-00 for <x@example.net>; Wed, 12 Mar 2003 01:57:10 -0800")
+    r = relays.parse_received(exim)
+    assert (r.ip, r.helo, r.by, r.id) == ("61.174.163.26", "host", "list.example.net", "18t2z0-0001NX-00")
+    assert relays.parse_received("from x.example.org (x.example.org [192.0.2.8]) by y.example.org "
+                                 "with ESMTPSA id 1; Thu, 19 Sep 2002 10:00:00 +0000").auth == "ESMTPSA"
+    # Not a handover between hosts; not parseable; a mail fetcher.
+    assert relays.parse_received("(qmail 27981 invoked by uid 225); 14 Mar 2003 07:24:34 -0000") == relays.SKIP
+    assert relays.parse_received("from somewhere over the rainbow") is None
+    assert relays.parse_received("from pop.example.com [192.0.2.1] by localhost with POP3 "
+                                 "(fetchmail-5.9.0) for x@localhost") == relays.FETCHER
+
+
+def test_trust_ends_at_the_first_public_relay():
+    chain = relays.relays([LOCAL, POSTFIX, POSTFIX_NO_RDNS, "from nowhere at all"],
+                          originating=["[192.0.2.77]"])
+    assert [r.ip for r in chain.trusted] == ["127.0.0.1"] == [r.ip for r in chain.internal]
+    assert [r.ip for r in chain.untrusted] == ["203.0.113.5", "198.51.100.7", "192.0.2.77"]
+    assert chain.unparseable == 1
+    assert chain.header("X-Spam-Relays-Untrusted").startswith(
+        "[ ip=203.0.113.5 rdns=mail.example.org helo=mail.example.org by=mx.example.net ident= "
+        "envfrom= intl=0 id=4F2A1C auth= msa=0 ] [ ip=198.51.100.7 rdns= helo=yahoo.com")
+    assert chain.header("X-Spam-Relays-Trusted").endswith(" intl=1 id=1AB auth= msa=0 ]")
+    # An authenticated submission extends trust past a public address.
+    auth = "from pc (pc.example.org [192.0.2.8]) by smtp.example.org with ESMTPSA id 7; Thu, 19 Sep 2002"
+    assert [r.ip for r in relays.relays([auth, POSTFIX]).trusted] == ["192.0.2.8"]
+
+
+def test_the_xforward_client_comes_first_unless_a_field_names_it():
+    client = relays.Relay(ip="198.51.100.20", rdns="", helo="mx.example.com", no_reverse_dns=True)
+    chain = relays.relays([POSTFIX], client=client)
+    assert [r.ip for r in chain.untrusted] == ["198.51.100.20", "203.0.113.5"]
+    postfix_added = relays.Relay(ip="203.0.113.5", rdns="mail.example.org", helo="mail.example.org")
+    assert [r.ip for r in relays.relays([POSTFIX], client=postfix_added).untrusted] == ["203.0.113.5"]
+
+
+def test_relay_evals():
+    assert run(message(f"Received: {LOCAL}\n"), "check_all_trusted")
+    assert not run(message(f"Received: {LOCAL}\nReceived: {POSTFIX}\n"), "check_all_trusted")
+    assert run(message("Subject: x\n"), "check_no_relays")
+    assert run(message("Received: from somewhere over the rainbow\n"), "check_relays_unparseable")
+    # A big-dotcom HELO from a host the MTA found no rDNS for.
+    assert run(message(f"Received: {POSTFIX_NO_RDNS}\n"), "check_for_no_rdns_dotcom_helo")
+    assert not run(message(f"Received: {POSTFIX}\n"), "check_for_no_rdns_dotcom_helo")
+    numeric = "Received: from 203.0.113.99 (unknown [198.51.100.7]) by mx (Postfix) with SMTP id 9\n"
+    assert run(message(numeric), "helo_ip_mismatch") and run(message(numeric), "check_for_numeric_helo")
+    same = "Received: from 198.51.100.8 (unknown [198.51.100.7]) by mx (Postfix) with SMTP id 9\n"
+    assert not run(message(same), "helo_ip_mismatch") and run(message(same), "check_for_numeric_helo")
+    assert not run(message(f"Received: {POSTFIX}\n"), "helo_ip_mismatch")
+
+
+def test_forged_yahoo_received():
+    forged = message(f"From: joe@yahoo.com\nReceived: {POSTFIX}\n")
+    assert run(forged, "check_for_forged_yahoo_received_headers")
+    real = message("From: joe@yahoo.com\nReceived: from web12.mail.yahoo.com (web12.mail.yahoo.com "
+                   "[216.136.173.5]) by mx.example.net (Postfix) with SMTP id 7; Thu, 19 Sep 2002\n")
+    assert not run(real, "check_for_forged_yahoo_received_headers")  # Yahoo's rDNS handed it over
+    assert not run(message(f"From: joe@example.org\nReceived: {POSTFIX}\n"),
+                   "check_for_forged_yahoo_received_headers")
+
+
+def test_freemail_replyto():
+    both = "From: joe@gmail.com\nReply-To: jane@yahoo.com\n"
+    assert run(message(both), "check_freemail_replyto", "replyto")
+    assert not run(message("From: joe@gmail.com\nReply-To: joe@gmail.com\n"), "check_freemail_replyto",
+                   "replyto")
+    # A freemail Reply-To other than the freemail address the body gives.
+    body = "Write to winner77@gmail.com today.\n"
+    assert run(message("From: a@example.org\nReply-To: jane@yahoo.com\n", body), "check_freemail_replyto",
+               "replyto")
+    assert not run(message("From: a@example.org\nReply-To: jane@yahoo.com\n"), "check_freemail_replyto",
+                   "replyto")
+    # From a bulk or bounce envelope sender: not a sign.
+    assert not run(message(both, mail_from="bounce-123@lists.example.org"), "check_freemail_replyto", "replyto")
+    # "reply": no Reply-To, From freemail, the body asks to write elsewhere.
+    assert run(message("From: joe@gmail.com\n", body), "check_freemail_replyto", "reply")
+
+
+def test_relay_header_rules_see_the_xforward_client(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_local.cf").write_text("header LOCAL_RDNS_NONE X-Spam-Relays-Untrusted =~ /^[^\\]]+ rdns= /\n"
+                                       "score LOCAL_RDNS_NONE 1.0\n")
+    cfg = config.load(None, {"state_dir": str(tmp_path / "state"), "scan.spamassassin.enabled": True,
+                             "scan.spamassassin.rules_dirs": [str(rules)],
+                             "scan.spamassassin.local_cf": str(tmp_path / "none.cf")})
+    check = SpamAssassinCheck(cfg, use_hyperscan=False)
+    msg = parse(b"From: a@example.org\nSubject: hi\n\nhello\n")
+    unknown = ClientInfo(name="unknown", addr="198.51.100.7", helo="pc")
+    assert {h.symbol for h in check.scan(msg, "", unknown)} == {"LOCAL_RDNS_NONE"}
+    named = ClientInfo(name="mail.example.org", addr="203.0.113.5", helo="mail.example.org")
+    assert check.scan(msg, "", named) == []
