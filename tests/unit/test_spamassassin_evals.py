@@ -10,7 +10,7 @@ import pytest
 
 from smtpproxy.common import config
 from smtpproxy.scan.message import parse
-from smtpproxy.scan.spamassassin import evals, relays
+from smtpproxy.scan.spamassassin import evals, evals_html, relays
 from smtpproxy.scan.spamassassin.check import SpamAssassinCheck, _Texts
 from smtpproxy.scan.spamassassin.rules import load_text
 from smtpproxy.transaction import ClientInfo
@@ -322,3 +322,36 @@ def test_relay_header_rules_see_the_xforward_client(tmp_path):
     assert {h.symbol for h in check.scan(msg, "", unknown)} == {"LOCAL_RDNS_NONE"}
     named = ClientInfo(name="mail.example.org", addr="203.0.113.5", helo="mail.example.org")
     assert check.scan(msg, "", named) == []
+
+
+# ------------------------------------------------------------------ HTML statistics
+
+HTML = ('<!DOCTYPE html><html><head><title>Cheap meds</title><style>p {x: "<b>"}</style></head>'
+        '<body><!-- saved from url=(0022)http://x.example/ --><a href="http://x.example/">'
+        '<img src="cid:1"></a> hi</b></body></html>')
+
+
+def test_html_statistics_as_spamassassins_parser_records_them():
+    st = evals_html.html_stats(HTML)
+    assert {"html", "head", "title", "style", "body", "a", "img", "!doctype"} <= set(st.inside)
+    assert "b" in st.inside and st.closed_extra == 1  # a close without an open
+    assert "p" not in st.inside  # style content is not markup
+    assert st.anchor == ["<img>\n"] and st.title == ["Cheap meds"]
+    assert st.comment == ["<!-- saved from url=(0022)http://x.example/ -->"]
+    assert st.length == len(HTML)
+
+
+def test_html_evals():
+    html = message("Content-Type: text/html\n", HTML)
+    plain = message("Subject: x\n", "<img> is not markup here\n")
+    assert run(html, "html_test", "html") and not run(plain, "html_test", "html")
+    assert run(html, "html_tag_exists", "style") and not run(html, "html_tag_exists", "center")
+    assert run(html, "html_image_only", "0100", "0400") and not run(html, "html_image_only", "0400", "0800")
+    assert run(html, "html_range", "length", "0", "1024") and not run(html, "html_range", "length", "1024", "inf")
+    assert run(html, "html_text_match", "anchor", "<img>")
+    assert run(html, "html_text_match", "comment", r"<!-- saved from url=\(\d{4}\)")
+    assert not run(html, "html_text_match", "title", ".{120}")
+    # Statistics not computed here keep their rules skipped.
+    assert evals.supported("html_range", ("length", "0", "1")) and not evals.supported(
+        "html_range", ("obfuscation_ratio", ".05", ".1"))
+    assert not evals.supported("html_test", ("font_low_contrast",))

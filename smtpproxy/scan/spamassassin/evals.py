@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from smtpproxy.scan.message import Message
 from smtpproxy.scan.spamassassin import relays as relay_chain
+from smtpproxy.scan.spamassassin.evals_html import HtmlStats, html_stats
 
 # Util.pm's %TZ: the zone names its date parser knows (others count as -0000).
 TZ = {
@@ -603,6 +604,65 @@ def check_freemail_from(ev: EvalInput, regex: str | None = None) -> bool:
     return False
 
 
+# ---------------------------------------------------------------- HTML (HTMLEval)
+
+# The statistics evals_html.py computes (the others' tests stay skipped).
+HTML_TESTS = {"html"}
+HTML_RANGES = {"length", "closed_extra_ratio"}
+HTML_TEXTS = {"anchor", "comment", "title"}
+
+
+def _html(ev: EvalInput) -> list[HtmlStats]:
+    """One HtmlStats per HTML part SpamAssassin renders (a non-empty text/html part)."""
+    return ev.memo("html", lambda: [html_stats(h) for h in ev.msg.html_parts if h])  # type: ignore[return-value]
+
+
+def html_test(ev: EvalInput, test: str) -> bool:
+    return test == "html" and bool(_html(ev))  # HTML_MESSAGE: there is HTML
+
+
+def html_tag_exists(ev: EvalInput, tag: str) -> bool:
+    return any(tag in st.inside for st in _html(ev))
+
+
+def html_image_only(ev: EvalInput, low: str, high: str) -> bool:
+    """An image, and the HTML's length in (low, high]."""
+    lo, hi = float(low), float(high)
+    return any("img" in st.inside and lo < st.length <= hi for st in _html(ev))
+
+
+def html_range(ev: EvalInput, test: str, low: str, high: str = "inf") -> bool:
+    lo = float(low)
+    for st in _html(ev):
+        value = getattr(st, test)
+        if value is None:
+            continue
+        if high == "inf":
+            if value > lo:
+                return True
+        elif lo < value <= float(high):
+            return True
+    return False
+
+
+def html_text_match(ev: EvalInput, what: str, regex: str) -> bool:
+    pattern = _regex(regex)
+    return any(pattern.search(text) for st in _html(ev) for text in getattr(st, what))
+
+
+def supported(fn: str, args: tuple[str, ...]) -> bool:
+    """Whether ``fn(*args)`` is computed here (some functions only for some arguments)."""
+    if fn not in EVALS:
+        return False
+    if fn == "html_test":
+        return bool(args) and args[0] in HTML_TESTS
+    if fn == "html_range":
+        return len(args) >= 2 and args[0] in HTML_RANGES
+    if fn == "html_text_match":
+        return len(args) == 2 and args[0] in HTML_TEXTS
+    return True
+
+
 EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
     check_for_shifted_date, check_outlook_message_id, gated_through_received_hdr_remover,
     check_messageid_not_usable, sorted_recipients, similar_recipients,
@@ -610,6 +670,7 @@ EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
     check_for_mime_html_only, check_freemail_header, check_freemail_from, check_freemail_replyto,
     check_all_trusted, check_no_relays, check_relays_unparseable, helo_ip_mismatch,
     check_for_numeric_helo, check_for_no_rdns_dotcom_helo, check_for_forged_yahoo_received_headers,
+    html_test, html_tag_exists, html_image_only, html_range, html_text_match,
 )}
 
 

@@ -29,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from smtpproxy.scan.spamassassin import meta as meta_expr
-from smtpproxy.scan.spamassassin.evals import EVALS
+from smtpproxy.scan.spamassassin.evals import supported as eval_supported
 from smtpproxy.scan.spamassassin.regex import Translated, Untranslatable, split_match_op, translate
 
 # The SpamAssassin version whose rules we claim to run, for "if (version >= ...)".
@@ -260,7 +260,7 @@ class _Parser:
         m = EVAL_RE.match(rest)
         fn = m.group(1) if m else rest[5:].split("(")[0].strip()
         args = _eval_args(m.group(2)) if m and m.group(2) is not None else ()
-        if fn in EVALS and args is not None:
+        if args is not None and eval_supported(fn, args):
             self.rs.evals_run[fn] += 1
             self.define(Rule(name, "eval", where, text=fn, args=args))
             return True
