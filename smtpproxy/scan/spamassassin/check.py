@@ -61,6 +61,7 @@ HEADER_MODIFIERS = {"raw", "addr", "name", "first", "last"}
 # SpamAssassin's trust-path pseudo-headers, built from the Received chain (relays.py).
 RELAY_HEADERS = ("x-spam-relays-trusted", "x-spam-relays-untrusted", "x-spam-relays-internal",
                  "x-spam-relays-external")
+NO_NEWLINE_HEADERS = (*RELAY_HEADERS, "envelopefrom")
 PARAGRAPH_RE = re.compile(r"\n+\s*\n+")
 SPACE_RE = re.compile(r"\s+")
 
@@ -464,6 +465,11 @@ class _Texts:
         values = self.header_values(spec)
         if not values:
             return (if_unset or "").encode("utf-8", "replace")
+        name, *mods = spec.split(":")
+        if "addr" in mods or "name" in mods or name.lower() in NO_NEWLINE_HEADERS:
+            # SpamAssassin's values of these carry no line end: joined by newlines, none after
+            # the last (so /\s/ on From:addr does not match every address).
+            return "\n".join(values).encode("utf-8", "replace")
         return "".join(v if v.endswith("\n") else v + "\n" for v in values).encode("utf-8", "replace")
 
     # bodies
