@@ -886,6 +886,80 @@ class AntivirusConfig:
 
 
 @dataclass(frozen=True)
+class AttachmentsConfig:
+    """Attachment names, archive listings and Office macros (scan/checks/attachments.py,
+    docs/attachments.md)."""
+
+    # Read the file names inside zip, rar, tar and gzip attachments (never their contents).
+    archives: bool = True
+    # A larger archive is not opened (its own name is still checked).
+    max_archive_bytes: int = 26_214_400
+    # Names read from one archive at most (the rest are counted, not read).
+    max_archive_entries: int = 1000
+    # Look for VBA macros in Office documents with olevba (oletools), in a worker thread.
+    macros: bool = True
+    # A larger Office document is not analysed (OLETOOLS_FAIL says so).
+    max_office_bytes: int = 10_485_760
+
+    def check(self, path: str) -> None:
+        _check_positive(self, path, "max_archive_bytes", "max_archive_entries", "max_office_bytes")
+
+
+# What a composite does to the symbols its expression matched (rspamd's policies;
+# an atom's prefix narrows it: ~ keeps the symbol, - keeps symbol and score, ^ forces removal).
+COMPOSITE_POLICIES = ("remove_all", "remove_symbol", "remove_weight", "leave")
+
+
+@dataclass(frozen=True)
+class CompositeRule:
+    """One composite symbol (scan/composites.py, docs/composites.md)."""
+
+    # Symbols joined with & | ! and parentheses, e.g. "R_SPF_FAIL & RCVD_COUNT_ZERO".
+    expression: str = ""
+    score: float = 0.0
+    description: str = ""
+    # remove_all: the matched symbols lose their score and leave the result;
+    # remove_weight: they stay with score 0; remove_symbol: hidden, score kept; leave.
+    policy: str = "remove_all"
+    # false: a shipped composite of that name is switched off.
+    enabled: bool = True
+
+    def check(self, path: str) -> None:
+        if self.enabled and not self.expression.strip():
+            raise ConfigError(path + "expression", "a composite needs an expression")
+        _check_choice(self, path, "policy", COMPOSITE_POLICIES)
+
+
+# The composites shipped on: rspamd's (conf/composites.conf) whose inputs are
+# symbols of ours and that hold on any site. [scan.composites.NAME] adds one,
+# replaces one of these (same name) or switches it off (enabled = false).
+DEFAULT_COMPOSITES: dict[str, CompositeRule] = {
+    "VIOLATED_DIRECT_SPF": CompositeRule(
+        "(R_SPF_FAIL | R_SPF_SOFTFAIL) & RCVD_COUNT_ZERO", 3.5,
+        "SPF fails or soft fails for a client that delivered directly (no Received header)",
+        "leave"),
+    "DMARC_POLICY_ALLOW_WITH_FAILURES": CompositeRule(
+        "DMARC_POLICY_ALLOW & (R_SPF_SOFTFAIL | R_SPF_FAIL | R_DKIM_REJECT)", -0.5,
+        "DMARC passed although SPF or one DKIM signature failed (forwarded mail)",
+        "remove_weight"),
+    "DKIM_MIXED": CompositeRule(
+        "-R_DKIM_ALLOW & (R_DKIM_TEMPFAIL | R_DKIM_PERMFAIL | R_DKIM_REJECT)", 0.0,
+        "One DKIM signature verified: the failures of the others do not count",
+        "remove_weight"),
+    # rspamd scores these two 1.0; here 0 (reported, not counted): they fire
+    # on every message of the labelled corpus (mail of 2002, before SPF and
+    # DKIM) and on every scan without DNS. [scan] scores = { AUTH_NA = 1.0 }.
+    "AUTH_NA": CompositeRule(
+        "R_DKIM_NA & R_SPF_NA & DMARC_NA & ARC_NA", 0.0,
+        "Authenticating the message via SPF/DKIM/DMARC/ARC not available", "remove_weight"),
+    "AUTH_NA_OR_FAIL": CompositeRule(
+        "!(R_DKIM_NA & R_SPF_NA & DMARC_NA & ARC_NA) & (R_DKIM_NA | R_DKIM_TEMPFAIL | "
+        "R_DKIM_PERMFAIL) & (R_SPF_NA | R_SPF_DNSFAIL) & DMARC_NA & (ARC_NA | ARC_DNSFAIL)", 0.0,
+        "No authenticating method SPF/DKIM/DMARC/ARC was successful", "remove_weight"),
+}
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     # Score every message at end-of-data; false: the proxy passes mail unscanned.
     enabled: bool = True
@@ -894,6 +968,10 @@ class ScanConfig:
     # Default scores and descriptions of every symbol: empty = the file shipped
     # with the program (smtpproxy/scan/symbols.toml).
     symbols_file: str = ""
+    # URL shorteners and redirectors, one domain a line (REDIRECTOR_URL; a link
+    # through one is no PHISHING): empty = the list shipped with the program
+    # (smtpproxy/scan/data/redirectors.txt).
+    redirectors_file: str = ""
     # Per-symbol score overrides, e.g. { MISSING_MID = 1.0 }.
     scores: dict[str, float] = field(default_factory=dict)
     # Each check's own time limit, and the whole scan's (well under
@@ -924,8 +1002,13 @@ class ScanConfig:
     profiles: ScanProfilesConfig = field(default_factory=ScanProfilesConfig)
     reply: ReplyConfig = field(default_factory=ReplyConfig)
     antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    # Composite symbols over the others' results, merged over DEFAULT_COMPOSITES.
+    composites: dict[str, CompositeRule] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
+        for name in self.composites:
+            _check_symbol(name, f"{path}composites.{name}")
         _check_positive(self, path, "check_timeout_s", "budget_s", "greylist_delay_s",
                         "greylist_window_s")
         _check_choice(self, path, "dns_failure_action", ("soft reject", "ignore"))
@@ -1370,6 +1453,9 @@ def dump(obj: Any, prefix: str = "") -> str:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             tables.append((f.name, value))
+        elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+            # A table of named tables ([scan.composites.NAME]).
+            tables.extend((f"{f.name}.{key}", item) for key, item in value.items())
         elif _is_table_array(value):
             arrays.append((f.name, value))
         else:

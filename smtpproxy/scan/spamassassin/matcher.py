@@ -36,6 +36,7 @@ import threading
 from collections.abc import Iterable
 
 from smtpproxy.scan.spamassassin.literals import hyperscan_literal, required_literals
+from smtpproxy.scan.spamassassin.re2filter import superset
 from smtpproxy.scan.spamassassin.regex import Translated, compile_python, relax_for_hyperscan
 
 try:  # optional: without it every rule runs with re
@@ -108,6 +109,8 @@ class Matcher:
         self.substituted: dict[str, str] = {}  # name -> what stands for it in the database
         # name -> (literals, caseless): a text without one of them cannot match (literals.py).
         self.literals: dict[str, tuple[tuple[bytes, ...], bool]] = {}
+        # name -> an RE2 superset (re2filter.py): the texts it rejects need no re.
+        self.filters: dict[str, object] = {}
         self.dbs: dict[str, object] = {}
         self.scratch: dict[str, object] = {}
         self.ready = False  # Hyperscan databases in use
@@ -273,6 +276,9 @@ class Matcher:
             found = required_literals(self.regex[name])
             if found is not None:
                 self.literals[name] = (tuple(found[0]), found[1])
+            filt = superset(self.regex[name])
+            if filt is not None:
+                self.filters[name] = filt
         self.dbs = {k: v for k, v in dbs.items() if v is not None}
         self.ready = True
 
@@ -297,6 +303,11 @@ class Matcher:
                 scratch=self.scratch[kind])
         found.extend(names[i] for i in ids)
         return found
+
+
+def sift(filt, units: list[bytes]) -> list[bytes]:
+    """The ``units`` RE2 superset ``filt`` matches: the others cannot match its rule."""
+    return [u for u in units if filt.search(u)]
 
 
 def narrow(literals: tuple[bytes, ...], units: list[bytes], lowered: list[bytes]) -> list[bytes]:
