@@ -172,38 +172,46 @@ def parse_received(line: str) -> Relay | str | None:
 
 
 def _auth(s: str) -> str:
-    """How the sender authenticated, if the field says so."""
-    m = _search(r"(?i) with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)", s)
-    if " by " in s and m:
-        return m.group(1)
-    if _search(r" by mx\.google\.com with ESMTPS id [a-z0-9]{1,4}sm[0-9]{2,9}[a-z]{3}\.[0-9]{1,3}"
-               r"\.[0-9]{4}\.(?:[0-6][0-9]\.){4}[0-6][0-9]", s):
+    """How the sender authenticated, if the field says so. Each pattern runs only
+    where a substring it needs is present (same answers, a tenth of the searches)."""
+    low = s.lower()
+    if " by " in s and " with " in low:
+        m = _search(r"(?i) with ((?:ES|L|UTF8S|UTF8L)MTPS?A|ASMTP|HTTP[SU]?)(?: |;|$)", s)
+        if m:
+            return m.group(1)
+    if "by mx.google.com with ESMTPS id " in s and _search(
+            r" by mx\.google\.com with ESMTPS id [a-z0-9]{1,4}sm[0-9]{2,9}[a-z]{3}\.[0-9]{1,3}"
+            r"\.[0-9]{4}\.(?:[0-6][0-9]\.){4}[0-6][0-9]", s):
         m = _search(r"\(version=([^ ]+) cipher=([^)]+)\)", s)
         if m:
             return f"GMail - transport={m.group(1)} cipher={m.group(2)}"
-    m = _search(r"^from .*?(?:\]\)|\)\]) \(AUTH: (LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \S+(?:, .*?)?\) by ", s)
-    if m:
-        return m.group(1)
+    if "(AUTH: " in s:
+        m = _search(r"^from .*?(?:\]\)|\)\]) \(AUTH: (LOGIN|PLAIN|DIGEST-MD5|CRAM-MD5) \S+(?:, .*?)?\) by ", s)
+        if m:
+            return m.group(1)
     if "authenticated" in s and _search(
             r"^from .*?(?:\](?: \([^)]*\))?\)|\)\]) .*?\(.*?authenticated.*?\).*? by", s):
         return "Sendmail"
-    m = _search(r"from \S* \((?:HELO|EHLO) (\S*)\) \[({IP})\] by (mail\.gmx\.(?:net|com)) \([^)]+\) "
-                r"with ((?:ESMTP|SMTP))", s)
-    if m:
-        return f"GMX ({m.group(4)} / {m.group(3)})"
+    if "mail.gmx." in s:
+        m = _search(r"from \S* \((?:HELO|EHLO) (\S*)\) \[({IP})\] by (mail\.gmx\.(?:net|com)) \([^)]+\) "
+                    r"with ((?:ESMTP|SMTP))", s)
+        if m:
+            return f"GMX ({m.group(4)} / {m.group(3)})"
     if " (authenticated as " in s and _search(
             r"\) by .+ \(\d{1,2}\.\d\.\d{3}(?:\.\d{1,3})?\) \(authenticated as .+\) id ", s):
         return "CriticalPath"
-    m = _search(r"\) \(Authenticated sender: \S+\) by \S+ \(([^)]+)\) with ", s)
-    if m:
-        return "Postfix" if m.group(1) == "Postfix" else f"Postfix ({m.group(1)})"
-    if _search(r"CommuniGate Pro (HTTP|SMTP|XIMSS|IMAP)", s) and " (account " in s:
+    if "(Authenticated sender: " in s:
+        m = _search(r"\) \(Authenticated sender: \S+\) by \S+ \(([^)]+)\) with ", s)
+        if m:
+            return "Postfix" if m.group(1) == "Postfix" else f"Postfix ({m.group(1)})"
+    if "CommuniGate Pro " in s and " (account " in s and _search(r"CommuniGate Pro (HTTP|SMTP|XIMSS|IMAP)", s):
         return "Communigate"
-    if _search(r" with Microsoft Exchange Server HTTP-DAV\b", s):
+    if "HTTP-DAV" in s and _search(r" with Microsoft Exchange Server HTTP-DAV\b", s):
         return "HTTP-DAV"
-    m = _search(r"(?i) \(via (HTTP.?)\)(?: |;|$)", s)
-    if " by " in s and m:
-        return m.group(1)
+    if " by " in s and "(via http" in low:
+        m = _search(r"(?i) \(via (HTTP.?)\)(?: |;|$)", s)
+        if m:
+            return m.group(1)
     return ""
 
 
