@@ -4,9 +4,11 @@ Each function reads one message through ``EvalInput`` (the parsed message
 model and the header views the header rules use; nothing is parsed again)
 and returns whether the test fires. The arguments are the rule's, as
 strings (``'undef'`` included, as SpamAssassin passes them). Ported from
-SpamAssassin 4.0's HeaderEval and MIMEEval plugins and Util's date parser,
-quirks included where a rule's hit rate depends on them. An ``eval:`` test
-not in ``EVALS`` stays skipped (rules.py counts it per function).
+SpamAssassin 4.0's HeaderEval, MIMEEval, RelayEval, FreeMail and HTMLEval
+plugins and Util's date parser, quirks included where a rule's hit rate
+depends on them; the relays come from relays.py, the HTML statistics from
+evals_html.py. An ``eval:`` test ``supported`` does not accept stays
+skipped (rules.py counts it per function).
 """
 
 from __future__ import annotations

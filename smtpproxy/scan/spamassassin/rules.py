@@ -254,7 +254,7 @@ class _Parser:
         self.rs.rules.pop(name, None)
         self.rs.skipped[name] = reason
 
-    def _eval(self, kind: str, name: str, rest: str, where: str) -> bool:
+    def _eval(self, name: str, rest: str, where: str) -> bool:
         if not rest.startswith("eval:"):
             return False
         m = EVAL_RE.match(rest)
@@ -269,7 +269,7 @@ class _Parser:
         return True
 
     def d_header(self, name: str, rest: str, where: str) -> None:
-        if self._eval("header", name, rest, where):
+        if self._eval(name, rest, where):
             return
         unset = IF_UNSET_RE.search(rest)
         if unset:
@@ -293,7 +293,7 @@ class _Parser:
         self.define(rule)
 
     def _pattern_rule(self, kind: str, name: str, rest: str, where: str) -> None:
-        if self._eval(kind, name, rest, where):
+        if self._eval(name, rest, where):
             return
         try:
             text, flags = split_match_op(rest)
