@@ -355,3 +355,21 @@ def test_html_evals():
     assert evals.supported("html_range", ("length", "0", "1")) and not evals.supported(
         "html_range", ("obfuscation_ratio", ".05", ".1"))
     assert not evals.supported("html_test", ("font_low_contrast",))
+
+
+def test_registered_domains_and_the_envelope_sender_matching_the_relay():
+    two, three = frozenset({"co.uk"}), frozenset({"act.edu.au"})
+    assert evals.registered_domain("mail.example.co.uk", two, three) == "example.co.uk"
+    assert evals.registered_domain("a.b.example.com", two, three) == "example.com"
+    assert evals.registered_domain("x.y.act.edu.au", two, three) == "y.act.edu.au"
+    assert evals.registered_domain("mail.www.city.ca.us", two, three) == "www.city.ca.us"  # <any>.<state>.us
+    fm = evals.Freemail(set(), set(), set(), set(), {"co.uk"}, set())
+    received = "Received: from mx (out.mail.example.co.uk [203.0.113.5]) by mx.example.net (Postfix) with ESMTP id 4F2A\n"
+
+    def ev(mail_from: str) -> evals.EvalInput:
+        msg = parse((received + "\nhi\n").encode())
+        return evals.EvalInput(msg, _Texts(msg, mail_from, 1 << 20).header_values, fm)
+
+    assert run(ev("bounce@news.example.co.uk"), "check_mailfrom_matches_rcvd")
+    assert not run(ev("joe@other.co.uk"), "check_mailfrom_matches_rcvd")
+    assert not run(ev(""), "check_mailfrom_matches_rcvd")

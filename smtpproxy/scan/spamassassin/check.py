@@ -220,7 +220,8 @@ class SpamAssassinCheck:
         self.exists_rules = []
         self.eval_rules = []
         self.freemail = evals.Freemail(rs.freemail_domains, rs.freemail_wildcards,
-                                       rs.freemail_welcomelist, rs.valid_tlds)
+                                       rs.freemail_welcomelist, rs.valid_tlds,
+                                       rs.two_level_domains, rs.three_level_domains)
         for name, rule in rs.rules.items():
             if rule.kind == "meta" or name not in run:
                 continue

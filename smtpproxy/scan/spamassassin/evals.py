@@ -125,7 +125,8 @@ def parse_rfc822_date(text: str) -> int | None:
 
 
 class Freemail:
-    """The FreeMail plugin's lists, from the rule files' freemail_domains lines."""
+    """The FreeMail plugin's lists, from the rule files' freemail_domains lines, and
+    RegistryBoundaries' (util_rb_tld, util_rb_2tld, util_rb_3tld) its tests need."""
 
     # FreeMail.pm's $email_welcomelist: role and machine addresses are never "freemail".
     ROLE_RE = re.compile(
@@ -152,8 +153,10 @@ class Freemail:
     MAX_BODY_FREEMAILS = 3  # freemail_max_body_freemails
 
     def __init__(self, domains: set[str], wildcards: set[str], welcomelist: set[str],
-                 valid_tlds: set[str] = frozenset()):  # type: ignore[assignment]
+                 valid_tlds: set[str] = frozenset(),  # type: ignore[assignment]
+                 two_level: set[str] = frozenset(), three_level: set[str] = frozenset()):  # type: ignore[assignment]
         self.valid_tlds = frozenset(valid_tlds)
+        self.two_level, self.three_level = frozenset(two_level), frozenset(three_level)
         self.domains = frozenset(domains)
         self.welcomelist = frozenset(welcomelist)
         self.wildcard_re = None
@@ -423,6 +426,46 @@ def check_for_mime_html_only(ev: EvalInput) -> bool:
     return html > 0 and text == 0
 
 
+# ---------------------------------------------------------------- registry domains (RegistryBoundaries)
+
+US_STATES = frozenset(
+    "ak al ar az ca co ct dc de fl ga gu hi ia id il in ks ky la ma md me mi mn mo ms mt nc nd ne nh nj "
+    "nm nv ny oh ok or pa pr ri sc sd tn tx ut va vi vt wa wi wv wy".split())
+
+
+def registered_domain(domain: str, two_level: frozenset[str], three_level: frozenset[str]) -> str:
+    """RegistryBoundaries' split_domain, the domain half: the name under the public
+    suffix the util_rb_2tld/util_rb_3tld lists know (example.co.uk, x.ca.us...)."""
+    parts = [p for p in domain.lower().split(".") if p]
+    host: list[str] = []
+    while len(parts) > 1:
+        if len(parts) == 2 and ".".join(parts) in two_level:
+            break
+        if len(parts) == 3 and (parts[1] in US_STATES if parts[2] == "us" else ".".join(parts) in three_level):
+            break
+        if len(parts) == 4 and parts[3] == "us" and parts[2] in US_STATES and (
+                (parts[0] == "pvt" and parts[1] == "k12") or parts[0] in ("ci", "co")):
+            break
+        host.append(parts.pop(0))
+    if host:
+        parts.insert(0, host.pop())
+    return ".".join(parts)
+
+
+def check_mailfrom_matches_rcvd(ev: EvalInput) -> bool:
+    """WLBLEval: the envelope sender's domain is the registered domain of the
+    first untrusted relay's rDNS (or of a trusted one's when all are trusted)."""
+    sender = ev.header_values("EnvelopeFrom:addr")
+    m = re.search(r"@([^@]+\.[^@]+)\Z", sender[0]) if sender else None
+    if m is None or ev.freemail is None:
+        return False
+    fm = ev.freemail
+    chain = ev.relays
+    relays = chain.untrusted[:1] or chain.trusted
+    domain = registered_domain(m.group(1), fm.two_level, fm.three_level)
+    return any(r.rdns and registered_domain(r.rdns, fm.two_level, fm.three_level) == domain for r in relays)
+
+
 # ---------------------------------------------------------------- relays (RelayEval)
 
 IPV4_RE = re.compile(r"^" + relay_chain._V4 + r"$")
@@ -672,7 +715,7 @@ EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
     check_for_mime_html_only, check_freemail_header, check_freemail_from, check_freemail_replyto,
     check_all_trusted, check_no_relays, check_relays_unparseable, helo_ip_mismatch,
     check_for_numeric_helo, check_for_no_rdns_dotcom_helo, check_for_forged_yahoo_received_headers,
-    html_test, html_tag_exists, html_image_only, html_range, html_text_match,
+    html_test, html_tag_exists, html_image_only, html_range, html_text_match, check_mailfrom_matches_rcvd,
 )}
 
 

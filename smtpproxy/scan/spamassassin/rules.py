@@ -105,6 +105,8 @@ class RuleSet:
     freemail_wildcards: set[str] = field(default_factory=set)  # with * or ?
     freemail_welcomelist: set[str] = field(default_factory=set)
     valid_tlds: set[str] = field(default_factory=set)  # util_rb_tld (RegistryBoundaries)
+    two_level_domains: set[str] = field(default_factory=set)  # util_rb_2tld
+    three_level_domains: set[str] = field(default_factory=set)  # util_rb_3tld
     ignored: Counter = field(default_factory=Counter)  # directive -> lines
     inactive: int = 0  # rule lines inside false if/ifplugin blocks
     files: list[str] = field(default_factory=list)
@@ -371,6 +373,12 @@ class _Parser:
 
     def d_util_rb_tld(self, name: str, rest: str, where: str) -> None:
         self.rs.valid_tlds.update(w.lower() for w in f"{name} {rest}".split())
+
+    def d_util_rb_2tld(self, name: str, rest: str, where: str) -> None:
+        self.rs.two_level_domains.update(w.lower() for w in f"{name} {rest}".split())
+
+    def d_util_rb_3tld(self, name: str, rest: str, where: str) -> None:
+        self.rs.three_level_domains.update(w.lower() for w in f"{name} {rest}".split())
 
     def _replace(self, kind: str, name: str, rest: str) -> None:
         self.replace[kind][name] = rest
