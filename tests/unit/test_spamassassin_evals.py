@@ -264,6 +264,9 @@ def test_the_xforward_client_comes_first_unless_a_field_names_it():
     assert [r.ip for r in chain.untrusted] == ["198.51.100.20", "203.0.113.5"]
     postfix_added = relays.Relay(ip="203.0.113.5", rdns="mail.example.org", helo="mail.example.org")
     assert [r.ip for r in relays.relays([POSTFIX], client=postfix_added).untrusted] == ["203.0.113.5"]
+    # Named further down (the site's own hops above it): the chain as it is.
+    chain = relays.relays([LOCAL, POSTFIX], client=postfix_added)
+    assert [r.ip for r in chain.trusted] == ["127.0.0.1"] and [r.ip for r in chain.untrusted] == ["203.0.113.5"]
 
 
 def test_relay_evals():

@@ -13,7 +13,8 @@ joined by spaces, as the rules expect.
 
 Before the queue, Postfix's own Received field may not be there yet: the
 client as XFORWARD told it (address, reverse name, HELO) is then the first
-relay, as SpamAssassin would read it from that field after the queue.
+relay, as SpamAssassin would read it from that field after the queue. A
+client some field already names is not added again.
 """
 
 from __future__ import annotations
@@ -660,7 +661,7 @@ def relays(received: list[str], originating: list[str] = (),  # type: ignore[ass
     """The chain, top (newest) first, split where trust ends. ``received``: the
     Received fields, top first; ``originating``: the values of ORIGINATING_IP_HEADERS,
     read as relays after the chain; ``client``: the connecting host, put first when
-    the top Received field does not name it (before Postfix's own field is added)."""
+    no Received field names it (before Postfix's own field is added)."""
     result = Relays([], [], [], [])
     lines = list(received[:MAX_RECEIVED])
     for value in originating:
@@ -674,10 +675,11 @@ def relays(received: list[str], originating: list[str] = (),  # type: ignore[ass
             result.unparseable += 1
         elif parsed != SKIP:
             items.append(parsed)
-    if client is not None and client.ip:
-        first = next((i for i in items if isinstance(i, Relay)), None)
-        if first is None or first.ip != client.ip:
-            items.insert(0, client)
+    # The client is first unless a field already names it (Postfix's own, or a hop
+    # further down when the chain's top hops are the site's own relays).
+    if client is not None and client.ip and not any(
+            isinstance(i, Relay) and i.ip == client.ip for i in items):
+        items.insert(0, client)
     in_trusted = in_internal = True
     allow_fetch_markers = True
     for item in items:
