@@ -64,13 +64,13 @@ def test_parser_counts_what_it_skips():
     rs = load_text(
         "header R eval:check_rbl('a', 'zen.example.')\nbody E eval:check_body_length(10)\n"
         "body E2 eval:check_body_length(20)\nmimeheader MH Content-Type =~ /x/\n"
-        "header T X-Spam-Relays-Untrusted =~ /x/\nbody BAD /\\p{L}/\nfreemail_domains a.example\n"
+        "header T ALL-EXTERNAL =~ /x/\nbody BAD /\\p{L}/\nwelcomelist_from a@b.example\n"
         "header IF_UNSET X-Foo =~ /^$/ [if-unset: EMPTY]\n"
     )
     assert rs.evals == {"check_rbl": 1, "check_body_length": 2}
     assert set(rs.skipped) == {"R", "E", "E2", "MH", "T", "BAD"}
     assert rs.skipped["BAD"].startswith("regex:")
-    assert rs.ignored["freemail_domains"] == 1
+    assert rs.ignored["welcomelist_from"] == 1
     assert rs.rules["IF_UNSET"].if_unset == "EMPTY"
     assert rs.skip_reasons()["eval test"] == 3
 

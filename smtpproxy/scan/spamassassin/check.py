@@ -19,6 +19,7 @@ What each rule type reads, as SpamAssassin presents it:
   rawbody  the text parts decoded from their transfer encoding, not rendered
   full     the raw message
   uri      the message's URLs
+  eval     the ``eval:`` tests evals.py implements, on the same views
 
 A meta whose inputs include rules not run here (``eval:`` tests, network
 tests, ...) fires only if it fires both with all of those off and with all
@@ -43,9 +44,11 @@ from smtpproxy.common.config import Config
 from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.engine import ENGINE_SYMBOLS, SymbolDef
 from smtpproxy.scan.message import Message
+from smtpproxy.scan.spamassassin import evals, relays
 from smtpproxy.scan.spamassassin import meta as meta_expr
 from smtpproxy.scan.spamassassin.matcher import KINDS, Matcher, count, narrow, sift
 from smtpproxy.scan.spamassassin.rules import RuleSet, load_files, rule_files
+from smtpproxy.transaction import ClientInfo
 
 logger = logging.getLogger("smtpproxy.scan")
 
@@ -55,6 +58,10 @@ DEFAULT_LOCAL_CF = "/etc/spamassassin/local.cf"
 # SpamAssassin's MAX_BODY_LINE_LENGTH: longer body lines are split at a space.
 MAX_LINE = 2048
 HEADER_MODIFIERS = {"raw", "addr", "name", "first", "last"}
+# SpamAssassin's trust-path pseudo-headers, built from the Received chain (relays.py).
+RELAY_HEADERS = ("x-spam-relays-trusted", "x-spam-relays-untrusted", "x-spam-relays-internal",
+                 "x-spam-relays-external")
+NO_NEWLINE_HEADERS = (*RELAY_HEADERS, "envelopefrom")
 PARAGRAPH_RE = re.compile(r"\n+\s*\n+")
 SPACE_RE = re.compile(r"\s+")
 # A rule with an RE2 filter is narrowed by its required literals first only when
@@ -211,8 +218,15 @@ class SpamAssassinCheck:
         self._patterns: dict[str, list] = {k: [] for k in KINDS}
         self.header_rules: dict[str, object] = {}
         self.exists_rules = []
+        self.eval_rules = []
+        self.freemail = evals.Freemail(rs.freemail_domains, rs.freemail_wildcards,
+                                       rs.freemail_welcomelist, rs.valid_tlds,
+                                       rs.two_level_domains, rs.three_level_domains)
         for name, rule in rs.rules.items():
             if rule.kind == "meta" or name not in run:
+                continue
+            if rule.kind == "eval":
+                self.eval_rules.append(rule)
                 continue
             if rule.exists:
                 self.exists_rules.append(rule)
@@ -254,10 +268,10 @@ class SpamAssassinCheck:
     async def run(self, ctx: CheckContext) -> list[Hit]:
         if not self.rules.rules:
             return []
-        return self.scan(ctx.message, ctx.mail_from)
+        return self.scan(ctx.message, ctx.mail_from, ctx.client)
 
-    def scan(self, msg: Message, mail_from: str = "") -> list[Hit]:
-        hits = self.match(msg, mail_from)
+    def scan(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None) -> list[Hit]:
+        hits = self.match(msg, mail_from, client)
         dirty: set[str] = set()
         todo = list(hits)
         while todo:
@@ -278,13 +292,19 @@ class SpamAssassinCheck:
                 out.append(Hit(m.name))
         return out
 
-    def match(self, msg: Message, mail_from: str = "") -> dict[str, int]:
+    def match(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None) -> dict[str, int]:
         """Regex and exists rules that hit: {name: hit count}."""
         hits: dict[str, int] = {}
-        texts = _Texts(msg, mail_from, self.max_bytes)
+        texts = _Texts(msg, mail_from, self.max_bytes, client)
         for rule in self.exists_rules:
             if texts.header_values(rule.header):
                 hits[rule.name] = 1
+        if self.eval_rules:
+            ev = evals.EvalInput(msg, texts.header_values, self.freemail, texts.relays,
+                                 lambda: [line.decode("utf-8", "replace") for line in texts.body_lines()])
+            for rule in self.eval_rules:
+                if evals.run(ev, rule.text, rule.args):
+                    hits[rule.name] = 1
         # header: the fields each rule names, as one prefilter pass over all of them.
         targets = {}
         for rule in self.header_rules.values():
@@ -342,13 +362,16 @@ class SpamAssassinCheck:
             kinds[r.kind] += 1
         lines = [
             f"spamassassin: {len(rs.files)} rule files, {len(rs.rules)} rules loaded ("
-            + ", ".join(f"{k} {kinds[k]}" for k in ("header", "body", "rawbody", "full", "uri", "meta"))
+            + ", ".join(f"{k} {kinds[k]}" for k in ("header", "body", "rawbody", "full", "uri", "meta",
+                                                    "eval"))
             + f"), {len(self.defs)} scored symbols, {len(rs.skipped)} skipped, "
             f"{rs.inactive} in inactive if/ifplugin blocks",
             f"spamassassin: {len(self.partial_metas)} metas read rules not run here "
             "(they fire only when those could not change the outcome)",
             "spamassassin: skipped by reason: " + ", ".join(
                 f"{reason} {n}" for reason, n in rs.skip_reasons().most_common()),
+            "spamassassin: eval tests run by function: " + ", ".join(
+                f"{fn} {n}" for fn, n in rs.evals_run.most_common()),
             "spamassassin: eval tests skipped by function: " + ", ".join(
                 f"{fn} {n}" for fn, n in rs.evals.most_common()),
             "spamassassin: ignored directives: " + ", ".join(
@@ -361,12 +384,35 @@ class SpamAssassinCheck:
         return lines
 
 
+def client_relay(client: ClientInfo | None) -> relays.Relay | None:
+    """The connecting host as XFORWARD told it, as a relay (Postfix says "unknown"
+    for a name it could not verify: no rDNS, as in its Received field)."""
+    if client is None or client.ip is None:
+        return None
+    name = client.name or ""
+    if name.lower() == "unknown" or name.startswith("["):
+        name = ""
+    strip = relays.STRIP_RE.sub
+    return relays.Relay(ip=str(client.ip), rdns=strip("!", name.rstrip(".")), helo=strip("!", client.helo or ""),
+                        no_reverse_dns=not name)
+
+
 class _Texts:
     """What the rule types read from one message, built on first use."""
 
-    def __init__(self, msg: Message, mail_from: str, max_bytes: int):
+    def __init__(self, msg: Message, mail_from: str, max_bytes: int, client: ClientInfo | None = None):
         self.msg, self.mail_from, self.max_bytes = msg, mail_from, max_bytes
+        self.client = client
         self._raw_headers: dict[str, list[str]] | None = None
+        self._relays: relays.Relays | None = None
+
+    def relays(self) -> relays.Relays:
+        """The relay chain as SpamAssassin reads it (relays.py), built on first use."""
+        if self._relays is None:
+            originating = [v for h in relays.ORIGINATING_IP_HEADERS for v in self.msg.header_all(h)]
+            self._relays = relays.relays(self.raw_headers().get("received", []), originating,
+                                         client_relay(self.client))
+        return self._relays
 
     # headers
 
@@ -403,6 +449,8 @@ class _Texts:
             values = [self.mail_from] if self.mail_from else []
         elif lower == "tocc":
             values = self._field("to", raw) + self._field("cc", raw)
+        elif lower in RELAY_HEADERS:
+            values = [self.relays().header(lower)]
         elif name == "MESSAGEID":
             values = [v for h in ("x-message-id", "resent-message-id", "x-original-message-id",
                                   "message-id") for v in self._field(h, raw)]
@@ -427,6 +475,11 @@ class _Texts:
         values = self.header_values(spec)
         if not values:
             return (if_unset or "").encode("utf-8", "replace")
+        name, *mods = spec.split(":")
+        if "addr" in mods or "name" in mods or name.lower() in NO_NEWLINE_HEADERS:
+            # SpamAssassin's values of these carry no line end: joined by newlines, none after
+            # the last (so /\s/ on From:addr does not match every address).
+            return "\n".join(values).encode("utf-8", "replace")
         return "".join(v if v.endswith("\n") else v + "\n" for v in values).encode("utf-8", "replace")
 
     # bodies

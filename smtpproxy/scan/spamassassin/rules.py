@@ -12,7 +12,9 @@ Understood:
   ifplugin NAME / if EXPR / else / endif   (version, plugin(NAME), can(NAME), ! && || ())
   replace_tag / replace_pre / replace_inter / replace_post / replace_rules   (ReplaceTags)
 
-``eval:`` tests are skipped and counted per function; ``lang`` lines and
+``eval:`` tests of functions evals.py implements become rules of kind
+"eval" (the function and its arguments); the others are skipped and
+counted per function. ``lang`` lines and
 every other directive (network lists, welcomelists, Bayes settings...) are
 counted as ignored. A rule whose regex Python cannot take is skipped with
 the reason (regex.py). Nothing here reads a message.
@@ -27,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from smtpproxy.scan.spamassassin import meta as meta_expr
+from smtpproxy.scan.spamassassin.evals import supported as eval_supported
 from smtpproxy.scan.spamassassin.regex import Translated, Untranslatable, split_match_op, translate
 
 # The SpamAssassin version whose rules we claim to run, for "if (version >= ...)".
@@ -61,11 +64,12 @@ FEATURES = {
 HEADER_RULE_RE = re.compile(r"^(exists:)?(\S+?)\s*(?:(=~|!~)\s*(.*))?$", re.S)
 IF_UNSET_RE = re.compile(r"\s*\[if-unset:\s*(.*)\]\s*$")
 IF_CALL_RE = re.compile(r"\b(plugin|can)\s*\(\s*([\w:]+)\s*\)")
-EVAL_RE = re.compile(r"^eval:\s*(\w+)")
-# Pseudo-headers built from SpamAssassin's trust path, which we do not compute.
-UNSUPPORTED_HEADERS = ("ALL-TRUSTED", "ALL-INTERNAL", "ALL-UNTRUSTED", "ALL-EXTERNAL",
-                       "X-Spam-Relays-Untrusted", "X-Spam-Relays-Trusted",
-                       "X-Spam-Relays-External", "X-Spam-Relays-Internal")
+EVAL_RE = re.compile(r"^eval:\s*(\w+)\s*(?:\((.*)\))?\s*$", re.S)
+# One argument of an eval call: 'quoted', "quoted" or bare (numbers, undef).
+EVAL_ARG_RE = re.compile(r"""\s*(?:'([^']*)'|"([^"]*)"|([^,\s]+))\s*(?:,|$)""")
+# Pseudo-headers of SpamAssassin's trust path we do not compute (the header
+# fields each part of the chain added); the X-Spam-Relays-* ones are (relays.py).
+UNSUPPORTED_HEADERS = ("ALL-TRUSTED", "ALL-INTERNAL", "ALL-UNTRUSTED", "ALL-EXTERNAL")
 MAX_INCLUDE_DEPTH = 10
 
 
@@ -82,6 +86,7 @@ class Rule:
     exists: bool = False  # exists:Header
     if_unset: str | None = None
     meta: meta_expr.Node | None = None
+    args: tuple[str, ...] = ()  # eval rules: the call's arguments (text is the function)
 
 
 @dataclass
@@ -94,6 +99,14 @@ class RuleSet:
     priority: dict[str, int] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> reason
     evals: Counter = field(default_factory=Counter)  # eval function -> rules skipped
+    evals_run: Counter = field(default_factory=Counter)  # eval function -> rules run (evals.py)
+    # The FreeMail plugin's lists (freemail_domains, freemail_welcomelist), lower-cased.
+    freemail_domains: set[str] = field(default_factory=set)
+    freemail_wildcards: set[str] = field(default_factory=set)  # with * or ?
+    freemail_welcomelist: set[str] = field(default_factory=set)
+    valid_tlds: set[str] = field(default_factory=set)  # util_rb_tld (RegistryBoundaries)
+    two_level_domains: set[str] = field(default_factory=set)  # util_rb_2tld
+    three_level_domains: set[str] = field(default_factory=set)  # util_rb_3tld
     ignored: Counter = field(default_factory=Counter)  # directive -> lines
     inactive: int = 0  # rule lines inside false if/ifplugin blocks
     files: list[str] = field(default_factory=list)
@@ -243,16 +256,22 @@ class _Parser:
         self.rs.rules.pop(name, None)
         self.rs.skipped[name] = reason
 
-    def _eval(self, name: str, rest: str) -> bool:
-        m = EVAL_RE.match(rest)
-        if m is None:
+    def _eval(self, name: str, rest: str, where: str) -> bool:
+        if not rest.startswith("eval:"):
             return False
-        self.rs.evals[m.group(1)] += 1
-        self.define_skipped(name, f"eval:{m.group(1)}")
+        m = EVAL_RE.match(rest)
+        fn = m.group(1) if m else rest[5:].split("(")[0].strip()
+        args = _eval_args(m.group(2)) if m and m.group(2) is not None else ()
+        if args is not None and eval_supported(fn, args):
+            self.rs.evals_run[fn] += 1
+            self.define(Rule(name, "eval", where, text=fn, args=args))
+            return True
+        self.rs.evals[fn] += 1
+        self.define_skipped(name, f"eval:{fn}")
         return True
 
     def d_header(self, name: str, rest: str, where: str) -> None:
-        if self._eval(name, rest):
+        if self._eval(name, rest, where):
             return
         unset = IF_UNSET_RE.search(rest)
         if unset:
@@ -276,7 +295,7 @@ class _Parser:
         self.define(rule)
 
     def _pattern_rule(self, kind: str, name: str, rest: str, where: str) -> None:
-        if self._eval(name, rest):
+        if self._eval(name, rest, where):
             return
         try:
             text, flags = split_match_op(rest)
@@ -334,6 +353,33 @@ class _Parser:
         except (IndexError, ValueError):
             self.rs.errors.append(f"{where}: priority {name}: not a number")
 
+    def d_freemail_domains(self, name: str, rest: str, where: str) -> None:
+        for word in f"{name} {rest}".split():
+            if re.search(r"[^a-zA-Z0-9.*?-]", word):  # as FreeMail.pm, which warns
+                self.rs.errors.append(f"{where}: freemail_domains: invalid {word!r}")
+            elif "*" in word or "?" in word:
+                self.rs.freemail_wildcards.add(word.lower())
+            else:
+                self.rs.freemail_domains.add(word.lower())
+
+    def d_freemail_welcomelist(self, name: str, rest: str, where: str) -> None:
+        for word in f"{name} {rest}".split():
+            if re.search(r"\w[.@]\w", word):
+                self.rs.freemail_welcomelist.add(word.lower())
+            else:
+                self.rs.errors.append(f"{where}: freemail_welcomelist: invalid {word!r}")
+
+    d_freemail_whitelist = d_freemail_welcomelist
+
+    def d_util_rb_tld(self, name: str, rest: str, where: str) -> None:
+        self.rs.valid_tlds.update(w.lower() for w in f"{name} {rest}".split())
+
+    def d_util_rb_2tld(self, name: str, rest: str, where: str) -> None:
+        self.rs.two_level_domains.update(w.lower() for w in f"{name} {rest}".split())
+
+    def d_util_rb_3tld(self, name: str, rest: str, where: str) -> None:
+        self.rs.three_level_domains.update(w.lower() for w in f"{name} {rest}".split())
+
     def _replace(self, kind: str, name: str, rest: str) -> None:
         self.replace[kind][name] = rest
 
@@ -361,7 +407,7 @@ class _Parser:
             if rule is not None and rule.text:
                 rule.text = replace_tags(rule.text, self.replace)
         for name, rule in list(rs.rules.items()):
-            if rule.kind == "meta" or rule.exists:
+            if rule.kind in ("meta", "eval") or rule.exists:
                 continue
             try:
                 rule.pattern = translate(rule.text, rule.flags)
@@ -369,6 +415,20 @@ class _Parser:
                 del rs.rules[name]
                 rs.skipped[name] = f"regex: {exc}"
         return rs
+
+
+def _eval_args(text: str) -> tuple[str, ...] | None:
+    """The arguments of an eval call as strings; None when they do not parse."""
+    args = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = EVAL_ARG_RE.match(text, pos)
+        if m is None or m.end() == pos:
+            return None
+        args.append(next(g for g in m.groups() if g is not None))
+        pos = m.end()
+    return tuple(args)
 
 
 def _split_word(text: str) -> tuple[str, str, str]:
