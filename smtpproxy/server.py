@@ -28,7 +28,7 @@ import os
 import time
 from typing import Protocol
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import BOGUS_LIMIT, SMTP, Session
 
 from smtpproxy import replies, xforward
 from smtpproxy.budget import InflightBudget, Reservation
@@ -165,6 +165,7 @@ class ProxySMTP(SMTP):
         self.require_starttls = None
         self._timeout_duration = timeout
         self._timeout_handle = None
+        self._deadline = 0.0
         self._tls_handshake_okay = True
         self._tls_protocol = None
         self._original_transport = None
@@ -197,7 +198,7 @@ class ProxySMTP(SMTP):
             if refusal is not None:
                 await self.push(refusal)
                 return
-            await super()._handle_client()
+            await self._command_loop()
         except ConnectionResetError:
             pass  # SessionOver, or the client went away; connection_lost logs a transaction cut short
         finally:
@@ -205,6 +206,89 @@ class ProxySMTP(SMTP):
             # client is already gone), the connection and its slot are freed.
             if self.transport is not None:
                 self.transport.close()
+
+    async def _command_loop(self) -> None:
+        """aiosmtpd's command loop (SMTP._handle_client) less what a proxy for
+        Postfix never uses (PROXY protocol, STARTTLS, AUTH, call limits) and
+        its two log calls per command line, whose arguments it builds even
+        when nothing is logged. Replies, limits and their order are aiosmtpd's."""
+        assert self.session is not None
+        reader = self._reader
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        bogus_budget = BOGUS_LIMIT
+        while self.transport is not None:
+            try:
+                try:
+                    line: bytes = await reader.readuntil()
+                except asyncio.LimitOverrunError as error:
+                    # Line too long: read to its end, then answer.
+                    await reader.read(error.consumed)
+                    while True:
+                        try:
+                            await reader.readuntil()
+                            break
+                        except asyncio.LimitOverrunError as e:
+                            await reader.read(e.consumed)
+                    await self.push("500 Command line too long")
+                    continue
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                command_bytes, _, arg_bytes = line.partition(b" ")
+                try:
+                    command = command_bytes.upper().decode("ascii")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                # The argument as aiosmtpd gives it: UTF-8 with surrogateescape,
+                # so its bytes can be sent downstream exactly as they came.
+                arg = str(arg_bytes.strip(), "utf-8", "surrogateescape") if arg_bytes else None
+                limit = (self.command_size_limits[command] if self.session.extended_smtp
+                         else self.command_size_limit)
+                if len(line) > limit:
+                    await self.push("500 Command line too long")
+                    continue
+                method = self._smtp_methods.get(command)
+                if method is None:
+                    bogus_budget -= 1
+                    if bogus_budget < 1:
+                        await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                        self.transport.close()
+                        continue
+                    await self.push(f'500 Error: command "{command}" not recognized')
+                    continue
+                self._reset_timeout()
+                await method(arg)
+            except (asyncio.CancelledError, ConnectionResetError):
+                self._writer.close()
+                raise
+            except Exception as error:
+                try:
+                    status = await self.handle_exception(error)
+                except Exception:
+                    logger.exception("%s: exception in handle_exception()", self.session_id)
+                    status = replies.TEMPFAIL
+                await self.push(status)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """The idle timer, moved on every command: a deadline moved later only
+        updates ``_deadline`` (the timer, when it fires early, is set again
+        for it) instead of a new timer per command."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None:
+            if not handle.cancelled() and handle.when() <= deadline:
+                return
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._idle_timer)
+        else:
+            self._timeout_cb()
 
     def eof_received(self) -> bool | None:
         # A client may pipeline a whole transaction and half-close: every

@@ -44,6 +44,9 @@ def setup(cfg: LogConfig, program: str) -> None:
 
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
+# All a printable value needs (the rest of _ESCAPES are not printable).
+_PRINTABLE_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
 
 def _escape(c: str) -> str:
     if c in _ESCAPES:
@@ -65,6 +68,8 @@ def quote(value: object) -> str:
     text = str(value)
     # One pass in C over the usual value (every transaction's log line quotes
     # six); the per-character escape only for what needs it.
-    if text.isprintable() and text and " " not in text and '"' not in text and "=" not in text:
-        return text
+    if text.isprintable():
+        if text and " " not in text and '"' not in text and "=" not in text:
+            return text
+        return '"' + text.translate(_PRINTABLE_ESCAPES) + '"'
     return '"' + "".join(_escape(c) for c in text) + '"'
