@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import itertools
 import logging
 import os
@@ -93,6 +94,30 @@ def _refuse_auth(mechanism: str, login: bytes, password: bytes) -> bool:
     return False
 
 
+class _Verbs(collections.abc.Mapping):
+    """aiosmtpd's verb -> bound method table, bound on use: one object per
+    connection instead of some thirty bound methods, most never called."""
+
+    __slots__ = ("_smtp",)
+
+    def __init__(self, smtp: ProxySMTP):
+        self._smtp = smtp
+
+    def __getitem__(self, verb: str):
+        if verb not in type(self._smtp)._verb_set:
+            raise KeyError(verb)
+        return getattr(self._smtp, "smtp_" + verb)
+
+    def get(self, verb: str, default=None):
+        return getattr(self._smtp, "smtp_" + verb) if verb in type(self._smtp)._verb_set else default
+
+    def __iter__(self):
+        return iter(type(self._smtp)._verbs)
+
+    def __len__(self) -> int:
+        return len(type(self._smtp)._verbs)
+
+
 class ProxySession(Session):
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
@@ -126,6 +151,7 @@ class ProxySMTP(SMTP):
     line_length_limit = 65536
 
     _verbs: tuple[str, ...] = ()
+    _verb_set: frozenset[str] = frozenset()
 
     def __init__(self, service: Service, listener: ListenerConfig, hostname: str):
         self.service = service
@@ -184,7 +210,8 @@ class ProxySMTP(SMTP):
         cls = type(self)
         if not cls._verbs:
             cls._verbs = tuple(m[5:] for m in dir(cls) if m.startswith("smtp_"))
-        self._smtp_methods = {verb: getattr(self, "smtp_" + verb) for verb in cls._verbs}
+            cls._verb_set = frozenset(cls._verbs)
+        self._smtp_methods = _Verbs(self)
         self._enforce_call_limit = False
 
     # ---------------------------------------------------------- connection
@@ -317,7 +344,11 @@ class ProxySMTP(SMTP):
             if ours is not None:
                 logger.info("%s: client=%s %s", self.session_id, self.peer_addr, ours)
                 status = ours
-        await super().push(status)
+        # aiosmtpd's push less its debug log call: one write, then drain
+        # (which also ends the session if the client has gone).
+        self._writer.write((status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status)
+                           + b"\r\n")
+        await self._writer.drain()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
