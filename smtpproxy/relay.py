@@ -89,6 +89,10 @@ class _ReplyReader(asyncio.Protocol):
         self.due = 1  # the greeting
         self._waiter: asyncio.Future | None = None
         self.failure: str | None = None
+        # The reply timeout: one timer per connection, set again only when it
+        # fires before the deadline of the reply then awaited (None: none is).
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def usable(self) -> bool:
@@ -142,8 +146,14 @@ class _ReplyReader(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _timed_out(self) -> None:
-        self._fail("timed out")
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return
+        if self._loop.time() >= self._deadline:
+            self._fail("timed out")
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._check_deadline)
 
     def write(self, data: bytes, replies: int) -> None:
         if not self.usable:
@@ -155,13 +165,18 @@ class _ReplyReader(asyncio.Protocol):
     async def reply(self, timeout: float) -> Reply:
         """The next reply; DownstreamError when the connection failed or ``timeout`` ran out."""
         if not self._replies and self.failure is None:
+            deadline = self._deadline = self._loop.time() + timeout
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self._loop.call_at(deadline, self._check_deadline)
             self._waiter = self._loop.create_future()
-            timer = self._loop.call_later(timeout, self._timed_out)
             try:
                 await self._waiter
             finally:
-                timer.cancel()
                 self._waiter = None
+                self._deadline = None
         if self._replies:
             return self._replies.popleft()
         raise DownstreamError(self.failure or "connection lost")
@@ -169,6 +184,9 @@ class _ReplyReader(asyncio.Protocol):
     def close(self) -> None:
         if self.failure is None:
             self.failure = "closed"
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None:
             self.transport.close()
         self._wake()

@@ -36,6 +36,11 @@ def setup(cfg: LogConfig, program: str) -> None:
             logging.Formatter(f"%(asctime)s {program}[%(process)d] %(levelname)s: %(message)s")
         )
     root.addHandler(handler)
+    # No format here names the thread, the source line or the function: a
+    # record need not look them up (the logging HOWTO's "Optimization").
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     root.setLevel(cfg.level.upper())
     quiet = logging.DEBUG if cfg.level == "debug" else logging.WARNING
     for name in NOISY_LIBRARIES:
