@@ -254,7 +254,9 @@ class Downstream:
             raise DownstreamError(f"{where}: {_describe(exc)}") from exc
         self._conn = conn
         try:
-            greeting = await conn.reply(self.reply_timeout_s)
+            # Connected is not yet usable: a listener that accepts but never
+            # greets (a stuck smtpd, a full backlog) fails within the connect timeout.
+            greeting = await conn.reply(self.connect_timeout_s)
             if greeting.code != 220:
                 raise DownstreamError(f"greeting {greeting}")
             reply = await self._execute(b"EHLO " + self.helo_name.encode("ascii", "replace"))

@@ -157,3 +157,20 @@ def test_held_reply_then_next_command_pairs_in_order():
             return reply, rcpt
 
     assert asyncio.run(scenario()) == (Reply(250, "2.1.0 Ok"), Reply(250, "2.1.5 Ok"))
+
+
+def test_listener_that_never_greets_fails_within_the_connect_timeout():
+    async def script(reader, writer):
+        await reader.read()  # connected, never a greeting
+
+    async def scenario():
+        async with raw_listener(script) as port:
+            d = Downstream("127.0.0.1", port, "filter.example.test", 0.3, BOUND_S)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(DownstreamError, match="timed out"):
+                await asyncio.wait_for(d.connect(), BOUND_S)
+            return loop.time() - started, d.connected
+
+    elapsed, connected = asyncio.run(scenario())
+    assert elapsed < 5 and not connected
