@@ -44,6 +44,8 @@ logger = logging.getLogger("smtpproxy")
 
 EHLO_KEYWORDS = ("8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES")
 XFORWARD_KEYWORD = "XFORWARD " + " ".join(xforward.ATTRIBUTES)
+# The EHLO reply, by (hostname, size limit): the same for every session of a configuration.
+_EHLO_REPLIES: dict[tuple[str, int], bytes] = {}
 
 _session_ids = itertools.count(1)
 _id_prefix = f"{os.getpid() & 0xFFFF:04X}"
@@ -381,8 +383,8 @@ class ProxySMTP(SMTP):
         return str(peer[0]) if peer else "unknown"
 
     async def push_reply(self, reply: Reply) -> None:
-        for line in replies.lines(reply.code, reply.text):
-            await self.push(line)
+        # A multi-line reply in one write, as its lines are one reply.
+        await self.push("\r\n".join(replies.lines(reply.code, reply.text)))
 
     # ---------------------------------------------------------- downstream
 
@@ -490,13 +492,16 @@ class ProxySMTP(SMTP):
         if await self._refuse_helo("EHLO", hostname):
             return
         await self._new_greeting(hostname, extended=True)
-        response = [
-            f"250-{self.hostname}",
-            f"250-SIZE {self.cfg.proxy.max_message_size_bytes}",
-            *(f"250-{keyword}" for keyword in EHLO_KEYWORDS),
-            f"250 {XFORWARD_KEYWORD}",
-        ]
-        await self.push("\r\n".join(response))
+        key = (self.hostname, self.cfg.proxy.max_message_size_bytes)
+        response = _EHLO_REPLIES.get(key)
+        if response is None:
+            response = _EHLO_REPLIES[key] = "\r\n".join([
+                f"250-{self.hostname}",
+                f"250-SIZE {self.cfg.proxy.max_message_size_bytes}",
+                *(f"250-{keyword}" for keyword in EHLO_KEYWORDS),
+                f"250 {XFORWARD_KEYWORD}",
+            ]).encode()
+        await self.push(response)
 
     async def smtp_HELO(self, hostname: str) -> None:
         if not hostname:
