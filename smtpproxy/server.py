@@ -346,11 +346,14 @@ class ProxySMTP(SMTP):
             if ours is not None:
                 logger.info("%s: client=%s %s", self.session_id, self.peer_addr, ours)
                 status = ours
-        # aiosmtpd's push less its debug log call: one write, then drain
-        # (which also ends the session if the client has gone).
+        # aiosmtpd's push less its debug log call: one write, then drain,
+        # which waits for room in the send buffer and raises for a client
+        # gone. With room and the client there (the flow-control state of
+        # this protocol says so) there is nothing to wait for.
         self._writer.write((status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status)
                            + b"\r\n")
-        await self._writer.drain()
+        if self._paused or self._connection_lost or self.transport is None or self.transport.is_closing():
+            await self._writer.drain()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
