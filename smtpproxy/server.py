@@ -4,8 +4,9 @@ Postfix (SMTPD_PROXY_README) opens one connection per transaction and sends
 EHLO, XFORWARD, MAIL and RCPT lines unmodified (DSN parameters included),
 DATA with long lines unsplit, and QUIT. Stock aiosmtpd accepts none of
 XFORWARD, RET/ENVID/AUTH on MAIL, NOTIFY/ORCPT on RCPT or lines over 1001
-bytes, so the verbs that matter are overridden here; aiosmtpd keeps the
-connection, the command loop and the idle timer.
+bytes, so the verbs that matter are overridden here, and so are the
+command loop (``_command_loop``: aiosmtpd's, less what a proxy never uses)
+and the idle timer; aiosmtpd keeps the connection and the session state.
 
 The promise: MAIL and every RCPT are relayed to the downstream listener as
 they arrive and its reply is relayed back, so per-recipient rejects work; at

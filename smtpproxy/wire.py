@@ -63,8 +63,8 @@ def _closing_bracket(rest: str) -> int:
     return -1
 
 
-# What no client-given value may hold (aiosmtplib refuses to send these
-# downstream, and no address, parameter or name has a use for them).
+# What no client-given value may hold (relay.py refuses to send CR or LF
+# downstream, and no address, parameter or name has a use for any of them).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
