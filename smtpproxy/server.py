@@ -4,8 +4,9 @@ Postfix (SMTPD_PROXY_README) opens one connection per transaction and sends
 EHLO, XFORWARD, MAIL and RCPT lines unmodified (DSN parameters included),
 DATA with long lines unsplit, and QUIT. Stock aiosmtpd accepts none of
 XFORWARD, RET/ENVID/AUTH on MAIL, NOTIFY/ORCPT on RCPT or lines over 1001
-bytes, so the verbs that matter are overridden here; aiosmtpd keeps the
-connection, the command loop and the idle timer.
+bytes, so the verbs that matter are overridden here, and so are the
+command loop (``_command_loop``: aiosmtpd's, less what a proxy never uses)
+and the idle timer; aiosmtpd keeps the connection and the session state.
 
 The promise: MAIL and every RCPT are relayed to the downstream listener as
 they arrive and its reply is relayed back, so per-recipient rejects work; at
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import itertools
 import logging
 import os
 import time
 from typing import Protocol
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import BOGUS_LIMIT, SMTP, Session
 
 from smtpproxy import replies, xforward
 from smtpproxy.budget import InflightBudget, Reservation
@@ -43,6 +45,8 @@ logger = logging.getLogger("smtpproxy")
 
 EHLO_KEYWORDS = ("8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES")
 XFORWARD_KEYWORD = "XFORWARD " + " ".join(xforward.ATTRIBUTES)
+# The EHLO reply, by (hostname, size limit): the same for every session of a configuration.
+_EHLO_REPLIES: dict[tuple[str, int], bytes] = {}
 
 def _reset_session_ids() -> None:
     global _session_ids, _id_prefix
@@ -100,6 +104,30 @@ def _refuse_auth(mechanism: str, login: bytes, password: bytes) -> bool:
     return False
 
 
+class _Verbs(collections.abc.Mapping):
+    """aiosmtpd's verb -> bound method table, bound on use: one object per
+    connection instead of some thirty bound methods, most never called."""
+
+    __slots__ = ("_smtp",)
+
+    def __init__(self, smtp: ProxySMTP):
+        self._smtp = smtp
+
+    def __getitem__(self, verb: str):
+        if verb not in type(self._smtp)._verb_set:
+            raise KeyError(verb)
+        return getattr(self._smtp, "smtp_" + verb)
+
+    def get(self, verb: str, default=None):
+        return getattr(self._smtp, "smtp_" + verb) if verb in type(self._smtp)._verb_set else default
+
+    def __iter__(self):
+        return iter(type(self._smtp)._verbs)
+
+    def __len__(self) -> int:
+        return len(type(self._smtp)._verbs)
+
+
 class ProxySession(Session):
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
@@ -133,6 +161,7 @@ class ProxySMTP(SMTP):
     line_length_limit = 65536
 
     _verbs: tuple[str, ...] = ()
+    _verb_set: frozenset[str] = frozenset()
 
     def __init__(self, service: Service, listener: ListenerConfig, hostname: str):
         self.service = service
@@ -172,6 +201,7 @@ class ProxySMTP(SMTP):
         self.require_starttls = None
         self._timeout_duration = timeout
         self._timeout_handle = None
+        self._deadline = 0.0
         self._tls_handshake_okay = True
         self._tls_protocol = None
         self._original_transport = None
@@ -190,7 +220,8 @@ class ProxySMTP(SMTP):
         cls = type(self)
         if not cls._verbs:
             cls._verbs = tuple(m[5:] for m in dir(cls) if m.startswith("smtp_"))
-        self._smtp_methods = {verb: getattr(self, "smtp_" + verb) for verb in cls._verbs}
+            cls._verb_set = frozenset(cls._verbs)
+        self._smtp_methods = _Verbs(self)
         self._enforce_call_limit = False
 
     # ---------------------------------------------------------- connection
@@ -204,7 +235,7 @@ class ProxySMTP(SMTP):
             if refusal is not None:
                 await self.push(refusal)
                 return
-            await super()._handle_client()
+            await self._command_loop()
         except ConnectionResetError:
             pass  # SessionOver, or the client went away; connection_lost logs a transaction cut short
         finally:
@@ -212,6 +243,89 @@ class ProxySMTP(SMTP):
             # client is already gone), the connection and its slot are freed.
             if self.transport is not None:
                 self.transport.close()
+
+    async def _command_loop(self) -> None:
+        """aiosmtpd's command loop (SMTP._handle_client) less what a proxy for
+        Postfix never uses (PROXY protocol, STARTTLS, AUTH, call limits) and
+        its two log calls per command line, whose arguments it builds even
+        when nothing is logged. Replies, limits and their order are aiosmtpd's."""
+        assert self.session is not None
+        reader = self._reader
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        bogus_budget = BOGUS_LIMIT
+        while self.transport is not None:
+            try:
+                try:
+                    line: bytes = await reader.readuntil()
+                except asyncio.LimitOverrunError as error:
+                    # Line too long: read to its end, then answer.
+                    await reader.read(error.consumed)
+                    while True:
+                        try:
+                            await reader.readuntil()
+                            break
+                        except asyncio.LimitOverrunError as e:
+                            await reader.read(e.consumed)
+                    await self.push("500 Command line too long")
+                    continue
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                command_bytes, _, arg_bytes = line.partition(b" ")
+                try:
+                    command = command_bytes.upper().decode("ascii")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: bad syntax")
+                    continue
+                # The argument as aiosmtpd gives it: UTF-8 with surrogateescape,
+                # so its bytes can be sent downstream exactly as they came.
+                arg = str(arg_bytes.strip(), "utf-8", "surrogateescape") if arg_bytes else None
+                limit = (self.command_size_limits[command] if self.session.extended_smtp
+                         else self.command_size_limit)
+                if len(line) > limit:
+                    await self.push("500 Command line too long")
+                    continue
+                method = self._smtp_methods.get(command)
+                if method is None:
+                    bogus_budget -= 1
+                    if bogus_budget < 1:
+                        await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+                        self.transport.close()
+                        continue
+                    await self.push(f'500 Error: command "{command}" not recognized')
+                    continue
+                self._reset_timeout()
+                await method(arg)
+            except (asyncio.CancelledError, ConnectionResetError):
+                self._writer.close()
+                raise
+            except Exception as error:
+                try:
+                    status = await self.handle_exception(error)
+                except Exception:
+                    logger.exception("%s: exception in handle_exception()", self.session_id)
+                    status = replies.TEMPFAIL
+                await self.push(status)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """The idle timer, moved on every command: a deadline moved later only
+        updates ``_deadline`` (the timer, when it fires early, is set again
+        for it) instead of a new timer per command."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None:
+            if not handle.cancelled() and handle.when() <= deadline:
+                return
+            handle.cancel()
+        self._timeout_handle = self.loop.call_at(deadline, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._idle_timer)
+        else:
+            self._timeout_cb()
 
     def eof_received(self) -> bool | None:
         # A client may pipeline a whole transaction and half-close: every
@@ -240,7 +354,14 @@ class ProxySMTP(SMTP):
             if ours is not None:
                 logger.info("%s: client=%s %s", self.session_id, self.peer_addr, ours)
                 status = ours
-        await super().push(status)
+        # aiosmtpd's push less its debug log call: one write, then drain,
+        # which waits for room in the send buffer and raises for a client
+        # gone. With room and the client there (the flow-control state of
+        # this protocol says so) there is nothing to wait for.
+        self._writer.write((status.encode("utf-8", "surrogateescape") if isinstance(status, str) else status)
+                           + b"\r\n")
+        if self._paused or self._connection_lost or self.transport is None or self.transport.is_closing():
+            await self._writer.drain()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -273,8 +394,8 @@ class ProxySMTP(SMTP):
         return str(peer[0]) if peer else "unknown"
 
     async def push_reply(self, reply: Reply) -> None:
-        for line in replies.lines(reply.code, reply.text):
-            await self.push(line)
+        # A multi-line reply in one write, as its lines are one reply.
+        await self.push("\r\n".join(replies.lines(reply.code, reply.text)))
 
     # ---------------------------------------------------------- downstream
 
@@ -382,13 +503,16 @@ class ProxySMTP(SMTP):
         if await self._refuse_helo("EHLO", hostname):
             return
         await self._new_greeting(hostname, extended=True)
-        response = [
-            f"250-{self.hostname}",
-            f"250-SIZE {self.cfg.proxy.max_message_size_bytes}",
-            *(f"250-{keyword}" for keyword in EHLO_KEYWORDS),
-            f"250 {XFORWARD_KEYWORD}",
-        ]
-        await self.push("\r\n".join(response))
+        key = (self.hostname, self.cfg.proxy.max_message_size_bytes)
+        response = _EHLO_REPLIES.get(key)
+        if response is None:
+            response = _EHLO_REPLIES[key] = "\r\n".join([
+                f"250-{self.hostname}",
+                f"250-SIZE {self.cfg.proxy.max_message_size_bytes}",
+                *(f"250-{keyword}" for keyword in EHLO_KEYWORDS),
+                f"250 {XFORWARD_KEYWORD}",
+            ]).encode()
+        await self.push(response)
 
     async def smtp_HELO(self, hostname: str) -> None:
         if not hostname:

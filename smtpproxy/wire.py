@@ -36,6 +36,20 @@ def parse_path(arg: str | None, keyword: str) -> tuple[str, list[str]] | None:
         if not parts:
             return None
         return parts[0], parts[1:]
+    if '"' in rest or "\\" in rest:
+        end = _closing_bracket(rest)
+    else:
+        end = rest.find(">")  # the usual path: no quoting, the first '>' ends it
+    if end < 0:
+        return None
+    address = rest[1:end]
+    if ":" in address and address.startswith("@"):
+        address = address.split(":", 1)[1]  # drop an RFC 821 source route
+    return address, rest[end + 1 :].split()
+
+
+def _closing_bracket(rest: str) -> int:
+    """Where the '>' that ends a path with quoting or escapes is; -1 for none."""
     quoted = escaped = False
     for i, ch in enumerate(rest):
         if escaped:
@@ -45,15 +59,12 @@ def parse_path(arg: str | None, keyword: str) -> tuple[str, list[str]] | None:
         elif ch == '"':
             quoted = not quoted
         elif ch == ">" and not quoted:
-            address = rest[1:i]
-            if ":" in address and address.startswith("@"):
-                address = address.split(":", 1)[1]  # drop an RFC 821 source route
-            return address, rest[i + 1 :].split()
-    return None
+            return i
+    return -1
 
 
-# What no client-given value may hold (aiosmtplib refuses to send these
-# downstream, and no address, parameter or name has a use for them).
+# What no client-given value may hold (relay.py refuses to send CR or LF
+# downstream, and no address, parameter or name has a use for any of them).
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -9,6 +9,8 @@ updating some attributes.
 
 from __future__ import annotations
 
+import re
+
 from smtpproxy.wire import has_control_characters
 
 ATTRIBUTES = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "IDENT", "SOURCE")
@@ -49,8 +51,14 @@ def xtext_decode(text: str) -> str:
     return out.decode("utf-8", "surrogateescape")
 
 
+# The characters xtext carries as they are: '!'..'~' except '+' and '='.
+_XTEXT_AS_IS = re.compile(r"[!-*,-<>-~]*")
+
+
 def xtext_encode(text: str) -> str:
     """Text to xtext: '+', '=' and bytes outside '!'..'~' become +XX."""
+    if _XTEXT_AS_IS.fullmatch(text):
+        return text  # the usual value (a name, an address): nothing to escape
     out = []
     for byte in text.encode("utf-8", "surrogateescape"):
         if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D):

@@ -32,7 +32,8 @@ def test_init_sets_the_same_state_as_aiosmtpd():
 
     ours, reference = asyncio.run(build())
     mine, theirs = _state(ours), _state(reference)
-    own = {"service", "listener", "cfg", "downstream", "in_transaction", "tempfailed", "busy", "_txn_started"}
+    own = {"service", "listener", "cfg", "downstream", "in_transaction", "tempfailed", "busy", "_txn_started",
+           "_deadline"}
     assert set(theirs) <= set(mine), f"aiosmtpd sets state we do not: {set(theirs) - set(mine)}"
     assert set(mine) - set(theirs) == own
     for key in ("data_size_limit", "enable_SMTPUTF8", "_decode_data", "hostname", "tls_context",
