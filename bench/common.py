@@ -7,6 +7,8 @@ tests/support; this module holds what only the benchmarks need:
 - ``stop``: SIGTERM a child process, kill it if it does not exit in time;
 - ``apt_install``: install Debian packages without starting system services;
 - ``start_rspamd``: a private rspamd with its network modules off;
+- ``process_tree_cpu_seconds``: the CPU time of a daemon and its workers;
+- ``wait_until_idle``: until a daemon has finished its start-up work;
 - ``smtp_source``, ``MESSAGE_SIZE``, ``cpu_seconds``, ``drain``: throughput
   runs through the test pipeline with Postfix's smtp-source.
 """
@@ -76,12 +78,14 @@ RSPAMD_NETWORK_MODULES = ("rbl", "fuzzy_check", "surbl", "url_reputation", "asn"
                           "phishing", "replies", "neural", "ratelimit", "greylist")
 
 
-def start_rspamd(conf: Path, nameserver: str,
-                 extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, int]:
+def start_rspamd(conf: Path, nameserver: str, extra: dict[str, str] | None = None,
+                 override: dict[str, str] | None = None) -> tuple[subprocess.Popen, int, int]:
     """A private rspamd (network modules off, DNS to ``nameserver``) configured
-    under ``conf``; ``extra`` adds local.d files. Returns (process, normal
-    worker port, controller port); the caller waits for the ports and stops it."""
-    for sub in ("local.d", "db", "run", "log"):
+    under ``conf``; ``extra`` adds local.d files (merged with the shipped
+    settings), ``override`` override.d files (replacing the shipped keys they
+    name). Returns (process, normal worker port, controller port); the caller
+    waits for the ports and stops it."""
+    for sub in ("local.d", "override.d", "db", "run", "log"):
         (conf / sub).mkdir(parents=True)
     port, cport = free_port(), free_port()
     values = {"port": port, "cport": cport, "dns": nameserver, "log": conf / "log" / "rspamd.log"}
@@ -91,6 +95,8 @@ def start_rspamd(conf: Path, nameserver: str,
         (conf / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
     for name, text in (extra or {}).items():
         (conf / "local.d" / name).write_text(text)
+    for name, text in (override or {}).items():
+        (conf / "override.d" / name).write_text(text)
     proc = subprocess.Popen(
         ["rspamd", "-f", "-c", "/etc/rspamd/rspamd.conf", "-u", "root", "-g", "root", "-i",
          "--var", f"LOCAL_CONFDIR={conf}", "--var", f"DBDIR={conf / 'db'}",
@@ -131,6 +137,40 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of ``pid`` and its descendants alive now
+    (a daemon and its workers); a process that ends meanwhile is left out."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        todo.extend(int(child) for child in children)
+    return total
+
+
+def wait_until_idle(pid: int, timeout: float = 300.0, quiet_s: float = 3.0) -> float:
+    """Wait until ``pid`` and its workers use (almost) no CPU for ``quiet_s``
+    seconds: rspamd compiles its Hyperscan databases for half a minute or more
+    after it starts listening, and that CPU (and its slower scans meanwhile)
+    must not be counted. Returns the seconds waited; at most ``timeout``."""
+    start = time.monotonic()
+    quiet_since = start
+    last = process_tree_cpu_seconds(pid)
+    while time.monotonic() - start < timeout:
+        time.sleep(0.5)
+        now = process_tree_cpu_seconds(pid)
+        if now - last > 0.02:  # more than 4% of a core
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            break
+        last = now
+    return time.monotonic() - start
 
 
 def drain(p: Pipeline) -> None:

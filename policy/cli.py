@@ -29,9 +29,11 @@ from collections.abc import Callable
 from policy import greylist, ratelimit
 from smtpproxy.common import log as logsetup
 from smtpproxy.common import runtime
-from smtpproxy.common.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
+from smtpproxy.common.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load, worker_count
 from smtpproxy.common.store import Store, StoreError, open_store
+from smtpproxy.common.supervisor import Supervisor
 from smtpproxy.common.version import version
+from smtpproxy.common.workers import Endpoint
 
 PROGRAM = "smtpproxy-policy"
 
@@ -61,8 +63,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # the cyclic GC's full collections, which otherwise show up as latency spikes.
     gc.collect()
     gc.freeze()
-    # uvloop when installed (runtime.run), asyncio's own loop otherwise.
-    return runtime.run(runtime.serve(PROGRAM, cfg, PolicyService, reload_config))
+
+    def serve_one(cfg: Config) -> int:
+        # uvloop when installed (runtime.run), asyncio's own loop otherwise.
+        return runtime.run(runtime.serve(PROGRAM, cfg, PolicyService, reload_config))
+
+    count = worker_count(cfg.policy.workers)
+    if count == 1:
+        return serve_one(cfg)  # one process, no supervisor
+    # Forked before any event loop, thread or store connection exists (common/supervisor.py).
+    return Supervisor(
+        PROGRAM, cfg, count, "policy.workers", _endpoints, reload_config,
+        drain_timeout=lambda c: c.policy.drain_timeout_s, worker_main=serve_one,
+        on_reload=lambda c: logsetup.setup(c.log, PROGRAM),
+    ).run()
+
+
+def _endpoints(cfg: Config) -> list[Endpoint]:
+    """The addresses the parent of several workers binds for them."""
+    listen = cfg.policy.listen
+    out = [Endpoint("policy.listen", listen,
+                    int(cfg.policy.socket_mode, 8) if listen.startswith("unix:") else None,
+                    per_worker=True)]
+    if cfg.policy.metrics_listen:
+        out.append(Endpoint("policy.metrics_listen", cfg.policy.metrics_listen))
+    return out
 
 
 def _cmd_configtest(args: argparse.Namespace) -> int:

@@ -27,6 +27,11 @@ Map files are re-checked every ``map_check_interval_s`` in an executor.
 SIGHUP (via smtpproxy.common.runtime) swaps the configuration; a changed
 listen address needs a restart, a changed store URL opens the new store
 before the old one is closed.
+
+With ``policy.workers`` above 1 this service runs in each worker process
+(smtpproxy/common/supervisor.py) on the sockets the supervising parent bound;
+greylisting and rate limits stay exact across workers because their state
+lives in the store, whose updates are atomic against other processes.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from policy.codec import ProtocolError, RequestParser, format_reply
 from policy.decisions import DecisionWriter
 from policy.engine import BadRequest, Policy, StoreFailure
 from policy.stats import PolicyStats
+from smtpproxy.common import workers
 from smtpproxy.common.config import Config, parse_hostport
 from smtpproxy.common.metrics import MetricsEndpoint
 from smtpproxy.common.store import Store, StoreError, open_store
@@ -180,7 +186,7 @@ class PolicyService:
         self._limited: dict[str, list] = {}
         self._inflight = 0
         self.stats = PolicyStats(lambda: len(self.connections), lambda: self._inflight)
-        self.metrics = MetricsEndpoint(self.stats.registry)
+        self.metrics = MetricsEndpoint(self.stats.registry, "policy.metrics_listen")
         self.decisions = DecisionWriter(self.stats.decisions_lost)
 
     def log_limited(self, kind: str, message: str, *args: object) -> None:
@@ -269,8 +275,12 @@ class PolicyService:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.policy.refresh_maps)
         listen = self.cfg.policy.listen
+        ctx = workers.current()
         try:
-            if listen.startswith("unix:"):
+            if ctx is not None:  # several worker processes: the parent's sockets
+                self.server = await workers.serve_sockets(
+                    ctx.sockets_for(listen, "policy.listen"), lambda: PolicyConnection(self))
+            elif listen.startswith("unix:"):
                 path = listen[len("unix:"):]
                 try:
                     if stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -293,6 +303,7 @@ class PolicyService:
             self.server.close()
             await self._close_store()
             raise
+        self.metrics.share()
         self._maps_task = loop.create_task(self._watch_maps())
         logger.info("listening on %s, store %s, event loop %s", listen,
                     self.cfg.store.url.rpartition("@")[2] or "sqlite (state_dir)",
@@ -345,8 +356,9 @@ class PolicyService:
             conn.close()
         await self.decisions.close()
         await self._close_store()
+        self.metrics.stop_sharing()  # after the drain: what it counted is in
         listen = self.cfg.policy.listen
-        if listen.startswith("unix:"):
+        if listen.startswith("unix:") and workers.current() is None:  # else the parent's
             try:
                 os.unlink(listen[len("unix:"):])
             except OSError:

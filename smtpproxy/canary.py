@@ -233,10 +233,11 @@ class CanaryMonitor:
             r = stats.registry
             r.gauge("smtpproxy_canary_ok",
                     "1: a canary passed the filter within canary.alert_after_s; 0: missing",
-                    self.ok_value)
+                    self.ok_value, aggregate="max")  # any worker's pass counts
             r.gauge("smtpproxy_canary_last_pass_timestamp_seconds",
                     "When a canary last passed the filter (Unix time; 0: never)",
-                    lambda: (self.last_pass or 0.0) if self.cfg.enabled else None)
+                    lambda: (self.last_pass or 0.0) if self.cfg.enabled else None,
+                    aggregate="max")
             self.sent = r.counter("smtpproxy_canary_sent_total",
                                   "Canaries sent by the daemon, by result", ("result",))
         else:

@@ -25,12 +25,13 @@ from smtpproxy import canary as canary_cli
 from smtpproxy.cliconfig import config_path, ensure_state_dir, load_with_flags
 from smtpproxy.common import config as config_mod
 from smtpproxy.common import log as logsetup
-from smtpproxy.common.config import ConfigError
+from smtpproxy.common.config import Config, ConfigError, worker_count
 from smtpproxy.common.dns import Resolver
 from smtpproxy.common.runtime import run, serve
+from smtpproxy.common.supervisor import Supervisor
 from smtpproxy.common.version import version
 from smtpproxy.controller import cli as controller_cli
-from smtpproxy.daemon import ProxyService
+from smtpproxy.daemon import ProxyService, endpoints
 from smtpproxy.doctor import cli as doctor_cli
 from smtpproxy.scan.bayes import cli as bayes_cli
 from smtpproxy.scan.checks.base import CheckContext
@@ -47,7 +48,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_with_flags(args)
     ensure_state_dir(cfg)
     logsetup.setup(cfg.log, PROGRAM)
-    return run(serve(PROGRAM, cfg, ProxyService, lambda: load_with_flags(args)))
+
+    def reload_config() -> Config:
+        return load_with_flags(args)
+
+    def serve_one(cfg: Config) -> int:
+        return run(serve(PROGRAM, cfg, ProxyService, reload_config))
+
+    count = worker_count(cfg.proxy.workers)
+    if count == 1:
+        return serve_one(cfg)  # one process, no supervisor
+    # Forked before anything else exists: no event loop, thread, store or
+    # scan engine is built in this process (common/supervisor.py).
+    return Supervisor(
+        PROGRAM, cfg, count, "proxy.workers", endpoints, reload_config,
+        drain_timeout=lambda c: c.proxy.drain_timeout_s, worker_main=serve_one,
+        on_reload=lambda c: logsetup.setup(c.log, PROGRAM),
+    ).run()
 
 
 def cmd_configtest(args: argparse.Namespace) -> int:
@@ -125,6 +142,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                     options = f"[{', '.join(s.options)}]" if s.options else ""
                     print(f"Symbol: {s.name} ({s.score:.2f}){options}")
                 print(flush=True)
+        resolver.close()
         if store is not None:
             await store.close()
         return status

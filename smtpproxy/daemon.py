@@ -19,6 +19,13 @@ Stop (SIGTERM) closes the listening sockets, sends 421 to sessions that are
 not inside a transaction, waits up to ``proxy.drain_timeout_s`` for the rest,
 then closes whatever is left. A transaction cut off this way was never
 answered 250, so the sending Postfix keeps the message and retries.
+
+With ``proxy.workers`` above 1 this service runs in each worker process
+(smtpproxy/common/supervisor.py): the listeners, the controller and the
+metrics endpoint serve the sockets the supervising parent bound, a reload
+cannot move them (the parent refuses such a reload before it reaches the
+workers), and only the first worker sends canaries. Everything shared
+between the workers lives in the store.
 """
 
 from __future__ import annotations
@@ -33,12 +40,15 @@ import stat
 from smtpproxy import replies
 from smtpproxy.budget import InflightBudget
 from smtpproxy.canary import CanaryMonitor
+from smtpproxy.common import workers
 from smtpproxy.common.config import (
     Config,
+    ConfigError,
     ListenerConfig,
     parse_hostport,
     parse_networks,
     parse_socket_mode,
+    worker_count,
 )
 from smtpproxy.common.dns import Resolver
 from smtpproxy.common.metrics import MetricsEndpoint, Registry
@@ -108,7 +118,7 @@ class ProxyService:
         # A hook given here (tests) is kept; otherwise start() builds the
         # scoring engine when scan.enabled, and reload() rebuilds it.
         self.stats = ProxyStats(self)
-        self.metrics = MetricsEndpoint(self.stats.registry)
+        self.metrics = MetricsEndpoint(self.stats.registry, "proxy.metrics_listen")
         # The canary (canary.py): smtpproxy_canary_ok, the sending loop.
         self.canary = CanaryMonitor(self.stats)
         self._fixed_hook = hook
@@ -189,7 +199,12 @@ class ProxyService:
         """Listen as ``cfg`` says (``config``: the configuration it belongs to)."""
         loop = asyncio.get_running_loop()
         listener = _Listener(cfg, None, listener_networks(config or self.cfg, cfg))
-        if cfg.listen.startswith("unix:"):
+        ctx = workers.current()
+        if ctx is not None:
+            key = f"proxy.listeners[{_index_of(config or self.cfg, cfg)}].listen"
+            listener.server = await workers.serve_sockets(
+                ctx.sockets_for(cfg.listen, key), lambda: self._new_session(listener))
+        elif cfg.listen.startswith("unix:"):
             path = cfg.listen[5:]
             if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
                 os.unlink(path)  # left over from a previous run
@@ -249,6 +264,7 @@ class ProxyService:
     async def start(self) -> None:
         self.delivery = await self._build_delivery(self.cfg, self.hostname)
         await self.metrics.serve(self.cfg.proxy.metrics_listen)
+        self.metrics.share()
         self.history.configure(self.cfg.history, self._store, self.hostname)
         self.canary.configure(self.cfg, self.delivery.canary, self.hostname)
         await self.controller.serve(self.cfg)
@@ -259,13 +275,16 @@ class ProxyService:
         except OSError:
             await self._close_listeners(list(self._listeners))
             raise
-        self.canary.start()  # after the listeners: the canary comes back through them
+        ctx = workers.current()
+        if ctx is None or ctx.index == 0:  # one sender of canaries, whichever worker gets them
+            self.canary.start()  # after the listeners: the canary comes back through them
 
     async def _close_listeners(self, names: list[str]) -> None:
         for name in names:
             listener = self._listeners.pop(name)
             listener.server.close()
-            if listener.cfg.listen.startswith("unix:"):
+            # A worker's UNIX socket is the parent's: the other workers serve it still.
+            if listener.cfg.listen.startswith("unix:") and workers.current() is None:
                 with contextlib.suppress(OSError):
                     os.unlink(listener.cfg.listen[5:])
             logger.info("listener %s on %s closed", name, listener.cfg.listen)
@@ -282,11 +301,14 @@ class ProxyService:
         its old socket still blocks, such as 127.0.0.1:P to 0.0.0.0:P, cannot
         be bound next to it: that move takes a restart.)
         """
+        if workers.current() is None and worker_count(cfg.proxy.workers) != 1:
+            logger.warning("proxy.workers changed to %s: takes effect at the next restart",
+                           cfg.proxy.workers)
         delivery = await self._build_delivery(cfg, cfg.proxy.hostname or socket.getfqdn())
         metrics_server = await self.metrics.bind(cfg.proxy.metrics_listen)
         try:
             controller_runner = await self.controller.bind(cfg)
-        except OSError:
+        except (OSError, ConfigError):
             if metrics_server is not None:
                 metrics_server.close()
             raise
@@ -297,7 +319,7 @@ class ProxyService:
         try:
             for name in moved:
                 bound[name] = await self._bind(wanted[name], cfg)
-        except OSError as exc:
+        except (OSError, ConfigError) as exc:
             logger.error("listener %s: cannot bind %s: %s", name, wanted[name].listen, exc)
             for listener in bound.values():
                 listener.server.close()
@@ -349,11 +371,35 @@ class ProxyService:
             self._expiry.cancel()
         self.canary.stop()
         self.metrics.close()
+        self.metrics.stop_sharing()
         await self.controller.close()
         await self.history.close()
         self._close_pools()
+        self.resolver.close()
         if self._store is not None:
             await self._store.close()
+
+
+def _index_of(cfg: Config, listener: ListenerConfig) -> int:
+    for i, candidate in enumerate(cfg.proxy.listeners):
+        if candidate.name == listener.name:
+            return i
+    return 0
+
+
+def endpoints(cfg: Config) -> list[workers.Endpoint]:
+    """Every address the proxy listens on, for the parent of several workers to bind."""
+    out = [workers.Endpoint(f"proxy.listeners[{i}].listen", lcfg.listen,
+                            parse_socket_mode(lcfg.socket_mode) if lcfg.listen.startswith("unix:")
+                            else None, per_worker=True)
+           for i, lcfg in enumerate(cfg.proxy.listeners)]
+    if cfg.controller.enabled and cfg.controller.listen:
+        out.append(workers.Endpoint("controller.listen", cfg.controller.listen,
+                                    parse_socket_mode(cfg.controller.socket_mode)
+                                    if cfg.controller.listen.startswith("unix:") else None))
+    if cfg.proxy.metrics_listen:
+        out.append(workers.Endpoint("proxy.metrics_listen", cfg.proxy.metrics_listen))
+    return out
 
 
 async def _say_goodbye(session: ProxySMTP) -> None:

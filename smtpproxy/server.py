@@ -44,8 +44,15 @@ logger = logging.getLogger("smtpproxy")
 EHLO_KEYWORDS = ("8BITMIME", "SMTPUTF8", "DSN", "ENHANCEDSTATUSCODES")
 XFORWARD_KEYWORD = "XFORWARD " + " ".join(xforward.ATTRIBUTES)
 
-_session_ids = itertools.count(1)
-_id_prefix = f"{os.getpid() & 0xFFFF:04X}"
+def _reset_session_ids() -> None:
+    global _session_ids, _id_prefix
+    _session_ids = itertools.count(1)
+    _id_prefix = f"{os.getpid() & 0xFFFF:04X}"
+
+
+_reset_session_ids()
+# Each worker process (common/workers.py) numbers its sessions under its own prefix.
+os.register_at_fork(after_in_child=_reset_session_ids)
 
 
 def new_session_id() -> str:

@@ -78,6 +78,30 @@ def _check_positive(obj: Any, path: str, *names: str) -> None:
             raise ConfigError(path + name, "must be greater than 0")
 
 
+# More worker processes than this is a typo, not a machine.
+MAX_WORKERS = 256
+
+
+def check_workers(value: int | str, key: str) -> None:
+    """``workers``: a count of 1..MAX_WORKERS, or "auto" (one per usable CPU)."""
+    if value == "auto":
+        return
+    if isinstance(value, str) or not 1 <= value <= MAX_WORKERS:
+        raise ConfigError(key, f'expected a number of processes (1 to {MAX_WORKERS}) or "auto", '
+                               f"got {value!r}")
+
+
+def worker_count(value: int | str) -> int:
+    """The number of worker processes ``workers`` (checked) asks for."""
+    if value != "auto":
+        return int(value)
+    try:
+        usable = len(os.sched_getaffinity(0))  # the CPUs this process may run on
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    return max(1, min(usable, MAX_WORKERS))
+
+
 def _check_choice(obj: Any, path: str, name: str, choices: tuple[str, ...]) -> None:
     if getattr(obj, name) not in choices:
         raise ConfigError(path + name, f"must be one of {', '.join(choices)}")
@@ -180,6 +204,12 @@ class ProxyConfig:
     # HOST:PORT for Prometheus metrics (GET /metrics); empty: off. Keep it on
     # loopback or a management network.
     metrics_listen: str = ""
+    # Worker processes serving every listener (the SMTP listeners, the
+    # controller, metrics_listen): one Python process uses one core. 1: one
+    # process, no supervisor; "auto": one per CPU. With more than one, a
+    # supervising parent binds the sockets, forks the workers and passes
+    # SIGHUP and SIGTERM on to them (docs/operations.md, "Worker processes").
+    workers: int | str = 1
     listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
 
     def check(self, path: str) -> None:
@@ -194,6 +224,7 @@ class ProxyConfig:
             raise ConfigError(path + "max_inflight_bytes",
                               f"must be at least max_message_size_bytes ({self.max_message_size_bytes})")
         _check_choice(self, path, "bare_newline", BARE_NEWLINE_ACTIONS)
+        check_workers(self.workers, path + "workers")
         if self.downstream_pool_size < 0:
             raise ConfigError(path + "downstream_pool_size", "must be 0 or more")
         if self.metrics_listen:
@@ -402,6 +433,9 @@ class PolicyConfig:
     # refusal, whitelisting) is kept this long in the store for the proxy's
     # history rows (smtpproxy/common/decisions.py); 0: not recorded.
     decisions_ttl_s: float = 3600.0
+    # Worker processes answering on listen (and metrics_listen): 1, a count
+    # or "auto" (one per CPU), as proxy.workers.
+    workers: int | str = 1
     greylist: GreylistConfig = field(default_factory=GreylistConfig)
     rate_limits: tuple[RateLimitRule, ...] = ()
 
@@ -417,6 +451,7 @@ class PolicyConfig:
         if not 0 <= mode <= 0o777:
             raise ConfigError(path + "socket_mode", f"expected an octal mode such as 0660, got {self.socket_mode!r}")
         _check_choice(self, path, "default_action", POLICY_DEFAULT_ACTIONS)
+        check_workers(self.workers, path + "workers")
         if self.metrics_listen:
             parse_hostport(self.metrics_listen, path + "metrics_listen")
         _check_positive(
@@ -901,6 +936,80 @@ class AntivirusConfig:
 
 
 @dataclass(frozen=True)
+class AttachmentsConfig:
+    """Attachment names, archive listings and Office macros (scan/checks/attachments.py,
+    docs/attachments.md)."""
+
+    # Read the file names inside zip, rar, tar and gzip attachments (never their contents).
+    archives: bool = True
+    # A larger archive is not opened (its own name is still checked).
+    max_archive_bytes: int = 26_214_400
+    # Names read from one archive at most (the rest are counted, not read).
+    max_archive_entries: int = 1000
+    # Look for VBA macros in Office documents with olevba (oletools), in a worker thread.
+    macros: bool = True
+    # A larger Office document is not analysed (OLETOOLS_FAIL says so).
+    max_office_bytes: int = 10_485_760
+
+    def check(self, path: str) -> None:
+        _check_positive(self, path, "max_archive_bytes", "max_archive_entries", "max_office_bytes")
+
+
+# What a composite does to the symbols its expression matched (rspamd's policies;
+# an atom's prefix narrows it: ~ keeps the symbol, - keeps symbol and score, ^ forces removal).
+COMPOSITE_POLICIES = ("remove_all", "remove_symbol", "remove_weight", "leave")
+
+
+@dataclass(frozen=True)
+class CompositeRule:
+    """One composite symbol (scan/composites.py, docs/composites.md)."""
+
+    # Symbols joined with & | ! and parentheses, e.g. "R_SPF_FAIL & RCVD_COUNT_ZERO".
+    expression: str = ""
+    score: float = 0.0
+    description: str = ""
+    # remove_all: the matched symbols lose their score and leave the result;
+    # remove_weight: they stay with score 0; remove_symbol: hidden, score kept; leave.
+    policy: str = "remove_all"
+    # false: a shipped composite of that name is switched off.
+    enabled: bool = True
+
+    def check(self, path: str) -> None:
+        if self.enabled and not self.expression.strip():
+            raise ConfigError(path + "expression", "a composite needs an expression")
+        _check_choice(self, path, "policy", COMPOSITE_POLICIES)
+
+
+# The composites shipped on: rspamd's (conf/composites.conf) whose inputs are
+# symbols of ours and that hold on any site. [scan.composites.NAME] adds one,
+# replaces one of these (same name) or switches it off (enabled = false).
+DEFAULT_COMPOSITES: dict[str, CompositeRule] = {
+    "VIOLATED_DIRECT_SPF": CompositeRule(
+        "(R_SPF_FAIL | R_SPF_SOFTFAIL) & RCVD_COUNT_ZERO", 3.5,
+        "SPF fails or soft fails for a client that delivered directly (no Received header)",
+        "leave"),
+    "DMARC_POLICY_ALLOW_WITH_FAILURES": CompositeRule(
+        "DMARC_POLICY_ALLOW & (R_SPF_SOFTFAIL | R_SPF_FAIL | R_DKIM_REJECT)", -0.5,
+        "DMARC passed although SPF or one DKIM signature failed (forwarded mail)",
+        "remove_weight"),
+    "DKIM_MIXED": CompositeRule(
+        "-R_DKIM_ALLOW & (R_DKIM_TEMPFAIL | R_DKIM_PERMFAIL | R_DKIM_REJECT)", 0.0,
+        "One DKIM signature verified: the failures of the others do not count",
+        "remove_weight"),
+    # rspamd scores these two 1.0; here 0 (reported, not counted): they fire
+    # on every message of the labelled corpus (mail of 2002, before SPF and
+    # DKIM) and on every scan without DNS. [scan] scores = { AUTH_NA = 1.0 }.
+    "AUTH_NA": CompositeRule(
+        "R_DKIM_NA & R_SPF_NA & DMARC_NA & ARC_NA", 0.0,
+        "Authenticating the message via SPF/DKIM/DMARC/ARC not available", "remove_weight"),
+    "AUTH_NA_OR_FAIL": CompositeRule(
+        "!(R_DKIM_NA & R_SPF_NA & DMARC_NA & ARC_NA) & (R_DKIM_NA | R_DKIM_TEMPFAIL | "
+        "R_DKIM_PERMFAIL) & (R_SPF_NA | R_SPF_DNSFAIL) & DMARC_NA & (ARC_NA | ARC_DNSFAIL)", 0.0,
+        "No authenticating method SPF/DKIM/DMARC/ARC was successful", "remove_weight"),
+}
+
+
+@dataclass(frozen=True)
 class ScanConfig:
     # Score every message at end-of-data; false: the proxy passes mail unscanned.
     enabled: bool = True
@@ -909,6 +1018,10 @@ class ScanConfig:
     # Default scores and descriptions of every symbol: empty = the file shipped
     # with the program (smtpproxy/scan/symbols.toml).
     symbols_file: str = ""
+    # URL shorteners and redirectors, one domain a line (REDIRECTOR_URL; a link
+    # through one is no PHISHING): empty = the list shipped with the program
+    # (smtpproxy/scan/data/redirectors.txt).
+    redirectors_file: str = ""
     # Per-symbol score overrides, e.g. { MISSING_MID = 1.0 }.
     scores: dict[str, float] = field(default_factory=dict)
     # Each check's own time limit, and the whole scan's (well under
@@ -939,8 +1052,13 @@ class ScanConfig:
     profiles: ScanProfilesConfig = field(default_factory=ScanProfilesConfig)
     reply: ReplyConfig = field(default_factory=ReplyConfig)
     antivirus: AntivirusConfig = field(default_factory=AntivirusConfig)
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    # Composite symbols over the others' results, merged over DEFAULT_COMPOSITES.
+    composites: dict[str, CompositeRule] = field(default_factory=dict)
 
     def check(self, path: str) -> None:
+        for name in self.composites:
+            _check_symbol(name, f"{path}composites.{name}")
         _check_positive(self, path, "check_timeout_s", "budget_s", "greylist_delay_s",
                         "greylist_window_s")
         _check_choice(self, path, "dns_failure_action", ("soft reject", "ignore"))
@@ -1309,6 +1427,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
         return value
+    if tp == int | str:  # a count or a word ("auto"); check() says which words
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(key, f"expected an integer or a string, got {value!r}")
+        return value
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug
 
 
@@ -1385,6 +1507,9 @@ def dump(obj: Any, prefix: str = "") -> str:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             tables.append((f.name, value))
+        elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+            # A table of named tables ([scan.composites.NAME]).
+            tables.extend((f"{f.name}.{key}", item) for key, item in value.items())
         elif _is_table_array(value):
             arrays.append((f.name, value))
         else:

@@ -1,4 +1,4 @@
-"""The one asynchronous DNS resolver: dnspython's stub resolver behind a bounded TTL cache.
+"""The one asynchronous DNS resolver: a stub resolver behind a bounded TTL cache.
 
 Contract:
 
@@ -20,6 +20,12 @@ Contract:
 - Nothing blocks the event loop once the Resolver exists. Construct it at
   startup: reading /etc/resolv.conf is a (small) file read. One Resolver per
   event loop.
+- ``close()`` closes its sockets and ends lookups in flight (DnsTempError);
+  a Resolver used again afterwards opens new ones.
+
+The transport is ``dnsclient`` (one UDP socket per nameserver, no task per
+lookup) and the wire format ``dnswire``; dnspython reads /etc/resolv.conf,
+parses names and builds the rdata.
 
 Names are always absolute (no search list): mail names are fully qualified.
 Free of mail-content imports, so the policy daemon can use it too.
@@ -35,18 +41,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import dns.asyncresolver
 import dns.exception
-import dns.message
 import dns.name
 import dns.nameserver
-import dns.rcode
 import dns.rdata
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
 from smtpproxy.common.config import DnsConfig, parse_nameserver
+from smtpproxy.common.dnsclient import DnsClient
+from smtpproxy.common.dnswire import RCODE_NXDOMAIN, RCODE_YXDOMAIN, Response, name_wire
 
 __all__ = ["DnsTempError", "Resolver"]
 
@@ -80,24 +85,12 @@ class Resolver:
         # The clock is injectable so cache expiry can be tested without sleeping.
         self._clock = clock
         if config.nameserver:
-            host, port = parse_nameserver(config.nameserver, "dns.nameserver")
-            res = dns.asyncresolver.Resolver(configure=False)
-            res.nameservers = [dns.nameserver.Do53Nameserver(host, port)]
+            self.nameservers = [parse_nameserver(config.nameserver, "dns.nameserver")]
         else:
-            try:
-                res = dns.asyncresolver.Resolver(configure=True)
-            except dns.resolver.NoResolverConfiguration:
-                res = dns.asyncresolver.Resolver(configure=False)
-                res.nameservers = [_FALLBACK_NAMESERVER]
-        res.lifetime = config.timeout_s
-        # Per-try timeout: lost UDP datagrams get config.attempts chances
-        # within the lifetime instead of one long wait.
-        res.timeout = config.timeout_s / config.attempts
-        res.use_edns(0, 0, config.edns_payload_bytes)
-        res.cache = None  # ours below: bounded, with negative caching we control
-        self._res = res
+            self.nameservers = _system_nameservers()
+        self._client: DnsClient | None = None
         self._cache: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
-        self._inflight: dict[tuple[str, int], asyncio.Task] = {}
+        self._inflight: dict[tuple[str, int], asyncio.Future] = {}
         # Counters for tests and the log.
         self.hits = 0
         self.misses = 0
@@ -111,6 +104,23 @@ class Resolver:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def close(self) -> None:
+        """Close the sockets; lookups in flight end with DnsTempError."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def _transport(self, loop: asyncio.AbstractEventLoop) -> DnsClient:
+        client = self._client
+        if client is None or client.loop is not loop:
+            if client is not None:
+                client.close()  # left by an earlier event loop (a CLI run per file)
+            cfg = self.config
+            client = self._client = DnsClient(loop, self.nameservers, timeout_s=cfg.timeout_s,
+                                              attempts=cfg.attempts,
+                                              payload=cfg.edns_payload_bytes)
+        return client
 
     # ------------------------------------------------------------ the lookup
 
@@ -144,61 +154,43 @@ class Resolver:
         answer = self._cached(key)
         if answer is not None:
             return answer
-        qname = _qname(name)
-        assert qname is not None  # _cache_key said it can exist
-        rtype = _rdtype(rdtype)
-        task = self._inflight.get(key)
+        loop = asyncio.get_running_loop()
+        future = self._inflight.get(key)
         # A lookup left over from another event loop (one that was closed
         # mid-lookup, e.g. a CLI run per file) can never finish here.
-        if task is None or task.get_loop() is not asyncio.get_running_loop():
+        if future is None or future.get_loop() is not loop:
             self.misses += 1
-            task = asyncio.ensure_future(self._fetch(qname, rtype, key))
-            self._inflight[key] = task
-            task.add_done_callback(lambda t, key=key: self._done(key, t))
+            future = self._inflight[key] = loop.create_future()
+            self._transport(loop).lookup(
+                _key_wire(key[0]), key[1],
+                lambda response, reason: self._answered(key, future, response, reason))
         # Shielded: one caller giving up (its check timed out) must not
         # cancel the lookup others are waiting for.
-        return list(await asyncio.shield(task))
+        return list(await asyncio.shield(future))
 
-    def _done(self, key: tuple[str, int], task: asyncio.Task) -> None:
-        if self._inflight.get(key) is task:
+    def _answered(self, key: tuple[str, int], future: asyncio.Future,
+                  response: Response | None, reason: str | None) -> None:
+        if self._inflight.get(key) is future:
             del self._inflight[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: no "never retrieved" noise when all waiters left
-
-    async def _fetch(self, qname: dns.name.Name, rtype: dns.rdatatype.RdataType,
-                     key: tuple[str, int]) -> tuple[dns.rdata.Rdata, ...]:
-        type_text = dns.rdatatype.to_text(rtype)
-        name_text = qname.to_text(omit_final_dot=True)
-        try:
-            answer = await self._res.resolve(qname, rtype, search=False,
-                                             raise_on_no_answer=False)
-        except dns.resolver.NXDOMAIN as exc:
-            self._store(key, (), self._negative_ttl(exc.responses().get(qname)))
-            return ()
-        except dns.resolver.YXDOMAIN:
-            return ()  # a DNAME substitution overflowed: no such name
-        except dns.exception.Timeout:
-            raise DnsTempError(name_text, type_text, "timeout") from None
-        except dns.resolver.NoNameservers as exc:
-            raise DnsTempError(name_text, type_text, _servfail_reason(exc)) from None
-        except (dns.exception.DNSException, OSError) as exc:
-            raise DnsTempError(name_text, type_text, f"{type(exc).__name__}: {exc}") from None
-        if answer.rrset is None:  # NODATA
-            self._store(key, (), self._negative_ttl(answer.response))
-            return ()
-        rdatas = tuple(answer.rrset)
-        ttl = min(answer.chaining_result.minimum_ttl, self.config.cache_max_ttl_s)
-        self._store(key, rdatas, ttl)
-        return rdatas
-
-    def _negative_ttl(self, response: dns.message.Message | None) -> float:
-        ttl = self.config.cache_negative_ttl_s
-        if response is not None:
-            try:
-                ttl = min(ttl, response.resolve_chaining().minimum_ttl)
-            except dns.exception.DNSException:
-                pass  # a malformed answer: keep the configured bound
-        return ttl
+        if future.done() or future.get_loop().is_closed():
+            return
+        if response is None:
+            name_text = key[0].rstrip(".") or "."
+            type_text = dns.rdatatype.to_text(key[1])
+            future.set_exception(DnsTempError(name_text, type_text, reason or "failed"))
+            return
+        if response.rcode == RCODE_YXDOMAIN:
+            future.set_result(())  # a DNAME substitution overflowed: no such name
+            return
+        if response.rcode == RCODE_NXDOMAIN or not response.rdatas:
+            ttl = self.config.cache_negative_ttl_s
+            if response.negative_ttl is not None:
+                ttl = min(ttl, response.negative_ttl)
+            self._store(key, (), ttl)
+            future.set_result(())
+            return
+        self._store(key, response.rdatas, min(response.ttl, self.config.cache_max_ttl_s))
+        future.set_result(response.rdatas)
 
     def _store(self, key: tuple[str, int], rdatas: tuple, ttl: float) -> None:
         if self.config.cache_size <= 0 or ttl <= 0:
@@ -267,13 +259,23 @@ def _cache_key(name: str, rdtype: str | int) -> tuple[str, int] | None:
     return None if qname is None else (qname.to_text().lower(), rtype)
 
 
-def _servfail_reason(exc: dns.resolver.NoNameservers) -> str:
-    # dnspython lists (server, tcp, port, error, response) per try; a bad
-    # rcode is given as its text ("SERVFAIL", "REFUSED"): report that.
-    for entry in exc.kwargs.get("errors") or []:
-        err = entry[3]
-        if isinstance(err, str):
-            return err
-        if isinstance(err, dns.rcode.Rcode):
-            return dns.rcode.to_text(err)
-    return "no nameserver answered"
+def _key_wire(key: str) -> bytes:
+    # The cache key is the name's lower-cased text, IDNA already applied: ASCII.
+    if _PLAIN_NAME.match(key) or key == ".":
+        return name_wire(key)
+    return dns.name.from_text(key).to_wire()
+
+
+def _system_nameservers() -> list[tuple[str, int]]:
+    try:
+        system = dns.resolver.Resolver(configure=True)
+    except dns.resolver.NoResolverConfiguration:
+        return [(_FALLBACK_NAMESERVER, 53)]
+    servers = []
+    for ns in system.nameservers:
+        # dnspython lists plain addresses, or Nameserver objects for other ports and protocols.
+        if isinstance(ns, str):
+            servers.append((ns, 53))
+        elif isinstance(ns, dns.nameserver.Do53Nameserver):
+            servers.append((ns.address, ns.port))
+    return servers or [(_FALLBACK_NAMESERVER, 53)]

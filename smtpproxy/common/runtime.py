@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from smtpproxy.common import log as logsetup
+from smtpproxy.common import workers
 from smtpproxy.common.config import Config, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,13 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def sd_notify(state: str) -> None:
-    """Tell systemd about our state when it asked us to (Type=notify)."""
-    address = os.environ.get("NOTIFY_SOCKET")
+def sd_notify(state: str, address: str | None = None) -> None:
+    """Tell systemd about our state when it asked us to (Type=notify; ``address``:
+    its socket, else $NOTIFY_SOCKET). A worker process tells its supervising
+    parent instead (supervisor.py), which speaks for all of them."""
+    if workers.notify_parent(state):
+        return
+    address = address or os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):

@@ -29,6 +29,7 @@ from importlib.metadata import version as package_version
 
 from aiohttp import web
 
+from smtpproxy.common.metrics import totals
 from smtpproxy.controller.auth import READ, WRITE
 from smtpproxy.controller.history import ACTIONS, HistoryStore, matches
 from smtpproxy.delivery import Outcome
@@ -262,9 +263,10 @@ async def health(request: web.Request) -> web.Response:
 async def stat(request: web.Request) -> web.Response:
     ctl = request.app[CONTROLLER]
     level = await ctl.authorize(request, READ)
-    stats = ctl.service.stats
+    # Over every worker process when there are several (proxy.workers).
+    figures = totals(ctl.service.stats.registry)
     actions = {action: 0 for action in ACTIONS}
-    for (action,), count in stats.actions.values.items():
+    for (action,), count in figures["smtpproxy_scan_actions_total"]["values"]:
         actions[action] = actions.get(action, 0) + int(count)
     scanned = sum(actions.values())
     spam = sum(actions[a] for a in SPAM_ACTIONS)
@@ -280,7 +282,7 @@ async def stat(request: web.Request) -> web.Response:
         "uptime": int(time.time() - ctl.started),
         "scanned": scanned, "learned": nspam + nham, "actions": actions,
         "spam_count": spam, "ham_count": scanned - spam,
-        "connections": int(sum(stats.sessions.values.values())),
+        "connections": int(sum(v for _, v in figures["smtpproxy_sessions_total"]["values"])),
         "control_connections": ctl.requests,
         "scan_times": list(writer.scan_times),
         "statfiles": [

@@ -32,6 +32,7 @@ import time
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from smtpproxy.common import workers
 from smtpproxy.common.config import Config, parse_hostport, parse_socket_mode
 from smtpproxy.controller import api
 from smtpproxy.controller import web as web_ui
@@ -169,7 +170,11 @@ class Controller:
                                shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         try:
-            if listen.startswith("unix:"):
+            ctx = workers.current()
+            if ctx is not None:  # several worker processes: the parent's sockets
+                for sock in ctx.sockets_for(listen, "controller.listen"):
+                    await web.SockSite(runner, sock, shutdown_timeout=SHUTDOWN_TIMEOUT_S).start()
+            elif listen.startswith("unix:"):
                 path = listen[5:]
                 if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
                     os.unlink(path)  # left over from a previous run
@@ -226,7 +231,7 @@ class Controller:
         if runner is not None:
             with contextlib.suppress(Exception):
                 await runner.cleanup()
-            if listen.startswith("unix:"):
+            if listen.startswith("unix:") and workers.current() is None:
                 with contextlib.suppress(OSError):
                     os.unlink(listen[5:])
             logger.info("controller on %s closed", listen)

@@ -33,6 +33,8 @@ SLOW_DNS_S = 1.0
 SLOW_STORE_S = 0.1
 SERVICE_USER = "smtpproxy"  # the units' User= and Group= (README, Installing)
 REFUSED = ipaddress.ip_network("127.255.255.0/24")
+# What the resolver is asked to show that it answers (any answer will do, NXDOMAIN too).
+PROBE_NAME = "example.com"
 # Redis policies that never drop a key to make room.
 SAFE_REDIS_POLICIES = ("noeviction",)
 
@@ -40,9 +42,12 @@ SAFE_REDIS_POLICIES = ("noeviction",)
 async def check(cfg: Config) -> list[Finding]:
     out: list[Finding] = []
     resolver = Resolver(cfg.dns)
-    out += await _check_dns(cfg, resolver)
-    out += await _check_store(cfg)
-    out += await _check_dkim(cfg, resolver)
+    try:
+        out += await _check_dns(cfg, resolver)
+        out += await _check_store(cfg)
+        out += await _check_dkim(cfg, resolver)
+    finally:
+        resolver.close()
     return out
 
 
@@ -50,7 +55,9 @@ async def _check_dns(cfg: Config, resolver: Resolver) -> list[Finding]:
     server = cfg.dns.nameserver or "/etc/resolv.conf"
     started = time.monotonic()
     try:
-        await resolver.query(".", "NS")
+        # A name that exists everywhere ("." would never be sent: the resolver
+        # answers names that cannot exist without asking).
+        await resolver.query(PROBE_NAME, "NS")
     except DnsTempError as exc:
         return [Finding(FAIL, "dns", server, f"the resolver does not answer ({exc.reason})",
                         'dns.nameserver = "127.0.0.1" with a local resolver (apt-get install unbound)')]

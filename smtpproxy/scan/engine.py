@@ -7,7 +7,9 @@ options; scores come from the symbols table (symbols.toml plus
 symbol forces one (GTUBE forces reject). Temporary DNS trouble
 (``*_DNSFAIL``/``*_TEMPFAIL``) leads to soft reject when
 ``scan.dns_failure_action`` says so. A symbol marked ``skip_greylist``
-(REPLY) keeps its message from the greylist action.
+(REPLY) keeps its message from the greylist action. Composite symbols
+(``[scan.composites]``, composites.py) are evaluated over the found symbols
+before the sum, and may take the score or the place of the symbols they match.
 
 Each listener profile has its settings (``[scan.profiles.NAME]``, rspamd's
 "settings"): which checks run, its thresholds or none at all (the outbound
@@ -49,6 +51,7 @@ from smtpproxy.common.config import (
     ScanProfile,
 )
 from smtpproxy.scan.checks.base import Check, CheckContext, Hit
+from smtpproxy.scan.composites import REMOVE_SYMBOL, REMOVE_WEIGHT, Composites, effective_rules
 
 logger = logging.getLogger("smtpproxy.scan")
 
@@ -94,7 +97,7 @@ def load_symbols(cfg: ScanConfig, defined: Mapping[str, SymbolDef] | None = None
     for name, definition in (defined or {}).items():
         if name in table:
             raise ConfigError(f"{cfg.symbols_file or 'symbols.toml'}: {name}",
-                              "also defined in a check's configuration (a multimap map, "
+                              "also defined in the configuration (a composite, a multimap map, "
                               "a DNSBL zone's scores): keep one definition")
         table[name] = definition
     for name, score in cfg.scores.items():
@@ -214,8 +217,16 @@ class Engine:
         self.cfg = cfg
         self.checks = checks
         defined = check_symbol_defs(checks)
+        rules = effective_rules(cfg.composites)
+        for name, (rule, _shipped) in rules.items():
+            if name in defined:
+                raise ConfigError(f"scan.composites.{name}", f"a check also defines symbol {name}")
+            defined[name] = SymbolDef(rule.score, rule.description)
         # An explicit table (tests) is completed with the checks' own definitions.
         self.symbols = load_symbols(cfg, defined) if symbols is None else {**defined, **symbols}
+        self.composites = Composites(rules, self.symbols)
+        for name in set(rules) - set(self.composites.names):  # shipped, inputs missing
+            del self.symbols[name]
         # A check whose configuration decides what one of its symbols forces
         # (antivirus: on_failure) says so in ``force_actions``.
         for check in checks:
@@ -319,7 +330,6 @@ class Engine:
     def _score(self, hits: list[Hit], settings: ProfileSettings | None = None) -> ScanResult:
         settings = settings or self.settings["inbound"]
         symbols: dict[str, SymbolResult] = {}
-        forced = None
         for hit in hits:
             definition = self.symbols[hit.symbol]  # checked at start-up
             if hit.symbol in symbols:  # a symbol found twice keeps all evidence, counts once
@@ -328,13 +338,17 @@ class Engine:
             # A hit may carry a share of the score (a classifier's confidence).
             weight = min(1.0, max(0.0, hit.weight))
             symbols[hit.symbol] = SymbolResult(hit.symbol, definition.score * weight, hit.options)
+        hidden_score = self._composites(symbols)
+        forced = None
+        for name in symbols:
+            definition = self.symbols[name]
             # Several forcing symbols: the most severe action wins, whatever
             # order the checks finished in (a "no action" whitelist map never
             # overrides GTUBE or a blacklist map forcing reject).
             if definition.force_action and (forced is None or _severity(definition.force_action)
                                             > _severity(self.symbols[forced].force_action)):
-                forced = hit.symbol
-        score = round(sum(s.score for s in symbols.values()), 2)
+                forced = name
+        score = round(sum(s.score for s in symbols.values()) + hidden_score, 2)
         thresholds = settings.thresholds
         if forced:
             action = self.symbols[forced].force_action or "reject"
@@ -360,6 +374,23 @@ class Engine:
             action = "no action"
         required = thresholds.reject if settings.score_actions else 0.0
         return ScanResult(score, required, action, symbols, forced, profile=settings.name)
+
+    def _composites(self, symbols: dict[str, SymbolResult]) -> float:
+        """Add the composites that fire to ``symbols`` and take from the symbols
+        they matched what their policy says (composites.py); the score of the
+        symbols removed from view whose score still counts."""
+        if not self.composites.order:
+            return 0.0
+        outcome = self.composites.apply({name: s.options for name, s in symbols.items()})
+        for name, matched in outcome.fired.items():
+            symbols[name] = SymbolResult(name, self.symbols[name].score, matched)
+        hidden = 0.0
+        for name, bits in outcome.removals.items():
+            if bits & REMOVE_WEIGHT:
+                symbols[name].score = 0.0
+            if bits & REMOVE_SYMBOL:
+                hidden += symbols.pop(name).score
+        return hidden
 
 
 def _outcome(check: Check, task: asyncio.Future) -> list[Hit]:

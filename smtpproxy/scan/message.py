@@ -10,11 +10,14 @@ the corpora yields a string.
 
 from __future__ import annotations
 
+import binascii
 import email
 import email.header
+import email.message
 import email.policy
 import email.utils
 import html
+import quopri
 import re
 from dataclasses import dataclass, field
 from email import message_from_bytes
@@ -41,6 +44,17 @@ MAX_CONTAINERS = 50
 MAX_LINES = 300_000
 MAX_TEXT_CHARS = 512 * 1024
 MAX_URLS = 500
+# Attached messages sent base64- or quoted-printable-encoded (the email
+# package leaves them unparsed) are decoded and parsed: at most this many per
+# message, each under the bounds above.
+MAX_ENCODED_MESSAGES = 5
+MAX_FILENAME_CHARS = 1024
+# A From field is read for addresses this far (a legitimate one is a line or
+# two): the address parser costs about 7 us per address, 0.7 s for 2 MB of them.
+MAX_FROM_CHARS = 4096
+# Types whose parts are text a reader sees beside (or instead of) the HTML.
+CALENDAR_TYPES = ("text/calendar",)
+MESSAGE_TYPES = ("message/rfc822", "message/global")
 
 URL_RE = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]+""")
 HREF_RE = re.compile(r"""(?i)\bhref\s*=\s*["']?([^"'\s>]+)""")
@@ -67,11 +81,18 @@ CONTAINER_RE = re.compile(rb"(?i)(?:\A|\r\n|\n|\r)[ \t]*content-type[ \t]*:\s*(?
 
 @dataclass
 class Part:
+    """A leaf of the MIME tree, or an attached message (message/rfc822) as a whole."""
+
     content_type: str
     charset: str | None
     filename: str | None
     disposition: str | None
     size: int
+    # Inside an attached message (message/rfc822), at any depth.
+    nested: bool = False
+    # The decoded bytes of parts that are not body text (attachments, images,
+    # archives): what the attachment checks read. Empty for an attached message.
+    payload: bytes = field(default=b"", repr=False)
 
     @property
     def is_attachment(self) -> bool:
@@ -85,6 +106,14 @@ class Message:
     parts: list[Part] = field(default_factory=list)
     text_parts: list[str] = field(default_factory=list)
     html_parts: list[str] = field(default_factory=list)
+    # text/calendar parts (invitations): text beside the HTML, not attachments.
+    calendar_parts: list[str] = field(default_factory=list)
+    # Indexes into text_parts, html_parts and calendar_parts of the bodies of
+    # attached messages (message/rfc822): their text is the message's text
+    # too (URLs, Bayes, rules), but not its own body (``own_body``).
+    nested_text: set[int] = field(default_factory=set)
+    nested_html: set[int] = field(default_factory=set)
+    nested_calendar: set[int] = field(default_factory=set)
     defects: list[str] = field(default_factory=list)
     # Every From field as written (unfolded only by the parser, encoded words
     # still encoded, 8-bit bytes read as UTF-8): DMARC's author domains must
@@ -111,7 +140,12 @@ class Message:
 
     @cached_property
     def from_address(self) -> str:
-        """The address of the (first) From: field, lower-cased; "" if none parses."""
+        """The first address of the (first) From: field, lower-cased; "" if none parses.
+
+        Read from the field as written (``from_addresses``), so an encoded
+        display name holding a comma or an address list yields the address."""
+        if self.from_addresses:
+            return self.from_addresses[0]
         value = self.header("From")
         if not value:
             return ""
@@ -119,6 +153,26 @@ class Message:
             return parse_address(value).strip().lower()
         except Exception:  # parseaddr recurses per token: a huge field can exhaust the stack
             return ""
+
+    @cached_property
+    def from_addresses(self) -> list[str]:
+        """Every address of every From field, lower-cased, in order (RFC 5322
+        allows a list: "From: a@x, b@y"). Read from the fields as written, so a
+        comma inside a quoted or encoded display name splits nothing."""
+        found: list[str] = []
+        for value in self.from_fields:
+            if len(value) > MAX_FROM_CHARS:  # the addresses before the cut
+                value = value[:MAX_FROM_CHARS].rpartition(",")[0]
+            match = SIMPLE_ADDRESS_RE.match(value)
+            if match:
+                found.append((match.group(1) or match.group(2)).lower())
+                continue
+            try:
+                pairs = email.utils.getaddresses([value])
+            except Exception:  # recursion on a huge field, as above
+                continue
+            found.extend(addr.strip().lower() for _, addr in pairs if "@" in addr)
+        return found
 
     @cached_property
     def from_domain(self) -> str:
@@ -140,6 +194,17 @@ class Message:
         """The HTML parts as plain text (tags dropped, entities decoded)."""
         return "\n".join(self.html_texts)
 
+    def own_body(self) -> tuple[list[str], list[str], list[str]]:
+        """(text parts, HTML parts as text, calendar parts) of the message's own
+        body, leaving out those of attached messages; all of them when the
+        message has no body of its own (a message forwarded as attachment only)."""
+        own = ([t for i, t in enumerate(self.text_parts) if i not in self.nested_text],
+               [t for i, t in enumerate(self.html_texts) if i not in self.nested_html],
+               [t for i, t in enumerate(self.calendar_parts) if i not in self.nested_calendar])
+        if any(own):
+            return own
+        return list(self.text_parts), list(self.html_texts), list(self.calendar_parts)
+
     @cached_property
     def visible_text(self) -> str:
         """What a reader sees: the text parts, or the HTML rendered to text."""
@@ -151,7 +216,7 @@ class Message:
     def urls(self) -> list[str]:
         found: list[str] = []
         seen: set[str] = set()
-        for source in (*self.text_parts, *self.html_parts):
+        for source in (*self.text_parts, *self.html_parts, *self.calendar_parts):
             for url in find_urls(source):
                 url = url.rstrip(".,;:!?")
                 if url not in seen and not url.lower().startswith(("mailto:", "#", "cid:")):
@@ -329,37 +394,123 @@ def parse(raw: bytes) -> Message:
     msg = Message(raw=raw, headers=headers, from_fields=[
         _raw_text(value) for name, value in em.raw_items() if name.lower() == "from"])
     msg.defects.extend(cuts)
-    msg.defects.extend(type(d).__name__ for d in em.defects)
-    for i, part in enumerate(em.walk()):
-        if i >= MAX_PARTS:
-            if "TooManyParts" not in msg.defects:
-                msg.defects.append("TooManyParts")
-            break
-        _add_part(msg, part)
+    _walk(msg, em, False, _Budget())
     return msg
 
 
-def _add_part(msg: Message, part: EmailMessage) -> None:
-    msg.defects.extend(type(d).__name__ for d in part.defects)
-    if part.is_multipart():
+class _Budget:
+    """What one message's walk may still spend: entities, and attached messages to decode."""
+
+    def __init__(self) -> None:
+        self.entities = MAX_PARTS
+        self.encoded_messages = MAX_ENCODED_MESSAGES
+
+
+def _walk(msg: Message, part: EmailMessage, nested: bool, budget: _Budget) -> None:
+    """Every entity of the tree under ``part``, depth first, as email's walk()
+    but entering attached messages that were sent encoded. Depth is bounded by
+    ``bounded`` (MAX_CONTAINERS), the count here."""
+    if budget.entities <= 0:
+        if "TooManyParts" not in msg.defects:
+            msg.defects.append("TooManyParts")
         return
+    budget.entities -= 1
+    msg.defects.extend(type(d).__name__ for d in part.defects)
     ctype = part.get_content_type()
+    if ctype in MESSAGE_TYPES:
+        msg.parts.append(Part(ctype, None, _filename(part), part.get_content_disposition(), 0, nested))
+        inner = _encoded_message(msg, part, budget)
+        if inner is not None:
+            _walk(msg, inner, True, budget)
+            return
+    if part.is_multipart():
+        for sub in part.get_payload():
+            _walk(msg, sub, nested or ctype in MESSAGE_TYPES, budget)
+        return
+    _add_part(msg, part, ctype, nested)
+
+
+def _encoded_message(msg: Message, part: EmailMessage, budget: _Budget) -> EmailMessage | None:
+    """An attached message sent base64 or quoted-printable (RFC 2046 forbids it,
+    mailers do it), decoded and parsed; None for any other message part."""
+    cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if cte not in ("base64", "quoted-printable") or not part.is_multipart():
+        return None
+    if budget.encoded_messages <= 0:
+        msg.defects.append("TooManyEncodedMessages")
+        return None
+    budget.encoded_messages -= 1
+    # The email package parsed the encoded text as a message: with base64 (no
+    # colon in its alphabet) all of it landed in the body; otherwise write it back.
+    (wrapped,) = part.get_payload()[:1] or [None]
+    if wrapped is None:
+        return None
+    try:
+        text = wrapped.get_payload() if not wrapped.keys() and isinstance(wrapped.get_payload(), str) \
+            else wrapped.as_string()
+        data = text.encode("ascii", "surrogateescape")
+        data = binascii.a2b_base64(data) if cte == "base64" else quopri.decodestring(data)
+    except (binascii.Error, ValueError, LookupError, TypeError):
+        msg.defects.append("UndecodableMessage")
+        return None
+    data, cuts = bounded(data)
+    msg.defects.extend(cuts)
+    try:
+        return message_from_bytes(data, policy=email.policy.compat32)
+    except Exception:  # the parser is lenient; belt and braces as in parse()
+        msg.defects.append("UndecodableMessage")
+        return None
+
+
+def _filename(part: EmailMessage) -> str | None:
+    """The part's file name: Content-Disposition filename or Content-Type name,
+    RFC 2231 (charset, continuations) or RFC 2047 encoded words, decoded."""
+    try:
+        filename = part.get_filename()
+        if filename is not None and "\ufffd" in filename:
+            # Raw 8-bit bytes in the field (compat32 replaces them): read the
+            # parameters again from the field as UTF-8 (else Latin-1).
+            filename = _filename_8bit(part) or filename
+    except Exception:
+        return None
+    if filename is None:
+        return None
+    return _header_text(filename)[:MAX_FILENAME_CHARS]
+
+
+def _filename_8bit(part: EmailMessage) -> str | None:
+    fields = email.message.Message()
+    for name, value in part.raw_items():
+        if name.lower() in ("content-disposition", "content-type"):
+            text = str(value)
+            if not text.isascii():
+                text = decode_bytes(text.encode("utf-8", "surrogateescape"), None)
+            fields[name] = text
+    return fields.get_filename()
+
+
+def _add_part(msg: Message, part: EmailMessage, ctype: str, nested: bool) -> None:
     try:
         payload = part.get_payload(decode=True) or b""
     except Exception:
         payload = b""
         msg.defects.append("UndecodablePayload")
-    try:
-        filename = part.get_filename()
-    except Exception:
-        filename = None
-    if filename is not None:
-        filename = _header_text(filename)
+    filename = _filename(part)
     disposition = part.get_content_disposition()
     charset = part.get_content_charset()
-    msg.parts.append(Part(ctype, charset, filename, disposition, len(payload)))
-    if disposition == "attachment" or filename:
+    is_body = disposition != "attachment" and not filename and (
+        ctype in ("text/plain", "text/html") or ctype in CALENDAR_TYPES)
+    msg.parts.append(Part(ctype, charset, filename, disposition, len(payload), nested,
+                          b"" if is_body else payload))
+    if not is_body:
         return
-    if ctype in ("text/plain", "text/html"):
-        text = decode_bytes(payload[: MAX_TEXT_CHARS * 4], charset)[:MAX_TEXT_CHARS]
-        (msg.text_parts if ctype == "text/plain" else msg.html_parts).append(text)
+    text = decode_bytes(payload[: MAX_TEXT_CHARS * 4], charset)[:MAX_TEXT_CHARS]
+    if ctype in CALENDAR_TYPES:
+        texts, nested_set = msg.calendar_parts, msg.nested_calendar
+    elif ctype == "text/plain":
+        texts, nested_set = msg.text_parts, msg.nested_text
+    else:
+        texts, nested_set = msg.html_parts, msg.nested_html
+    if nested:
+        nested_set.add(len(texts))
+    texts.append(text)

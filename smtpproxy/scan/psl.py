@@ -72,6 +72,10 @@ class PublicSuffixList:
                 best = max(best, len(labels) - i)
         return ".".join(labels[-best:])
 
+    def is_listed(self, suffix: str) -> bool:
+        """Whether ``suffix`` is a rule of the list itself ("com", "co.uk"), not only the implicit "*"."""
+        return suffix.lower().rstrip(".") in self._rules
+
     def organizational_domain(self, name: str) -> str:
         """The public suffix plus one label; ``name`` itself when it is a public suffix."""
         name = name.lower().rstrip(".")

@@ -111,7 +111,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         dns_cfg = dataclasses.replace(cfg.dns, nameserver=args.dns)
 
     async def check_all() -> int:
-        results = await check_records(Resolver(dns_cfg), domain, wanted)
+        resolver = Resolver(dns_cfg)
+        try:
+            results = await check_records(resolver, domain, wanted)
+        finally:
+            resolver.close()
         for name, _ok, text in results:
             print(f"{name}: {text}")
         return 0 if all(ok for _, ok, _ in results) else 1

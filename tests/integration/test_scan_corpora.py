@@ -1,8 +1,9 @@
 """Robustness: every message of the shared corpora scans without an exception.
 
 The SpamAssassin public corpus, its test data and every MIME corpus go through
-the parser and all offline checks (no DNS here). A check that raised would
-show up as CHECK_ERROR; an unscored symbol would be a KeyError.
+the parser and all offline checks, attachments (archives, olevba) included (no
+DNS here). A check that raised would show up as CHECK_ERROR; an unscored
+symbol would be a KeyError.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from smtpproxy.common import config
+from smtpproxy.scan.checks.attachments import AttachmentsCheck
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.checks.gtube import GtubeCheck
 from smtpproxy.scan.checks.headers import HeadersCheck
@@ -40,8 +42,9 @@ def corpus_files(*subdirs: str) -> list[Path]:
 def test_corpus_scans_without_exception(subdirs):
     files = corpus_files(*subdirs)
     assert len(files) > 50, f"corpus {subdirs} not found under {CORPORA}"
-    cfg = config.load(None).scan
-    engine = Engine(cfg, [GtubeCheck(), HeadersCheck(), MimeCheck()])
+    full = config.load(None)
+    cfg = full.scan
+    engine = Engine(cfg, [GtubeCheck(), HeadersCheck(), MimeCheck(), AttachmentsCheck(full)])
 
     async def scan_all():
         errors = []

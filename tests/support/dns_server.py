@@ -21,6 +21,11 @@ What it promises:
 - Records every question it saw in ``queries`` (bounded), so tests can tell
   a cache hit from a lookup without measuring time, and any exception raised
   while answering in ``errors`` (no reply is sent for such a query).
+  ``query_count`` counts every question ever asked (not bounded like
+  ``queries``), for benchmarks that report queries per message.
+- ``delay_s`` (settable while serving): every reply is sent that long after
+  its query arrived, as from a server some network distance away; replies
+  are delayed independently, so concurrent queries overlap their waits.
 - Bounded: a UDP or TCP message over 64 KiB is ignored, a TCP connection is
   closed after 30 s idle or 1000 queries, ``stop`` waits at most 5 s.
 
@@ -96,8 +101,11 @@ class DnsTestServer:
 
     def __init__(self, records: Mapping[str, Iterable[RecordSpec]] | None = None, *,
                  zone_text: str | None = None, origin: str = ".",
-                 default_ttl: int = 300, negative_ttl: int = 60, host: str = "127.0.0.1"):
+                 default_ttl: int = 300, negative_ttl: int = 60, host: str = "127.0.0.1",
+                 delay_s: float = 0.0):
         self.host = host
+        self.delay_s = delay_s
+        self.query_count = 0
         self.port = 0
         self.default_ttl = default_ttl
         self.negative_ttl = negative_ttl
@@ -106,6 +114,9 @@ class DnsTestServer:
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._data: dict[dns.name.Name, dict[int, dns.rrset.RRset]] = {}
+        # Every owner name and its ancestors (empty non-terminals): a name
+        # exists iff it is here, without scanning all the data per NXDOMAIN.
+        self._names: set[dns.name.Name] = set()
         self._soas: dict[dns.name.Name, dns.rrset.RRset] = {}
         self._drop: set[tuple[dns.name.Name, int | None]] = set()
         self._servfail: set[tuple[dns.name.Name, int | None]] = set()
@@ -124,6 +135,7 @@ class DnsTestServer:
         rdata = make_rdata(rdtype, value)
         with self._lock:
             node = self._data.setdefault(owner, {})
+            self._add_name(owner)
             rrset = node.get(rdata.rdtype)
             if rrset is None:
                 rrset = node[rdata.rdtype] = dns.rrset.RRset(owner, dns.rdataclass.IN, rdata.rdtype)
@@ -147,6 +159,15 @@ class DnsTestServer:
                         self._soas[owner] = rrset
                     else:
                         self._data.setdefault(owner, {})[rdataset.rdtype] = rrset
+                        self._add_name(owner)
+
+    def _add_name(self, owner: dns.name.Name) -> None:
+        name = owner
+        while name not in self._names:
+            self._names.add(name)
+            if name == dns.name.root:
+                break
+            name = name.parent()
 
     def drop(self, name: str, rdtype: str | None = ANY_TYPE) -> None:
         """Never answer queries for name (and type): the client times out."""
@@ -161,6 +182,7 @@ class DnsTestServer:
         """Forget every record and failure rule (and the query log)."""
         with self._lock:
             self._data.clear()
+            self._names.clear()
             self._soas.clear()
             self._drop.clear()
             self._servfail.clear()
@@ -182,7 +204,7 @@ class DnsTestServer:
 
     def _exists(self, name: dns.name.Name) -> bool:
         # A name exists if it owns records or is an empty non-terminal.
-        return name in self._data or any(n.is_subdomain(name) for n in self._data)
+        return name in self._names
 
     def _soa_for(self, name: dns.name.Name) -> dns.rrset.RRset:
         for apex in sorted(self._soas, key=lambda n: len(n), reverse=True):
@@ -207,6 +229,7 @@ class DnsTestServer:
         question = query.question[0]
         qname, rtype = question.name, int(question.rdtype)
         self.queries.append((qname.to_text().lower(), dns.rdatatype.to_text(rtype), transport))
+        self.query_count += 1
         with self._lock:
             name = qname
             for _hop in range(MAX_CHAIN):
@@ -290,10 +313,20 @@ class DnsTestServer:
                     return
                 try:
                     response = server.answer(data, "udp")
-                    if response is not None:
-                        self.transport.sendto(server._udp_wire(data, response), addr)
+                    if response is None:
+                        return
+                    wire = server._udp_wire(data, response)
                 except Exception as exc:  # a bug in the test data or here: tests check .errors
                     server.errors.append(repr(exc))
+                    return
+                if server.delay_s > 0:
+                    loop.call_later(server.delay_s, self._send, wire, addr)
+                else:
+                    self.transport.sendto(wire, addr)
+
+            def _send(self, wire, addr):
+                if not self.transport.is_closing():
+                    self.transport.sendto(wire, addr)
 
         # UDP and TCP on the same port: take a free UDP port, then try TCP on
         # it; another process may hold that TCP port, so a few tries.
@@ -332,6 +365,8 @@ class DnsTestServer:
                 except Exception as exc:  # a bug in the test data or here: tests check .errors
                     self.errors.append(repr(exc))
                     continue
+                if self.delay_s > 0:
+                    await asyncio.sleep(self.delay_s)
                 writer.write(len(wire).to_bytes(2, "big") + wire)
                 await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, dns.exception.DNSException):

@@ -48,5 +48,4 @@ def test_defaults_use_the_system_resolver():
 
 def test_configured_nameserver_and_port_are_used():
     resolver = Resolver(DnsConfig(nameserver="[::1]:5353"))
-    (ns,) = resolver._res.nameservers
-    assert (ns.address, ns.port) == ("::1", 5353)
+    assert resolver.nameservers == [("::1", 5353)]

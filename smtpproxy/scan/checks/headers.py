@@ -60,6 +60,8 @@ class HeadersCheck:
             hits.append(Hit("MISSING_FROM"))
         elif len(froms) > 1:
             hits.append(Hit("MULTIPLE_FROM", (str(len(froms)),)))
+        elif len(set(msg.from_addresses)) > 1:  # one field holding a list (rspamd's MULTIPLE_FROM)
+            hits.append(Hit("MULTIPLE_FROM", tuple(dict.fromkeys(msg.from_addresses))[:5]))
         if not msg.header("To"):
             hits.append(Hit("MISSING_TO"))
         if msg.header("Subject") is None:

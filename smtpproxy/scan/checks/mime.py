@@ -1,4 +1,6 @@
-"""MIME heuristics: HTML-only mail, alternatives that disagree, dangerous attachments, defects."""
+"""MIME heuristics: HTML-only mail, alternatives that disagree, defects.
+
+Attachment names, archives and macros are checks/attachments.py."""
 
 from __future__ import annotations
 
@@ -8,12 +10,6 @@ from typing import ClassVar
 
 from smtpproxy.scan.checks.base import CheckContext, Hit
 
-# Types a mail client may run, or that carry macros.
-DANGEROUS_EXTENSIONS = frozenset("""
-    exe com scr pif bat cmd vbs vbe js jse wsf wsh hta msi msp cpl jar ps1 psm1 reg lnk
-    iso img vhd vhdx docm xlsm pptm dotm xlam ppam chm scf url appx appxbundle
-""".split())
-DOCUMENT_EXTENSIONS = frozenset("pdf doc docx xls xlsx ppt pptx txt jpg jpeg png gif zip rtf".split())
 WORD_RE = re.compile(r"\w+", re.UNICODE)
 # Below this similarity (0..1) the text and HTML alternatives "differ".
 PARTS_DIFFER_RATIO = 0.5
@@ -26,8 +22,7 @@ _WORDS_WINDOW_CHARS = 16 * MAX_COMPARED_WORDS
 class MimeCheck:
     name: ClassVar[str] = "mime"
     symbols: ClassVar[tuple[str, ...]] = (
-        "MIME_HTML_ONLY", "R_PARTS_DIFFER", "MIME_BAD", "MIME_BAD_ATTACHMENT",
-        "MIME_DOUBLE_BAD_EXTENSION",
+        "MIME_HTML_ONLY", "R_PARTS_DIFFER", "MIME_BAD",
     )
     after: ClassVar[tuple[str, ...]] = ()
     # Runs in the engine's task until it has to wait (checks/base.py).
@@ -36,28 +31,17 @@ class MimeCheck:
     async def run(self, ctx: CheckContext) -> list[Hit]:
         msg = ctx.message
         hits: list[Hit] = []
-        if msg.html_parts and not msg.text_parts:
+        # The message's own body: an attached message's parts are not its alternatives.
+        texts, htmls, calendars = msg.own_body() if msg.html_parts else ([], [], [])
+        # An invitation's text/calendar is the plain alternative of its HTML.
+        if htmls and not texts and not calendars:
             hits.append(Hit("MIME_HTML_ONLY"))
-        elif msg.html_parts and msg.text_parts:
-            ratio = _similarity(msg.text_parts[0], msg.html_texts[0])
+        elif htmls and texts:
+            ratio = _similarity(texts[0], htmls[0])
             if ratio < PARTS_DIFFER_RATIO:
                 hits.append(Hit("R_PARTS_DIFFER", (f"{100 * (1 - ratio):.0f}%",)))
         if msg.defects:
             hits.append(Hit("MIME_BAD", tuple(sorted(set(msg.defects)))[:5]))
-        bad, double = [], []
-        for part in msg.attachments:
-            name = (part.filename or "").strip().lower().rstrip(".")
-            parts = name.rsplit(".", 2)
-            if len(parts) < 2:
-                continue
-            if parts[-1] in DANGEROUS_EXTENSIONS:
-                bad.append(name)
-                if len(parts) == 3 and parts[-2] in DOCUMENT_EXTENSIONS:
-                    double.append(name)
-        if bad:
-            hits.append(Hit("MIME_BAD_ATTACHMENT", tuple(bad[:5])))
-        if double:
-            hits.append(Hit("MIME_DOUBLE_BAD_EXTENSION", tuple(double[:5])))
         return hits
 
 

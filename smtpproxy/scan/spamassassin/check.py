@@ -44,7 +44,7 @@ from smtpproxy.scan.checks.base import CheckContext, Hit
 from smtpproxy.scan.engine import ENGINE_SYMBOLS, SymbolDef
 from smtpproxy.scan.message import Message
 from smtpproxy.scan.spamassassin import meta as meta_expr
-from smtpproxy.scan.spamassassin.matcher import KINDS, Matcher, count, narrow
+from smtpproxy.scan.spamassassin.matcher import KINDS, Matcher, count, narrow, sift
 from smtpproxy.scan.spamassassin.rules import RuleSet, load_files, rule_files
 
 logger = logging.getLogger("smtpproxy.scan")
@@ -57,6 +57,9 @@ MAX_LINE = 2048
 HEADER_MODIFIERS = {"raw", "addr", "name", "first", "last"}
 PARAGRAPH_RE = re.compile(r"\n+\s*\n+")
 SPACE_RE = re.compile(r"\s+")
+# A rule with an RE2 filter is narrowed by its required literals first only when
+# they are this few: looking for hundreds of literals in Python costs more.
+FEW_LITERALS = 16
 
 
 def default_rules_dirs() -> tuple[str, ...]:
@@ -217,27 +220,25 @@ class SpamAssassinCheck:
             self._patterns[rule.kind].append((name, rule.pattern))
             if rule.kind == "header":
                 self.header_rules[name] = rule
-        # Base values: every meta with no regex rule hit, in both worlds.
+        # Base values: every meta with no regex rule hit, in both worlds; "hi"
+        # also starts a message with every rule not run here on.
         self.base_lo, self.base_hi = self._evaluate({}, None)
+        self._hi_start = {**self.base_hi, **dict.fromkeys(self.rules.skipped, 1)}
 
     def _evaluate(self, hits: dict[str, int], dirty: set[str] | None) -> tuple[dict, dict]:
         """Meta values with ``hits``; unknown rules 0 ("lo") or 1 ("hi"). ``dirty``: the
         metas to compute (None: all), the others keep their base values."""
-        lo = dict(hits)
-        hi = dict(hits)
         if dirty is None:
+            lo = dict(hits)
+            hi = dict(hits)
             for name in self.rules.skipped:
                 hi[name] = 1
+            metas = self.metas
         else:
-            lo.update(self.base_lo)
-            hi.update(self.base_hi)
-            lo.update(hits)
-            hi.update(hits)
-            for name in self.rules.skipped:
-                hi[name] = 1
-        for m in self.metas:
-            if dirty is not None and m.name not in dirty:
-                continue
+            lo = {**self.base_lo, **hits}
+            hi = {**self._hi_start, **hits}
+            metas = [self.metas[i] for i in sorted(self.meta_index[n] for n in dirty)]
+        for m in metas:
             lo[m.name] = 1 if m.fn(lo) else 0  # type: ignore[operator]
             hi[m.name] = (1 if m.fn(hi) else 0) if m.partial else lo[m.name]  # type: ignore[operator]
         if dirty is None:
@@ -294,8 +295,11 @@ class SpamAssassinCheck:
         for name, rule in self.header_rules.items():
             matched = 0
             if name in candidates:
-                matched = count(self.matcher.regex[name], (targets[(rule.header, rule.if_unset)],),
-                                self.limit[name])
+                units = [targets[(rule.header, rule.if_unset)]]
+                filt = self.matcher.filters.get(name)
+                if filt is not None:
+                    units = sift(filt, units)
+                matched = count(self.matcher.regex[name], units, self.limit[name]) if units else 0
             if rule.negate:
                 matched = 0 if matched else 1
             if matched:
@@ -310,7 +314,10 @@ class SpamAssassinCheck:
             lowered: list[bytes] | None = None
             for name in self.matcher.candidates(kind, unit_list):
                 units_of = unit_list
+                filt = self.matcher.filters.get(name)
                 literals = self.matcher.literals.get(name)
+                if filt is not None and literals is not None and len(literals[0]) > FEW_LITERALS:
+                    literals = None  # RE2 sifts faster than Python looks for each literal
                 if literals is not None and len(unit_list) > 1:
                     if literals[1]:
                         if lowered is None:
@@ -318,6 +325,8 @@ class SpamAssassinCheck:
                         units_of = narrow(literals[0], unit_list, lowered)
                     else:
                         units_of = narrow(literals[0], unit_list, unit_list)
+                if filt is not None:
+                    units_of = sift(filt, units_of)
                 matched = count(self.matcher.regex[name], units_of, self.limit[name]) if units_of else 0
                 if matched:
                     hits[name] = matched

@@ -21,11 +21,15 @@ Compiling takes minutes for SpamAssassin's full rule set, so the databases
 are serialised to ``<state_dir>/spamassassin/hs-<key>.db``, ``key`` being a
 hash of the patterns and flags (so of the rule files' content): a restart
 or reload with unchanged rules loads them in milliseconds. A compile runs
-in a worker thread; until it is done the rules run with ``re`` alone.
+in a worker thread; until it is done the rules run with ``re`` alone. A lock
+file beside the cache makes several processes sharing it (proxy.workers)
+compile once: the first compiles, the others wait and load its result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -36,6 +40,7 @@ import threading
 from collections.abc import Iterable
 
 from smtpproxy.scan.spamassassin.literals import hyperscan_literal, required_literals
+from smtpproxy.scan.spamassassin.re2filter import superset
 from smtpproxy.scan.spamassassin.regex import Translated, compile_python, relax_for_hyperscan
 
 try:  # optional: without it every rule runs with re
@@ -108,6 +113,8 @@ class Matcher:
         self.substituted: dict[str, str] = {}  # name -> what stands for it in the database
         # name -> (literals, caseless): a text without one of them cannot match (literals.py).
         self.literals: dict[str, tuple[tuple[bytes, ...], bool]] = {}
+        # name -> an RE2 superset (re2filter.py): the texts it rejects need no re.
+        self.filters: dict[str, object] = {}
         self.dbs: dict[str, object] = {}
         self.scratch: dict[str, object] = {}
         self.ready = False  # Hyperscan databases in use
@@ -180,8 +187,8 @@ class Matcher:
 
     def _compile(self) -> None:
         global compile_count
-        with _compile_lock:
-            if self._load_cache():  # another build (a reload) finished meanwhile
+        with _compile_lock, self._cache_lock():
+            if self._load_cache():  # another build (a reload, a worker) finished meanwhile
                 return
             compile_count += 1
             self.compiled_here = True
@@ -238,6 +245,28 @@ class Matcher:
             return literal_patterns, f"{len(literal_patterns)} required literals"
         return [], ""
 
+    @contextlib.contextmanager
+    def _cache_lock(self):
+        """Held while compiling: of several worker processes (proxy.workers) one
+        compiles, the others wait for it and then load its databases from the cache."""
+        if not self.cache_path:
+            yield
+            return
+        try:
+            os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
+            fd = os.open(os.path.join(os.path.dirname(self.cache_path), ".compile.lock"),
+                         os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:  # compiling without the lock beats not compiling
+            logger.warning("spamassassin: no compile lock in %s: %s",
+                           os.path.dirname(self.cache_path), exc)
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def _save(self, dbs: dict, refused: dict[str, str], names: dict[str, list[str]],
               substituted: dict[str, str]) -> None:
         if not self.cache_path:
@@ -273,6 +302,9 @@ class Matcher:
             found = required_literals(self.regex[name])
             if found is not None:
                 self.literals[name] = (tuple(found[0]), found[1])
+            filt = superset(self.regex[name])
+            if filt is not None:
+                self.filters[name] = filt
         self.dbs = {k: v for k, v in dbs.items() if v is not None}
         self.ready = True
 
@@ -297,6 +329,11 @@ class Matcher:
                 scratch=self.scratch[kind])
         found.extend(names[i] for i in ids)
         return found
+
+
+def sift(filt, units: list[bytes]) -> list[bytes]:
+    """The ``units`` RE2 superset ``filt`` matches: the others cannot match its rule."""
+    return [u for u in units if filt.search(u)]
 
 
 def narrow(literals: tuple[bytes, ...], units: list[bytes], lowered: list[bytes]) -> list[bytes]:

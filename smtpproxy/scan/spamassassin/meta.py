@@ -159,15 +159,50 @@ def compile_node(node: Node) -> Callable[[Mapping[str, float]], float]:
     if op == "num":
         number = float(node.value)
         return lambda v: number
+    if op in ("&&", "||"):
+        # A chain "A && !B && !C ..." (most metas) is one loop, not nested closures.
+        return _chain(op, [compile_node(n) for n in _operands(node, op)])
     left = compile_node(node.left)  # type: ignore[arg-type]
     if op == "!":
         return lambda v: 0 if left(v) else 1
     if op == "neg":
         return lambda v: -left(v)
     right = compile_node(node.right)  # type: ignore[arg-type]
-    if op == "&&":
-        return lambda v: right(v) if (a := left(v)) else a
-    if op == "||":
-        return lambda v: a if (a := left(v)) else right(v)
     fn = _ARITH[op]
     return lambda v: fn(left(v), right(v))
+
+
+def _operands(node: Node, op: str) -> list[Node]:
+    """The operands of a chain of ``op`` (left-nested as parsed), in order."""
+    out: list[Node] = []
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.op == op:
+            stack.append(n.right)  # type: ignore[arg-type]
+            stack.append(n.left)  # type: ignore[arg-type]
+        else:
+            out.append(n)
+    return out
+
+
+def _chain(op: str, parts: list[Callable[[Mapping[str, float]], float]]) -> Callable[[Mapping[str, float]], float]:
+    """Perl's && / ||: the first operand that decides, else the last one's value."""
+    if op == "&&":
+        def all_of(v: Mapping[str, float]) -> float:
+            a: float = 1
+            for part in parts:
+                a = part(v)
+                if not a:
+                    return a
+            return a
+        return all_of
+
+    def any_of(v: Mapping[str, float]) -> float:
+        a: float = 0
+        for part in parts:
+            a = part(v)
+            if a:
+                return a
+        return a
+    return any_of
