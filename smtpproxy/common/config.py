@@ -752,9 +752,19 @@ class BayesConfig:
     min_tokens: int = 11
     # Robinson-Fisher chi-square probability at or above which BAYES_SPAM is
     # emitted, at or below which BAYES_HAM; the symbol's score is scaled by
-    # the confidence (probability - 0.5) * 2 (see docs/bayes.md).
+    # the confidence (probability - 0.5) * 2 times the familiarity below
+    # (see docs/bayes.md).
     spam_threshold: float = 0.8
     ham_threshold: float = 0.1
+    # Familiarity: how much of the message the training knows. Coverage is the
+    # share of the message's distinct tokens learned in at least two messages;
+    # at or above familiar_coverage the verdict counts in full, at or below
+    # unfamiliar_coverage not at all (BAYES_UNFAMILIAR), linearly between.
+    familiar_coverage: float = 0.6
+    unfamiliar_coverage: float = 0.3
+    # ... and a verdict resting on fewer known tokens than this counts in
+    # proportion (a short or foreign message: a few clues, however extreme).
+    familiar_tokens: int = 30
     # Distinct tokens taken from one message (the first ones found; header
     # tokens come first), both to learn and to classify.
     max_tokens: int = 1000
@@ -779,7 +789,7 @@ class BayesConfig:
 
     def check(self, path: str) -> None:
         _check_positive(self, path, "min_learned", "min_tokens", "max_tokens", "token_ttl_s",
-                        "autolearn_max_ratio")
+                        "autolearn_max_ratio", "familiar_tokens")
         if self.per_user not in ("off", "user", "domain"):
             raise ConfigError(path + "per_user", "must be off, user or domain")
         for name in ("spam_threshold", "ham_threshold"):
@@ -789,6 +799,11 @@ class BayesConfig:
             raise ConfigError(path + "spam_threshold", "must be above 0.5")
         if self.ham_threshold >= 0.5:
             raise ConfigError(path + "ham_threshold", "must be below 0.5")
+        for name in ("familiar_coverage", "unfamiliar_coverage"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(path + name, "must be between 0 and 1")
+        if self.unfamiliar_coverage >= self.familiar_coverage:
+            raise ConfigError(path + "unfamiliar_coverage", "must be below familiar_coverage")
         if self.autolearn_ham_score >= self.autolearn_spam_score:
             raise ConfigError(path + "autolearn_ham_score", "must be below autolearn_spam_score")
         if self.autolearn_max_ratio < 1.0:

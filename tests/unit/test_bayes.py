@@ -17,7 +17,14 @@ import pytest
 from smtpproxy.common import config as config_mod
 from smtpproxy.common.config import ConfigError, StoreConfig
 from smtpproxy.common.store.sqlite import SQLiteStore
-from smtpproxy.scan.bayes.classifier import chi2q, classify, combine, token_probability
+from smtpproxy.scan.bayes.classifier import (
+    Classification,
+    chi2q,
+    classify,
+    combine,
+    familiarity,
+    token_probability,
+)
 from smtpproxy.scan.bayes.storage import (
     ALREADY,
     LEARNED,
@@ -50,6 +57,10 @@ def msg(subject: str, body: str, sender: str = "a@example.com", extra: str = "",
      msg("Hi", "Click HERE now"), ["click", "here", "click here", "here now"], ["Click"]),
     ("short words dropped", msg("x", "an ox is big"), ["big"], ["an", "ox", "is"]),
     ("long runs become skip tokens", msg("x", "a" * 45), ["skip:a 40"], ["a" * 45]),
+    ("Chinese, Japanese, Korean as character pairs",
+     msg("x", "課程教學 mba課程 한국"),
+     ["課程", "程教", "教學", "mba", "한국"],
+     ["課程教學", "mba課程"]),
     ("subject words prefixed", msg("Cheap Pills", "x"), ["subject:cheap", "subject:pills"], []),
     ("from address and domain", msg("x", "y", sender="Bob <Bob@Mail.Example.com>"),
      ["from:bob@mail.example.com", "from_domain:mail.example.com", "from_name:bob"], []),
@@ -132,6 +143,30 @@ def test_classify_uses_only_telling_tokens():
     spammy = classify({"viagra": (10, 0), "cheap": (9, 1), "the": (10, 10)}, 10, 10)
     assert spammy.probability > 0.9 and spammy.used == 2
     assert spammy.clues[0][0] == "viagra"
+
+
+def test_classify_reports_how_much_of_the_message_is_known():
+    # "once" was learned in one message only: a sighting, not knowledge.
+    counts = {"viagra": (10, 0), "meeting": (0, 3), "once": (1, 0)}
+    result = classify(counts, 10, 10, n_tokens=8)
+    assert (result.tokens, result.known) == (8, 2)
+    assert result.coverage == pytest.approx(0.25)
+    assert classify({}, 10, 10, n_tokens=0).coverage == 0.0
+
+
+@pytest.mark.parametrize("coverage, known, expected", [
+    (0.9, 200, 1.0),      # familiar: the verdict counts in full
+    (0.6, 30, 1.0),       # at the familiar edges
+    (0.3, 200, 0.0),      # at unfamiliar_coverage: not at all
+    (0.1, 200, 0.0),
+    (0.45, 200, 0.5),     # half-way between the two coverages
+    (0.9, 15, 0.5),       # familiar share, but only half the known tokens it takes
+    (0.45, 15, 0.25),     # both
+])
+def test_familiarity(coverage, known, expected):
+    tokens = round(known / coverage)
+    result = Classification(0.99, known, (), tokens, known)
+    assert familiarity(result, 0.6, 0.3, 30) == pytest.approx(expected, abs=0.01)
 
 
 # ---------------------------------------------------------------- storage (SQLite)
@@ -250,10 +285,44 @@ def test_symbols_through_the_engine_once_the_minimum_is_reached(tmp_path):
     sym = spam.symbols["BAYES_SPAM"]
     probability = float(sym.options[0])
     assert probability >= 0.9
-    # The score scales with the confidence.
+    assert sym.options[2].startswith("coverage=") and sym.options[3].startswith("known=")
+    # The score scales with the confidence; these probes are worded as the
+    # training and long enough (familiar_tokens 3), so familiarity is 1.
     full = Engine(cfg.scan, [BayesCheck(cfg)]).symbols["BAYES_SPAM"].score
     assert sym.score == pytest.approx(full * (probability - 0.5) * 2, abs=0.01)
     assert "BAYES_HAM" in ham.symbols and ham.symbols["BAYES_HAM"].score < 0
+
+
+def test_unfamiliar_mail_weighs_less_or_nothing(tmp_path):
+    """The same spam clues in a message mostly made of words the training
+    never saw: the verdict is as sure, its score smaller; in a message the
+    training hardly knows at all it is shown (BAYES_UNFAMILIAR) but not scored."""
+    cfg = _cfg(tmp_path, familiar_tokens=3)
+    known = "Buy cheap pills now, best price offer today"
+    partly = msg("Cheap pills", known + " " + " ".join(f"zq{i}x" for i in range(14)))
+    hardly = msg("Cheap pills", known + " " + " ".join(f"zq{i}x" for i in range(60)))
+
+    async def main():
+        store = await _sqlite(tmp_path)
+        bayes = BayesStore(store, 3600)
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in SPAM], "spam")
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in HAM], "ham")
+        results = [await _scan(cfg, store, raw) for raw in (msg("Cheap pills", known), partly, hardly)]
+        await store.close()
+        return results
+
+    familiar, partial, unfamiliar = run(main())
+    full = familiar.symbols["BAYES_SPAM"]
+    some = partial.symbols["BAYES_SPAM"]
+    assert float(some.options[0]) >= 0.9
+    assert 0 < some.score < full.score
+    coverage = float(some.options[2].removeprefix("coverage="))
+    expected = 10.0 * (float(some.options[0]) - 0.5) * 2 * (coverage - 0.3) / 0.3
+    assert some.score == pytest.approx(expected, abs=0.05)
+    assert "BAYES_SPAM" not in unfamiliar.symbols
+    shown = unfamiliar.symbols["BAYES_UNFAMILIAR"]
+    assert shown.score == 0 and shown.options[0] == "BAYES_SPAM"
+    assert float(shown.options[3].removeprefix("coverage=")) <= 0.3
 
 
 @pytest.mark.parametrize("address, per_user, owner", [
@@ -358,6 +427,8 @@ def test_no_store_no_symbols(tmp_path):
 @pytest.mark.parametrize("key, value", [
     ("min_learned", 0), ("spam_threshold", 0.4), ("ham_threshold", 0.6), ("spam_threshold", 1.0),
     ("token_ttl_s", 0), ("autolearn_max_ratio", 0.5), ("autolearn_ham_score", 20.0),
+    ("familiar_coverage", 1.5), ("unfamiliar_coverage", -0.1), ("unfamiliar_coverage", 0.7),
+    ("familiar_tokens", 0),
 ])
 def test_bad_bayes_keys_are_named(tmp_path, key, value):
     with pytest.raises(ConfigError) as exc:

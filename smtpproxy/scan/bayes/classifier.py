@@ -30,6 +30,9 @@ UNKNOWN_PROB = 0.5          # x: a token never seen
 UNKNOWN_STRENGTH = 0.45     # s: how much x weighs against the evidence (SpamBayes' default)
 MIN_PROB_STRENGTH = 0.1     # ignore tokens with f(w) within 0.4..0.6
 MAX_DISCRIMINATORS = 150    # the most extreme tokens used
+# A token counts as known to the training once this many learned messages
+# carried it: one sighting is as likely chance as a pattern.
+KNOWN_MIN_MESSAGES = 2
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,16 @@ class Classification:
     # Telling tokens used; the strongest few with f(w) for the evidence.
     used: int
     clues: tuple[tuple[str, float], ...] = ()
+    # The message's distinct tokens, and how many of them the training knows
+    # (learned in at least KNOWN_MIN_MESSAGES messages): how familiar the
+    # message is, whatever the verdict.
+    tokens: int = 0
+    known: int = 0
+
+    @property
+    def coverage(self) -> float:
+        """The share of the message's distinct tokens the training knows, 0..1."""
+        return self.known / self.tokens if self.tokens else 0.0
 
 
 def token_probability(spam: int, ham: int, nspam: int, nham: int) -> float:
@@ -77,12 +90,16 @@ def combine(probs: list[float]) -> float:
 
 
 def classify(counts: dict[str, tuple[int, int]], nspam: int, nham: int,
-             n_clues: int = 5) -> Classification:
-    """``counts``: token -> (spam, ham) for the message's tokens (absent: unknown)."""
+             n_clues: int = 5, n_tokens: int | None = None) -> Classification:
+    """``counts``: token -> (spam, ham) for the message's tokens (absent: unknown);
+    ``n_tokens``: the message's distinct tokens, known or not (default: those in ``counts``)."""
     scored = []
+    known = 0
     for token, (spam, ham) in counts.items():
         if spam <= 0 and ham <= 0:
             continue
+        if max(0, spam) + max(0, ham) >= KNOWN_MIN_MESSAGES:
+            known += 1
         f = token_probability(spam, ham, nspam, nham)
         if abs(f - 0.5) >= MIN_PROB_STRENGTH:
             scored.append((abs(f - 0.5), token, f))
@@ -90,4 +107,22 @@ def classify(counts: dict[str, tuple[int, int]], nspam: int, nham: int,
     scored = scored[:MAX_DISCRIMINATORS]
     probability = combine([f for _, _, f in scored])
     return Classification(probability, len(scored),
-                          tuple((token, f) for _, token, f in scored[:n_clues]))
+                          tuple((token, f) for _, token, f in scored[:n_clues]),
+                          max(n_tokens if n_tokens is not None else len(counts), known), known)
+
+
+def familiarity(result: Classification, familiar_coverage: float, unfamiliar_coverage: float,
+                familiar_tokens: int) -> float:
+    """How far a verdict on this message can be trusted from what the training knows of it, 0..1.
+
+    The chi-square verdict is drawn only from known tokens and says nothing
+    of the rest: on mail unlike the training (another organisation, language
+    or kind of mail) the few tokens it knows are the generic ones, and they
+    still add up to an extreme probability. So the verdict counts in
+    proportion to the share of the message the training knows (0 at or below
+    ``unfamiliar_coverage``, 1 at or above ``familiar_coverage``, linear
+    between) and, below ``familiar_tokens`` known tokens, to their number.
+    """
+    span = familiar_coverage - unfamiliar_coverage
+    share = min(1.0, max(0.0, (result.coverage - unfamiliar_coverage) / span)) if span > 0 else 1.0
+    return share * min(1.0, result.known / familiar_tokens)

@@ -210,4 +210,4 @@ class BayesStore:
 
     async def classify(self, tokens: list[str]) -> tuple[Counts, Classification]:
         totals, counts = await self.token_counts(tokens)
-        return totals, classify(counts, totals.nspam, totals.nham)
+        return totals, classify(counts, totals.nspam, totals.nham, n_tokens=len(set(tokens)))

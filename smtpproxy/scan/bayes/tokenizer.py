@@ -7,7 +7,8 @@ and in the body count apart:
   (message.py decodes every charset, with replacement), lower-cased, 3 to
   ``MAX_WORD`` characters; longer runs become a ``skip:`` token of their first
   character and length class (as SpamBayes does), so base64 blobs and
-  hashes do not flood the table;
+  hashes do not flood the table; Chinese, Japanese and Korean text, written
+  without spaces, is cut into overlapping character pairs;
 - word pairs: each word with the next (``a b``), which carries phrase
   evidence ("click here", "unsubscribe below") single words do not;
 - URLs: ``url:`` each host and each parent domain of it, ``url:tld`` and the
@@ -38,10 +39,19 @@ WORD_RE = re.compile(r"[^\W_][\w'$€£¥.\-!%]*[\w$€£¥%!]|[^\W_]{1}", re.UN
 ADDR_RE = re.compile(r"[\w.+\-]+@([\w\-]+(?:\.[\w\-]+)+)", re.UNICODE)
 RECEIVED_HOST_RE = re.compile(r"(?i)\b(?:from|by)\s+([a-z0-9][a-z0-9.\-]*\.[a-z]{2,})")
 IP_RE = re.compile(r"\[(\d{1,3})\.(\d{1,3})\.\d{1,3}\.\d{1,3}\]")
+# Chinese, Japanese and Korean scripts (kana, CJK ideographs, Hangul syllables).
+CJK_RE = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+)")
 HTML_TAG_RE = re.compile(r"<\s*([a-zA-Z][a-zA-Z0-9]{0,15})([^>]{0,500})>")
 HTML_ATTR_RE = re.compile(r"([a-zA-Z][a-zA-Z\-]{0,30})\s*=")
 PRESENCE_HEADERS = ("list-id", "list-unsubscribe", "in-reply-to", "references", "x-mailing-list",
                     "precedence", "mime-version", "organization")
+
+
+def _cjk_bigrams(run: str) -> list[str]:
+    """A run of Chinese, Japanese or Korean script as overlapping character pairs."""
+    if len(run) == 1:
+        return [run]
+    return [run[i:i + 2] for i in range(len(run) - 1)]
 
 
 def _words(text: str) -> list[str]:
@@ -49,6 +59,15 @@ def _words(text: str) -> list[str]:
     out = []
     for match in WORD_RE.finditer(text.lower()):
         word = match.group().strip(".-'!")
+        if CJK_RE.search(word):
+            # Written without spaces: a whole phrase would be one token, seen
+            # once, never known. Character pairs recur, as words do elsewhere.
+            for i, piece in enumerate(CJK_RE.split(word)):
+                if i % 2:
+                    out += _cjk_bigrams(piece)
+                else:
+                    out += _words(piece) if piece else []
+            continue
         n = len(word)
         if n < MIN_WORD:
             continue

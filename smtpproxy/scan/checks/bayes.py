@@ -6,8 +6,10 @@ in one round trip and combined with Robinson-Fisher chi-square
 messages of each class have been learned, and for a message with fewer
 than ``min_tokens`` telling tokens. At or above ``spam_threshold`` the
 check emits BAYES_SPAM, at or below ``ham_threshold`` BAYES_HAM, with the
-probability in the options and the confidence as the hit's weight, so the
-symbol's score scales with it.
+probability, the coverage and the known tokens in the options. The hit's
+weight, so the symbol's score, is the confidence times the familiarity
+(classifier.familiarity: how much of the message the training knows); a
+verdict on a message it does not know at all is BAYES_UNFAMILIAR, no score.
 
 With ``per_user`` set, a message whose recipients all share one user's
 (or domain's) classifier is classified by that one once it has learned
@@ -28,6 +30,7 @@ from typing import ClassVar
 
 from smtpproxy.common.config import BayesConfig, Config
 from smtpproxy.common.store import StoreError
+from smtpproxy.scan.bayes.classifier import familiarity
 from smtpproxy.scan.bayes.storage import BayesStore, Counts, recipients_owner
 from smtpproxy.scan.bayes.tokenizer import tokenize
 from smtpproxy.scan.checks.base import CheckContext, Hit
@@ -47,7 +50,7 @@ _clock = time.monotonic
 
 class BayesCheck:
     name: ClassVar[str] = "bayes"
-    symbols: ClassVar[tuple[str, ...]] = ("BAYES_SPAM", "BAYES_HAM", "BAYES_UNAVAILABLE")
+    symbols: ClassVar[tuple[str, ...]] = ("BAYES_SPAM", "BAYES_HAM", "BAYES_UNFAMILIAR", "BAYES_UNAVAILABLE")
     after: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Config | None = None):
@@ -76,19 +79,27 @@ class BayesCheck:
             logger.warning("bayes: store unusable: %s", exc)
             return [Hit("BAYES_UNAVAILABLE", ("store",))]
         ctx.facts["bayes"] = {"probability": result.probability, "tokens": result.used,
+                              "coverage": result.coverage, "known": result.known,
                               "nspam": totals.nspam, "nham": totals.nham, "owner": owner}
         if not self._ready(totals):
             self._remember_not_ready(owner)
             return []
         if result.used < cfg.min_tokens:
             return []
-        options = (f"{result.probability:.3f}", f"tokens={result.used}",
-                   *((f"user={owner}",) if owner else ()))
         if result.probability >= cfg.spam_threshold:
-            return [Hit("BAYES_SPAM", options, (result.probability - 0.5) * 2)]
-        if result.probability <= cfg.ham_threshold:
-            return [Hit("BAYES_HAM", options, (0.5 - result.probability) * 2)]
-        return []
+            symbol, confidence = "BAYES_SPAM", (result.probability - 0.5) * 2
+        elif result.probability <= cfg.ham_threshold:
+            symbol, confidence = "BAYES_HAM", (0.5 - result.probability) * 2
+        else:
+            return []
+        familiar = familiarity(result, cfg.familiar_coverage, cfg.unfamiliar_coverage, cfg.familiar_tokens)
+        options = (f"{result.probability:.3f}", f"tokens={result.used}",
+                   f"coverage={result.coverage:.2f}", f"known={result.known}",
+                   *((f"user={owner}",) if owner else ()))
+        if familiar <= 0.0:
+            # A verdict on mail the training does not know: shown, not scored.
+            return [Hit("BAYES_UNFAMILIAR", (symbol, *options))]
+        return [Hit(symbol, options, confidence * familiar)]
 
     def _ready(self, totals: Counts) -> bool:
         return min(totals.nspam, totals.nham) >= self.cfg.min_learned
