@@ -298,7 +298,8 @@ def symbol_table(result: dict) -> list[tuple[str, float, float, float, bool]]:
         score = scores.get(name, 0.0) or 0.0
         spam = 100.0 * hits[SPAM][name] / n_spam
         ham = 100.0 * hits[HAM][name] / n_ham
-        rows.append((name, score, spam, ham, score > 0 and ham > 1.0))
+        # SpamAssassin's informational rules score 0.001: not a score that counts.
+        rows.append((name, score, spam, ham, score >= 0.01 and ham > 1.0))
     rows.sort(key=lambda r: (-r[2] + r[3], r[0]))
     return rows
 
@@ -348,7 +349,7 @@ def main() -> int:
     print(f"\n{len(table)} symbols fired; positive score on > 1% of ham: {len(flagged)}")
     print(f"{'symbol':34s} {'score':>7s} {'spam %':>7s} {'ham %':>7s}")
     for name, score, spam, ham, flag in table:
-        print(f"{name:34s} {score:7.2f} {spam:7.2f} {ham:7.2f}" + ("  << ham > 1%" if flag else ""))
+        print(f"{name:34s} {score:7.3f} {spam:7.2f} {ham:7.2f}" + ("  << ham > 1%" if flag else ""))
     if args.markdown:
         lines = ["| symbol | score | spam % | ham % |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {name}{' (!)' if flag else ''} | {score:.2f} | {spam:.2f} | {ham:.2f} |"

@@ -43,6 +43,16 @@ HEADER_CASES = [
      {"DATE_IN_FUTURE": ("24h",)}),
     ("date a month old", GOOD.replace(DATE, email.utils.formatdate(NOW - 30 * 86400)), {},
      {"DATE_IN_PAST": ("30d",)}),
+    # Dates are judged against when the message arrived: its topmost Received
+    # field's date (mail scanned later, an archive), never later than now.
+    ("old mail scanned later", "Received: from a by b; " + email.utils.formatdate(NOW - 400 * 86400)
+     + "\r\n" + GOOD.replace(DATE, email.utils.formatdate(NOW - 400 * 86400 - 3600)), {}, {}),
+    ("old date, received now", "Received: from a by b; " + email.utils.formatdate(NOW)
+     + "\r\n" + GOOD.replace(DATE, email.utils.formatdate(NOW - 30 * 86400)), {},
+     {"DATE_IN_PAST": ("30d",)}),
+    ("a Received date ahead of now does not excuse a future Date",
+     "Received: from a by b; " + email.utils.formatdate(NOW + 5 * 86400) + "\r\n"
+     + GOOD.replace(DATE, email.utils.formatdate(NOW + 86400)), {}, {"DATE_IN_FUTURE": ("24h",)}),
     ("no From", without("From"), {}, {"MISSING_FROM": ()}),
     ("two From", "From: x@example.org\r\n" + GOOD, {"mail_from": "x@example.org"},
      {"MULTIPLE_FROM": ("2",)}),

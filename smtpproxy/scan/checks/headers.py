@@ -54,7 +54,7 @@ class HeadersCheck:
         hits: list[Hit] = []
         if not msg.header("Message-ID"):
             hits.append(Hit("MISSING_MID"))
-        hits.extend(self._date(msg.header("Date")))
+        hits.extend(self._date(msg.header("Date"), self._received_at(msg)))
         froms = msg.header_all("From")
         if not froms:
             hits.append(Hit("MISSING_FROM"))
@@ -84,7 +84,24 @@ class HeadersCheck:
             hits.append(Hit("RCVD_COUNT_MANY", (str(received),)))
         return hits
 
-    def _date(self, value: str | None) -> list[Hit]:
+    def _received_at(self, msg) -> float:
+        """When the message arrived: the topmost Received field's date (in live
+        traffic our own Postfix's, a moment ago; for mail scanned later, the
+        receiving MX's), never later than now; now when it has none."""
+        now = self.clock()
+        received = msg.header_all("Received")
+        if not received:
+            return now
+        _, sep, stamp = received[0].rpartition(";")
+        if not sep:
+            return now
+        try:
+            parsed = email.utils.parsedate_to_datetime(stamp.strip())
+            return min(now, parsed.timestamp()) if parsed is not None else now
+        except (TypeError, ValueError, IndexError, OverflowError, OSError):
+            return now
+
+    def _date(self, value: str | None, reference: float) -> list[Hit]:
         if value is None:
             return [Hit("MISSING_DATE")]
         try:
@@ -97,7 +114,7 @@ class HeadersCheck:
             when = parsed.timestamp()
         except (OverflowError, OSError, ValueError):
             return [Hit("INVALID_DATE")]
-        delta = when - self.clock()
+        delta = when - reference
         if delta > FUTURE_S:
             return [Hit("DATE_IN_FUTURE", (f"{delta / 3600:.0f}h",))]
         if delta < -PAST_S:
