@@ -177,7 +177,10 @@ def superset(pattern: re.Pattern[bytes]):
     prefix = "".join(f for f, bit in (("i", re.IGNORECASE), ("s", re.DOTALL)) if flags & bit)
     options = re2.Options()
     options.encoding = re2.Options.Encoding.LATIN1
-    options.max_mem = 32 << 20
+    # RE2's memory per regex, its DFA cache included (reset, not grown, when
+    # full): 8 MB kept the speed of 32 MB on the corpus with a quarter of the
+    # worst case (about 30 filters) and 7 MB less RSS after 1,500 messages.
+    options.max_mem = 8 << 20
     options.log_errors = False
     for cap in _CAPS:
         try:
