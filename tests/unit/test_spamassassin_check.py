@@ -182,3 +182,23 @@ def test_damaged_cache_is_recompiled(tmp_path):
     before = matcher.compile_count
     again = matcher.Matcher(_rules(), str(tmp_path), background=False)
     assert again.ready and matcher.compile_count == before + 1
+
+
+def test_measured_scores_come_after_the_stock_rules_and_before_local_cf(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "20_stock.cf").write_text("header KHOP_UNSUB_EMAIL Subject =~ /unsub/\nscore KHOP_UNSUB_EMAIL 1.0\n"
+                                       "header RDNS_NONE Subject =~ /rdns/\nscore RDNS_NONE 2.4\n"
+                                       "header MONEY_NOHTML Subject =~ /money/\nscore MONEY_NOHTML 1.0\n")
+    (tmp_path / "local.cf").write_text("score MONEY_NOHTML 3.0\n")
+    cfg = config.load(None, {"state_dir": str(tmp_path / "state"), "scan.spamassassin.enabled": True,
+                             "scan.spamassassin.rules_dirs": [str(rules)],
+                             "scan.spamassassin.local_cf": str(tmp_path / "local.cf"),
+                             "scan.spamassassin.score_scale": 1.0})
+    sa = SpamAssassinCheck(cfg, background_compile=False, use_hyperscan=False)
+    assert not sa.rules.errors
+    # Measured on the corpus: dropped (runs for metas, never emitted), halved...
+    assert "KHOP_UNSUB_EMAIL" not in sa.defs
+    assert sa.defs["RDNS_NONE"].score == pytest.approx(1.2)
+    # ... and the site's local.cf still has the last word.
+    assert sa.defs["MONEY_NOHTML"].score == pytest.approx(3.0)

@@ -55,6 +55,8 @@ logger = logging.getLogger("smtpproxy.scan")
 DEBIAN_RULES_DIR = "/usr/share/spamassassin"
 SA_UPDATE_DIR = "/var/lib/spamassassin"
 DEFAULT_LOCAL_CF = "/etc/spamassassin/local.cf"
+# Stock rules re-scored by our measurement (bench/rules_bench.py), shipped with the package.
+MEASURED_SCORES = str(resources.files("smtpproxy.scan.spamassassin").joinpath("data", "measured_scores.cf"))
 # SpamAssassin's MAX_BODY_LINE_LENGTH: longer body lines are split at a space.
 MAX_LINE = 2048
 HEADER_MODIFIERS = {"raw", "addr", "name", "first", "last"}
@@ -128,6 +130,10 @@ class SpamAssassinCheck:
         dirs = sc.rules_dirs or default_rules_dirs()
         local_cf = sc.local_cf or (DEFAULT_LOCAL_CF if os.path.isfile(DEFAULT_LOCAL_CF) else "")
         files = rule_files(dirs, local_cf) if sc.enabled else []
+        if files:
+            # Our measured scores go after the stock files, before local.cf (which wins).
+            at = len(files) - 1 if local_cf else len(files)
+            files.insert(at, MEASURED_SCORES)
         taken = native_symbols(cfg) | set(ENGINE_SYMBOLS)
         # A reload with unchanged files (and every engine a test builds) reuses
         # what was loaded: parsing and compiling take seconds.
