@@ -37,9 +37,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,7 +47,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import apt_install, pct, start_rspamd, stop  # noqa: E402
+from bench.common import (  # noqa: E402
+    RSPAMC_RESULT,
+    apt_install,
+    pct,
+    running_spamd,
+    spamd_site,
+    spamd_symbols,
+    start_rspamd,
+    stop,
+)
 from smtpproxy.common import config  # noqa: E402
 from smtpproxy.common.dns import Resolver  # noqa: E402
 from smtpproxy.common.runtime import run  # noqa: E402
@@ -62,7 +68,7 @@ from smtpproxy.scan.hook import build_engine  # noqa: E402
 from smtpproxy.scan.message import parse  # noqa: E402
 from smtpproxy.transaction import ClientInfo  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
-from tests.support.net import free_port, port_open  # noqa: E402
+from tests.support.net import port_open  # noqa: E402
 from tests.support.postfix import wait_until  # noqa: E402
 from tests.support.redis import start_redis  # noqa: E402
 
@@ -208,33 +214,14 @@ required_score 5.0
 """
 
 
-def spamd_symbols(port: int, raw: bytes) -> tuple[float, list[str]]:
-    """One SYMBOLS request in the spamd protocol: (score, rule names)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
-        sock.sendall(b"SYMBOLS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    match = re.search(rb"Spam: \w+ ; (-?[0-9.]+) /", head)
-    if match is None:
-        raise RuntimeError(f"spamd answered {head[:200]!r}")
-    return float(match.group(1)), [s for s in body.decode().strip().split(",") if s]
-
-
 def bench_spamassassin(train, test, tmp: Path) -> dict:
     problem = apt_install(["spamassassin", "spamc"], False)
     if problem:
         return {"skipped": problem}
-    site = tmp / "sa-site"
     db = tmp / "sa-db"
-    site.mkdir()
     db.mkdir()
     os.chmod(db, 0o777)
-    for pre in Path("/etc/spamassassin").glob("*.pre"):  # plugin loading, Bayes included
-        (site / pre.name).write_text(pre.read_text())
-    (site / "local.cf").write_text(SA_LOCAL_CF.format(db=db))
+    site = spamd_site(tmp / "sa-site", SA_LOCAL_CF.format(db=db))
     out: dict = {}
     start = time.perf_counter()
     for cls in (SPAM, HAM):
@@ -248,29 +235,19 @@ def bench_spamassassin(train, test, tmp: Path) -> dict:
     out["learn_rate"] = len(train) / (time.perf_counter() - start)
     for path in db.iterdir():
         os.chmod(path, 0o666)
-    port = free_port()
-    spamd = subprocess.Popen(
-        ["spamd", "-L", "-i", "127.0.0.1", "-p", str(port), "-A", "127.0.0.1",
-         "--siteconfigpath", str(site), "--max-children=4", "--min-children=4",
-         "-u", "nobody", "-x", "-s", "stderr"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: port_open(port) or spamd.poll() is not None, 180, "spamd")
-        if spamd.poll() is not None:
-            return {"skipped": "spamd exited at start"}
+        with running_spamd(site) as port:
+            def one(item):
+                path, label = item
+                t0 = time.perf_counter()
+                score, rules = spamd_symbols(port, path.read_bytes())
+                return (label, score, False, any(r in ("BAYES_95", "BAYES_99", "BAYES_999") for r in rules),
+                        time.perf_counter() - t0, any(r.startswith("BAYES_") for r in rules))
 
-        def one(item):
-            path, label = item
-            t0 = time.perf_counter()
-            score, rules = spamd_symbols(port, path.read_bytes())
-            return (label, score, False, any(r in ("BAYES_95", "BAYES_99", "BAYES_999") for r in rules),
-                    time.perf_counter() - t0, any(r.startswith("BAYES_") for r in rules))
-
-        with ThreadPoolExecutor(4) as pool:
-            rows = list(pool.map(one, test))
-    finally:
-        spamd.send_signal(signal.SIGTERM)
-        spamd.wait(30)
+            with ThreadPoolExecutor(4) as pool:
+                rows = list(pool.map(one, test))
+    except RuntimeError as exc:
+        return {"skipped": str(exc)}
     out["scored"] = [r[:4] for r in rows]
     out["times"] = [r[4] for r in rows]
     out["bayes_ran"] = sum(1 for r in rows if r[5])
@@ -281,11 +258,6 @@ def bench_spamassassin(train, test, tmp: Path) -> dict:
 
 
 # ---------------------------------------------------------------- rspamd
-
-
-RSPAMC_RESULT = re.compile(
-    r"^Results for file: (?P<file>.*?) \((?P<secs>[0-9.]+) seconds\)$.*?^Score: (?P<score>-?[0-9.]+) /"
-    r"(?P<rest>.*?)(?=^Results for file: |\Z)", re.M | re.S)
 
 
 def bench_rspamd(train, test, tmp: Path, dns: DnsTestServer) -> dict:

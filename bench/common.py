@@ -7,6 +7,9 @@ tests/support; this module holds what only the benchmarks need:
 - ``stop``: SIGTERM a child process, kill it if it does not exit in time;
 - ``apt_install``: install Debian packages without starting system services;
 - ``start_rspamd``: a private rspamd with its network modules off;
+  ``RSPAMC_RESULT``: one message's result in rspamc's output;
+- ``spamd_site``, ``running_spamd``, ``spamd_symbols``: a private spamd -L
+  with a site configuration of its own, and one SYMBOLS request to it;
 - ``process_tree_cpu_seconds``: the CPU time of a daemon and its workers;
 - ``wait_until_idle``: until a daemon has finished its start-up work;
 - ``smtp_source``, ``MESSAGE_SIZE``, ``cpu_seconds``, ``drain``: throughput
@@ -15,14 +18,19 @@ tests/support; this module holds what only the benchmarks need:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
+import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.support.net import free_port
+from tests.support.net import free_port, port_open
 from tests.support.postfix import wait_until
 from tests.support.procs import stop_process
 
@@ -103,6 +111,62 @@ def start_rspamd(conf: Path, nameserver: str, extra: dict[str, str] | None = Non
          "--var", f"RUNDIR={conf / 'run'}", "--var", f"LOGDIR={conf / 'log'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, port, cport
+
+
+# ---------------------------------------------------------------- smtp-source runs
+
+
+RSPAMC_RESULT = re.compile(
+    r"^Results for file: (?P<file>.*?) \((?P<secs>[0-9.]+) seconds\)$.*?^Score: (?P<score>-?[0-9.]+) /"
+    r"(?P<rest>.*?)(?=^Results for file: |\Z)", re.M | re.S)
+
+
+# ---------------------------------------------------------------- SpamAssassin
+
+
+def spamd_site(folder: Path, local_cf: str) -> Path:
+    """A site configuration directory: the system's .pre files (which plugins
+    load) and ``local_cf`` as local.cf."""
+    folder.mkdir(parents=True)
+    for pre in Path("/etc/spamassassin").glob("*.pre"):
+        (folder / pre.name).write_text(pre.read_text())
+    (folder / "local.cf").write_text(local_cf)
+    return folder
+
+
+@contextlib.contextmanager
+def running_spamd(site: Path, children: int = 4) -> Iterator[int]:
+    """A private ``spamd -L`` (no network tests) reading ``site``; yields its
+    port, raises RuntimeError when it does not start."""
+    port = free_port()
+    spamd = subprocess.Popen(
+        ["spamd", "-L", "-i", "127.0.0.1", "-p", str(port), "-A", "127.0.0.1",
+         "--siteconfigpath", str(site), f"--max-children={children}", f"--min-children={children}",
+         "-u", "nobody", "-x", "-s", "stderr"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: port_open(port) or spamd.poll() is not None, 180, "spamd")
+        if spamd.poll() is not None:
+            raise RuntimeError("spamd exited at start")
+        yield port
+    finally:
+        spamd.send_signal(signal.SIGTERM)
+        spamd.wait(30)
+
+
+def spamd_symbols(port: int, raw: bytes) -> tuple[float, list[str]]:
+    """One SYMBOLS request in the spamd protocol: (score, rule names)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        sock.sendall(b"SYMBOLS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"Spam: \w+ ; (-?[0-9.]+) /", head)
+    if match is None:
+        raise RuntimeError(f"spamd answered {head[:200]!r}")
+    return float(match.group(1)), [s for s in body.decode().strip().split(",") if s]
 
 
 # ---------------------------------------------------------------- smtp-source runs

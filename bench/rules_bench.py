@@ -36,7 +36,6 @@ import ipaddress
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import apt_install, start_rspamd, stop  # noqa: E402
+from bench.common import (  # noqa: E402
+    RSPAMC_RESULT,
+    apt_install,
+    running_spamd,
+    spamd_site,
+    spamd_symbols,
+    start_rspamd,
+    stop,
+)
 from smtpproxy.common import config  # noqa: E402
 from smtpproxy.common.dns import Resolver  # noqa: E402
 from smtpproxy.common.runtime import run  # noqa: E402
@@ -57,7 +64,7 @@ from smtpproxy.scan.hook import build_engine  # noqa: E402
 from smtpproxy.scan.message import parse  # noqa: E402
 from smtpproxy.transaction import ClientInfo  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
-from tests.support.net import free_port, port_open  # noqa: E402
+from tests.support.net import port_open  # noqa: E402
 from tests.support.postfix import wait_until  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpora" / "spam-ham"
@@ -202,62 +209,27 @@ required_score 5.0
 """
 
 
-def spamd_symbols(port: int, raw: bytes) -> tuple[float, list[str]]:
-    import socket
-    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
-        sock.sendall(b"SYMBOLS SPAMC/1.5\r\nContent-length: %d\r\n\r\n" % len(raw) + raw)
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    match = re.search(rb"Spam: \w+ ; (-?[0-9.]+) /", head)
-    if match is None:
-        raise RuntimeError(f"spamd answered {head[:200]!r}")
-    return float(match.group(1)), [s for s in body.decode().strip().split(",") if s]
-
-
 def bench_spamassassin(rows, tmp: Path) -> dict:
     problem = apt_install(["spamassassin", "spamc"], False)
     if problem:
         return {"skipped": problem}
-    site = tmp / "sa-site"
-    site.mkdir()
-    for pre in Path("/etc/spamassassin").glob("*.pre"):
-        (site / pre.name).write_text(pre.read_text())
-    (site / "local.cf").write_text(SA_LOCAL_CF)
-    port = free_port()
-    spamd = subprocess.Popen(
-        ["spamd", "-L", "-i", "127.0.0.1", "-p", str(port), "-A", "127.0.0.1",
-         "--siteconfigpath", str(site), "--max-children=4", "--min-children=4",
-         "-u", "nobody", "-x", "-s", "stderr"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: port_open(port) or spamd.poll() is not None, 180, "spamd")
-        if spamd.poll() is not None:
-            return {"skipped": "spamd exited at start"}
+        with running_spamd(spamd_site(tmp / "sa-site", SA_LOCAL_CF)) as port:
+            def one(item):
+                path, label = item
+                score, _rules = spamd_symbols(port, path.read_bytes())
+                return label, score
 
-        def one(item):
-            path, label = item
-            score, _rules = spamd_symbols(port, path.read_bytes())
-            return label, score
-
-        with ThreadPoolExecutor(4) as pool:
-            scored = list(pool.map(one, rows))
-    finally:
-        spamd.send_signal(signal.SIGTERM)
-        spamd.wait(30)
+            with ThreadPoolExecutor(4) as pool:
+                scored = list(pool.map(one, rows))
+    except RuntimeError as exc:
+        return {"skipped": str(exc)}
     out = {"scored": scored}
     out.update(figures(scored, 5.0))
     return out
 
 
 # ---------------------------------------------------------------- rspamd
-
-RSPAMC_RESULT = re.compile(
-    r"^Results for file: (?P<file>.*?) \((?P<secs>[0-9.]+) seconds\)$.*?^Score: (?P<score>-?[0-9.]+) /",
-    re.M | re.S)
-
 
 def bench_rspamd(rows, tmp: Path, dns: DnsTestServer) -> dict:
     problem = apt_install(["rspamd"], False)
