@@ -162,7 +162,7 @@ def bench_smtpproxy(rows, state_dir: Path, dns: DnsTestServer) -> dict:
     for check in engine.checks:
         if getattr(check, "name", "") == "spamassassin" and hasattr(check, "matcher"):
             check.matcher.wait(1800)
-    out: dict = {"symbols": {}}
+    out: dict = {}
     hits: dict[str, Counter] = {SPAM: Counter(), HAM: Counter()}
     errors = Counter()
 
@@ -176,27 +176,20 @@ def bench_smtpproxy(rows, state_dir: Path, dns: DnsTestServer) -> dict:
                                rcpt_tos=["user@example.net"], profile="inbound", resolver=resolver)
             result = await engine.scan(ctx)
             scored.append((label, result.score))
-            for name, symbol in result.symbols.items():
+            for name in result.symbols:
                 hits[label][name] += 1
-                out["symbols"][name] = symbol.score if hasattr(symbol, "score") else None
             if "CHECK_ERROR" in result.symbols:
                 errors[path.name] += 1
         out["cpu_ms"] = (time.process_time() - cpu) / max(1, len(rows)) * 1000
         out["scored"] = scored
-        if hasattr(resolver, "close"):
-            resolver.close()
+        resolver.close()
 
     run(main())
     out.update(figures(out["scored"], cfg.scan.actions.add_header))
     out["hits"] = hits
     out["check_errors"] = errors
-    out["scores"] = engine_scores(engine)
+    out["scores"] = {name: d.score for name, d in engine.symbols.items()}
     return out
-
-
-def engine_scores(engine) -> dict[str, float]:
-    table = getattr(engine, "symbols", None) or getattr(engine, "symbol_defs", None) or {}
-    return {name: getattr(d, "score", 0.0) for name, d in dict(table).items()}
 
 
 # ---------------------------------------------------------------- SpamAssassin
