@@ -376,3 +376,86 @@ def test_registered_domains_and_the_envelope_sender_matching_the_relay():
     assert run(ev("bounce@news.example.co.uk"), "check_mailfrom_matches_rcvd")
     assert not run(ev("joe@other.co.uk"), "check_mailfrom_matches_rcvd")
     assert not run(ev(""), "check_mailfrom_matches_rcvd")
+
+
+# ------------------------------------------------------------------ SPF, DKIM, DMARC (our checks' facts)
+
+AUTH_HEADERS = "From: Ann <ann@mail.example.org>\nTo: bob@example.net\nSubject: hi\n"
+
+
+def with_facts(facts: dict, mail_from: str = "bounce@example.org") -> evals.EvalInput:
+    msg = parse((AUTH_HEADERS + "\nhello\n").encode())
+    return evals.EvalInput(msg, _Texts(msg, mail_from, 1 << 20).header_values, FREEMAIL, facts=facts)
+
+
+def sig(domain: str, result: str = "pass") -> dict:
+    return {"result": result, "domain": domain, "selector": "s", "algorithm": "rsa-sha256", "reason": ""}
+
+
+def test_spf_results_come_from_our_spf_check():
+    ev = with_facts({"spf": {"result": "softfail", "domain": "example.org", "identity": "mailfrom"}})
+    assert run(ev, "check_for_spf_softfail")
+    assert not run(ev, "check_for_spf_pass") and not run(ev, "check_for_spf_fail")
+    # No SPF result (the check was off for this profile): no SPF test fires.
+    assert not any(run(with_facts({}), f"check_for_spf_{r}") for r in ("pass", "none", "fail"))
+
+
+def test_dkim_tests_read_the_signatures():
+    ev = with_facts({"dkim": {"signatures": [sig("example.org"), sig("esp.example", "fail")]}})
+    assert run(ev, "check_dkim_signed") and run(ev, "check_dkim_signed", "esp.example")
+    assert run(ev, "check_dkim_valid") and run(ev, "check_dkim_valid", "*.org")
+    assert not run(ev, "check_dkim_valid", "esp.example")
+    # The author (From) is mail.example.org: a valid signature by its parent domain counts.
+    assert run(ev, "check_dkim_valid_author_sig")
+    assert run(ev, "check_dkim_valid_envelopefrom")  # bounce@example.org
+    other = with_facts({"dkim": {"signatures": [sig("esp.example")]}})
+    assert not run(other, "check_dkim_valid_author_sig") and not run(other, "check_dkim_valid_envelopefrom")
+    assert not run(with_facts({"dkim": {"signatures": []}}), "check_dkim_signed")
+
+
+@pytest.mark.parametrize("dmarc,fires", [
+    ({"result": "pass", "domain": "example.org", "policy": "reject"}, "check_dmarc_pass"),
+    ({"result": "fail", "domain": "example.org", "policy": "reject"}, "check_dmarc_reject"),
+    ({"result": "fail", "domain": "example.org", "policy": "quarantine"}, "check_dmarc_quarantine"),
+    ({"result": "fail", "domain": "example.org", "policy": "none"}, "check_dmarc_none"),
+    ({"result": "none", "domain": "example.org", "policy": "", "reason": "no DMARC record"},
+     "check_dmarc_missing"),
+    ({"result": "temperror", "domain": "example.org", "policy": "", "reason": "DNS timeout"}, None),
+    ({"result": "none", "domain": "example.org", "policy": "", "reason": "no resolver"}, None),
+])
+def test_dmarc_tests_read_the_result(dmarc, fires):
+    ev = with_facts({"dmarc": dmarc})
+    names = ("check_dmarc_pass", "check_dmarc_reject", "check_dmarc_quarantine", "check_dmarc_none",
+             "check_dmarc_missing")
+    assert {n for n in names if run(ev, n)} == ({fires} if fires else set())
+
+
+AUTH_CF = r"""
+header   SPF_FAIL          eval:check_for_spf_fail()
+score    SPF_FAIL          0.9
+full     DKIM_VALID_AU     eval:check_dkim_valid_author_sig()
+score    DKIM_VALID_AU     -0.1
+meta     LOCAL_FORGED      LOCAL_SUBJ && !DKIM_VALID_AU && SPF_FAIL
+score    LOCAL_FORGED      3.0
+header   LOCAL_SUBJ        Subject =~ /prize/i
+score    LOCAL_SUBJ        0.5
+"""
+
+
+def test_auth_rules_feed_the_metas_but_are_not_scored_twice(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_empty.cf").write_text("# nothing here\n")
+    (tmp_path / "local.cf").write_text(AUTH_CF)
+    cfg = config.load(None, {"state_dir": str(tmp_path / "state"), "scan.spamassassin.enabled": True,
+                             "scan.spamassassin.rules_dirs": [str(rules)],
+                             "scan.spamassassin.local_cf": str(tmp_path / "local.cf")})
+    sa = SpamAssassinCheck(cfg, background_compile=False)
+    assert "SPF_FAIL" not in sa.symbol_defs() and "DKIM_VALID_AU" not in sa.symbol_defs()
+    assert "scored by our SPF" in sa.not_emitted["SPF_FAIL"]
+    assert "spf" in sa.after and "dkim" in sa.after and "dmarc" in sa.after
+    msg = parse(b"From: ann@example.org\r\nTo: bob@example.net\r\nSubject: your prize\r\n\r\nhi\r\n")
+    fail = {"spf": {"result": "fail", "domain": "example.org"}, "dkim": {"signatures": []}}
+    assert {h.symbol for h in sa.scan(msg, "ann@example.org", facts=fail)} == {"LOCAL_SUBJ", "LOCAL_FORGED"}
+    signed = {**fail, "dkim": {"signatures": [sig("example.org")]}}
+    assert {h.symbol for h in sa.scan(msg, "ann@example.org", facts=signed)} == {"LOCAL_SUBJ"}

@@ -150,7 +150,8 @@ class _Meta:
 
 class SpamAssassinCheck:
     name = "spamassassin"
-    after: tuple[str, ...] = ()
+    # The SPF, DKIM and DMARC plugins' tests read these checks' results (evals.py).
+    after: tuple[str, ...] = ("spf", "dkim", "dmarc")
     # No I/O: runs in the engine's own task (checks/base.py).
     inline = True
     # The thread for checking with re alone while the databases compile (run()).
@@ -249,6 +250,11 @@ class SpamAssassinCheck:
             if name in taken:
                 self.not_emitted[name] = "name of a native symbol"
                 continue
+            if rs.rules[name].kind == "eval" and rs.rules[name].text in evals.AUTH_EVALS:
+                # SPF_FAIL, DKIM_VALID, DMARC_REJECT...: our own SPF, DKIM and DMARC
+                # symbols score these results already; the metas still read them.
+                self.not_emitted[name] = "scored by our SPF, DKIM or DMARC check"
+                continue
             self.defs[name] = SymbolDef(round(score * self.scale, 3),
                                         rs.descriptions.get(name, f"SpamAssassin rule {name}"))
         self.symbols = {name: d.description for name, d in self.defs.items()}
@@ -323,7 +329,7 @@ class SpamAssassinCheck:
         if not self.rules.rules:
             return []
         if not self.matcher.compiling:
-            return self.scan(ctx.message, ctx.mail_from, ctx.client)
+            return self.scan(ctx.message, ctx.mail_from, ctx.client, facts=ctx.facts)
         # The Hyperscan databases are still compiling (minutes, at the first
         # start or after a rule update): every rule runs with re, 20-100 ms a
         # message. That runs on a thread of its own, one message at a time,
@@ -335,19 +341,21 @@ class SpamAssassinCheck:
         if self._slow is None:
             self._slow = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sa-re")
         return await asyncio.get_running_loop().run_in_executor(
-            self._slow, self._scan_slowly, ctx.message, ctx.mail_from, ctx.client)
+            self._slow, self._scan_slowly, ctx.message, ctx.mail_from, ctx.client, dict(ctx.facts))
 
-    def _scan_slowly(self, msg: Message, mail_from: str, client: ClientInfo | None) -> list[Hit]:
+    def _scan_slowly(self, msg: Message, mail_from: str, client: ClientInfo | None, facts: dict) -> list[Hit]:
         try:
-            return [*self.scan(msg, mail_from, client, hyperscan=False), Hit(RULES_COMPILING, ("re",))]
+            return [*self.scan(msg, mail_from, client, hyperscan=False, facts=facts),
+                    Hit(RULES_COMPILING, ("re",))]
         finally:
             self._slow_busy = False  # here, not in run(): a timed-out run leaves this thread busy
 
     def scan(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None,
-             hyperscan: bool = True) -> list[Hit]:
+             hyperscan: bool = True, facts: dict | None = None) -> list[Hit]:
         """The rules' hits on one message; ``hyperscan=False``: with re alone (a
-        thread other than the event loop's must not share its Hyperscan scratch)."""
-        hits = self.match(msg, mail_from, client, hyperscan)
+        thread other than the event loop's must not share its Hyperscan scratch);
+        ``facts``: the SPF, DKIM and DMARC checks' results (ctx.facts)."""
+        hits = self.match(msg, mail_from, client, hyperscan, facts)
         dirty: set[str] = set()
         todo = list(hits)
         while todo:
@@ -369,7 +377,7 @@ class SpamAssassinCheck:
         return out
 
     def match(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None,
-              hyperscan: bool = True) -> dict[str, int]:
+              hyperscan: bool = True, facts: dict | None = None) -> dict[str, int]:
         """Regex and exists rules that hit: {name: hit count}."""
         hits: dict[str, int] = {}
         texts = _Texts(msg, mail_from, self.max_bytes, client)
@@ -378,7 +386,8 @@ class SpamAssassinCheck:
                 hits[rule.name] = 1
         if self.eval_rules:
             ev = evals.EvalInput(msg, texts.header_values, self.freemail, texts.relays,
-                                 lambda: [line.decode("utf-8", "replace") for line in texts.body_lines()])
+                                 lambda: [line.decode("utf-8", "replace") for line in texts.body_lines()],
+                                 facts)
             for rule in self.eval_rules:
                 if evals.run(ev, rule.text, rule.args):
                     hits[rule.name] = 1

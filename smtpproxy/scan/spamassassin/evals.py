@@ -184,8 +184,12 @@ class EvalInput:
     def __init__(self, msg: Message, header_values: Callable[[str], list[str]],
                  freemail: Freemail | None = None,
                  relays: Callable[[], relay_chain.Relays] | None = None,
-                 body_lines: Callable[[], list[str]] | None = None):
+                 body_lines: Callable[[], list[str]] | None = None,
+                 facts: dict | None = None):
         self.msg = msg
+        # What our SPF, DKIM and DMARC checks found (their ctx.facts), for the
+        # SPF, DKIM and DMARC plugins' tests; absent: those tests do not fire.
+        self.facts = facts or {}
         self._header_values = header_values  # check.py's header view: "To:addr", "ToCc", ...
         self._values: dict[str, list[str]] = {}
         # The body as the body rules read it (Subject first, HTML rendered), as text.
@@ -708,6 +712,100 @@ def supported(fn: str, args: tuple[str, ...]) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- SPF, DKIM, DMARC plugins
+# Read from our own checks' results (they run first), never recomputed. The
+# rules calling these run for the metas but are not emitted: our SPF, DKIM and
+# DMARC symbols already score those results (check.py, AUTH_EVALS).
+
+def _spf_is(result: str) -> Callable[[EvalInput], bool]:
+    def test(ev: EvalInput) -> bool:
+        return ev.facts.get("spf", {}).get("result") == result
+    test.__name__ = f"check_for_spf_{result}"
+    return test
+
+
+SPF_EVALS = [_spf_is(r) for r in ("pass", "neutral", "none", "fail", "softfail", "permerror", "temperror")]
+
+
+def _dkim_signatures(ev: EvalInput) -> list[dict]:
+    return ev.facts.get("dkim", {}).get("signatures", [])
+
+
+def _domain_listed(domain: str, domains: tuple[str, ...]) -> bool:
+    """No list: any domain; else the domain or a ``*.parent`` wildcard of it, as the DKIM plugin matches."""
+    if not domains:
+        return True
+    domain = domain.lower()
+    for listed in domains:
+        listed = listed.strip("'\"").lower()
+        if listed.startswith("*.") and (domain == listed[2:] or domain.endswith(listed[1:])):
+            return True
+        if domain == listed:
+            return True
+    return False
+
+
+def check_dkim_signed(ev: EvalInput, *domains: str) -> bool:
+    return any(_domain_listed(s.get("domain", ""), domains) for s in _dkim_signatures(ev))
+
+
+def check_dkim_valid(ev: EvalInput, *domains: str) -> bool:
+    return any(s.get("result") == "pass" and _domain_listed(s.get("domain", ""), domains)
+               for s in _dkim_signatures(ev))
+
+
+def _valid_for(ev: EvalInput, author: str, domains: tuple[str, ...]) -> bool:
+    """A valid signature whose d= is ``author``'s domain or a parent of it."""
+    author = author.lower()
+    for sig in _dkim_signatures(ev):
+        d = sig.get("domain", "").lower()
+        if sig.get("result") == "pass" and d and (author == d or author.endswith("." + d)) \
+                and _domain_listed(d, domains):
+            return True
+    return False
+
+
+def check_dkim_valid_author_sig(ev: EvalInput, *domains: str) -> bool:
+    return bool(ev.msg.from_domain) and _valid_for(ev, ev.msg.from_domain, domains)
+
+
+def check_dkim_valid_envelopefrom(ev: EvalInput, *domains: str) -> bool:
+    sender = (ev.header_values("EnvelopeFrom") or [""])[0]
+    return "@" in sender and _valid_for(ev, sender.rpartition("@")[2], domains)
+
+
+def check_dmarc_pass(ev: EvalInput) -> bool:
+    return ev.facts.get("dmarc", {}).get("result") == "pass"
+
+
+def _dmarc_fail_with(policy: str) -> Callable[[EvalInput], bool]:
+    def test(ev: EvalInput) -> bool:
+        dmarc = ev.facts.get("dmarc", {})
+        return dmarc.get("result") == "fail" and dmarc.get("policy") == policy
+    return test
+
+
+check_dmarc_reject = _dmarc_fail_with("reject")
+check_dmarc_reject.__name__ = "check_dmarc_reject"
+check_dmarc_quarantine = _dmarc_fail_with("quarantine")
+check_dmarc_quarantine.__name__ = "check_dmarc_quarantine"
+check_dmarc_none = _dmarc_fail_with("none")
+check_dmarc_none.__name__ = "check_dmarc_none"
+
+
+def check_dmarc_missing(ev: EvalInput) -> bool:
+    """The author domain publishes no DMARC record (a temporary error is not "missing")."""
+    dmarc = ev.facts.get("dmarc")
+    return dmarc is not None and dmarc.get("result") == "none" and bool(dmarc.get("domain")) \
+        and dmarc.get("reason") != "no resolver"
+
+
+AUTH_EVALS = frozenset(fn.__name__ for fn in (
+    *SPF_EVALS, check_dkim_signed, check_dkim_valid, check_dkim_valid_author_sig,
+    check_dkim_valid_envelopefrom, check_dmarc_pass, check_dmarc_reject, check_dmarc_quarantine,
+    check_dmarc_none, check_dmarc_missing))
+
+
 EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
     check_for_shifted_date, check_outlook_message_id, gated_through_received_hdr_remover,
     check_messageid_not_usable, sorted_recipients, similar_recipients,
@@ -716,6 +814,9 @@ EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
     check_all_trusted, check_no_relays, check_relays_unparseable, helo_ip_mismatch,
     check_for_numeric_helo, check_for_no_rdns_dotcom_helo, check_for_forged_yahoo_received_headers,
     html_test, html_tag_exists, html_image_only, html_range, html_text_match, check_mailfrom_matches_rcvd,
+    *SPF_EVALS, check_dkim_signed, check_dkim_valid, check_dkim_valid_author_sig,
+    check_dkim_valid_envelopefrom, check_dmarc_pass, check_dmarc_reject, check_dmarc_quarantine,
+    check_dmarc_none, check_dmarc_missing,
 )}
 
 
