@@ -5,6 +5,7 @@ compiled databases are reused from the cache."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 
 import pytest
 
@@ -173,6 +174,21 @@ def test_compiled_databases_are_reused_from_the_cache(tmp_path):
     matcher.Matcher(changed, str(tmp_path), background=False)
     assert matcher.compile_count == before + 2
     assert len(list(tmp_path.glob("hs-*.db"))) == 1
+
+
+@pytest.mark.skipif(matcher.hyperscan is None, reason="hyperscan not installed")
+def test_cache_of_the_older_single_pickle_layout_still_loads(tmp_path):
+    first = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    with open(first.cache_path, "rb") as f:
+        header = pickle.load(f)
+        blobs = {kind: pickle.load(f) for kind in header.pop("kinds")}
+    assert set(blobs) == set(first.dbs)  # one pickle per database after the header
+    with open(first.cache_path, "wb") as f:
+        pickle.dump({**header, "dbs": blobs}, f)
+    before = matcher.compile_count
+    again = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    assert again.ready and matcher.compile_count == before
+    assert "B_WORD" in again.candidates("body", [b"a prize"])
 
 
 @pytest.mark.skipif(matcher.hyperscan is None, reason="hyperscan not installed")

@@ -20,8 +20,11 @@ the ``hyperscan`` module every rule is such a rule.
 Compiling takes minutes for SpamAssassin's full rule set, so the databases
 are serialised to ``<state_dir>/spamassassin/hs-<key>.db``, ``key`` being a
 hash of the patterns and flags (so of the rule files' content): a restart
-or reload with unchanged rules loads them in milliseconds. A compile runs
-in a worker thread; until it is done the rules run with ``re`` alone. A lock
+or reload with unchanged rules loads them in milliseconds. The file holds
+one pickle per database after a header, so loading holds one serialised
+database at a time besides the loaded ones (a peak of the largest, about
+25 MB, not of all 36). A compile runs in a worker thread; until it is
+done the rules run with ``re`` alone. A lock
 file beside the cache makes several processes sharing it (proxy.workers)
 compile once: the first compiles, the others wait and load its result.
 """
@@ -164,10 +167,19 @@ class Matcher:
         try:
             with open(self.cache_path, "rb") as f:
                 data = pickle.load(f)
-            if data["key"] != self.key:
-                return False
-            dbs = {kind: hyperscan.loadb(blob, hyperscan.HS_MODE_BLOCK)
-                   for kind, blob in data["dbs"].items()}
+                if data["key"] != self.key:
+                    return False
+                if "dbs" in data:  # the older layout: every database in the one pickle
+                    dbs = {kind: hyperscan.loadb(blob, hyperscan.HS_MODE_BLOCK)
+                           for kind, blob in data.pop("dbs").items()}
+                else:
+                    # One serialised database in memory at a time: the process's peak
+                    # RSS holds the largest one twice (serialised and loaded), not all.
+                    dbs = {}
+                    for kind in data["kinds"]:
+                        blob = pickle.load(f)
+                        dbs[kind] = hyperscan.loadb(blob, hyperscan.HS_MODE_BLOCK)
+                        del blob
         except FileNotFoundError:
             return False
         except Exception as exc:  # a damaged cache is rebuilt
@@ -273,11 +285,14 @@ class Matcher:
             return
         try:
             os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
+            kinds = [k for k, db in dbs.items() if db is not None]
             data = {"key": self.key, "refused": refused, "names": names, "substituted": substituted,
-                    "dbs": {k: hyperscan.dumpb(db) for k, db in dbs.items() if db is not None}}
+                    "kinds": kinds}
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.cache_path), prefix=".hs-")
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(data, f)
+                for kind in kinds:  # each database its own pickle, read back one at a time
+                    pickle.dump(hyperscan.dumpb(dbs[kind]), f)
             os.replace(tmp, self.cache_path)
             # Older databases of other rule versions are of no use any more.
             for entry in os.scandir(os.path.dirname(self.cache_path)):
