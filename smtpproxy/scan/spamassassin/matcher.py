@@ -44,7 +44,7 @@ from collections.abc import Iterable
 
 from smtpproxy.scan.spamassassin.literals import hyperscan_literal, required_literals
 from smtpproxy.scan.spamassassin.re2filter import superset
-from smtpproxy.scan.spamassassin.regex import Translated, compile_python, relax_for_hyperscan
+from smtpproxy.scan.spamassassin.regex import Translated, compile_source, relax_for_hyperscan
 
 try:  # optional: without it every rule runs with re
     import hyperscan
@@ -106,7 +106,7 @@ class Matcher:
 
     def __init__(self, rules: dict[str, list[tuple[str, Translated]]], cache_dir: str = "",
                  use_hyperscan: bool = True, background: bool = True):
-        self.regex: dict[str, re.Pattern[bytes]] = {}
+        self.regex = Regexes()
         self.names: dict[str, list[str]] = {k: [] for k in KINDS}  # HS id -> rule name
         self.always: dict[str, list[str]] = {k: [] for k in KINDS}  # run with re every time
         self.all: dict[str, list[str]] = {k: [] for k in KINDS}
@@ -124,12 +124,13 @@ class Matcher:
         self.hs_refused: dict[str, str] = {}  # name -> why it is an "always" rule
         self.compiled_here = False
         self._done = threading.Event()
+        self.use_hyperscan = use_hyperscan and hyperscan is not None
         for kind, items in rules.items():
             for name, t in items:
-                self.regex[name] = compile_python(t)
+                self.regex.add(name, t)
                 self.all[kind].append(name)
-                self._translated[name] = t
-        self.use_hyperscan = use_hyperscan and hyperscan is not None
+                if self.use_hyperscan:
+                    self._translated[name] = t
         if not self.use_hyperscan:
             self._done.set()
             return
@@ -152,6 +153,7 @@ class Matcher:
         self.key = digest.hexdigest()[:24]
         self.cache_path = os.path.join(cache_dir, f"hs-{self.key}.db") if cache_dir else ""
         if self._load_cache():
+            self._forget_sources()
             self._done.set()
             return
         if background:
@@ -195,7 +197,14 @@ class Matcher:
         except Exception:  # never fatal: the rules keep running with re
             logger.exception("spamassassin: compiling the Hyperscan databases failed")
         finally:
+            self._forget_sources()
             self._done.set()
+
+    def _forget_sources(self) -> None:
+        """Drop what only compiling needs (every pattern's Hyperscan form): MBs kept for nothing."""
+        self._patterns = {k: [] for k in KINDS}
+        self._translated = {}
+        self._oversize = {k: [] for k in KINDS}
 
     def _compile(self) -> None:
         global compile_count
@@ -344,6 +353,32 @@ class Matcher:
                 scratch=self.scratch[kind])
         found.extend(names[i] for i in ids)
         return found
+
+
+class Regexes(dict):
+    """Rule name -> its compiled ``re`` pattern, compiled on first use.
+
+    With Hyperscan most rules are never candidates on a given host's mail;
+    their patterns stay source bytes (a compiled pattern takes several times
+    its source). Without it, or while it compiles, every rule is compiled by
+    the first message. A race between threads compiles one pattern twice,
+    harmlessly.
+    """
+
+    __slots__ = ("sources",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[str, tuple[bytes, int]] = {}
+
+    def add(self, name: str, t: Translated) -> None:
+        self.sources[name] = (t.python, t.flags)
+        self.pop(name, None)
+
+    def __missing__(self, name: str) -> re.Pattern[bytes]:
+        python, flags = self.sources[name]
+        pattern = self[name] = compile_source(python, flags)
+        return pattern
 
 
 def sift(filt, units: list[bytes]) -> list[bytes]:
