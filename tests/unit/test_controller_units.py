@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 from smtpproxy.common import config
 from smtpproxy.common.config import ConfigError, ControllerConfig, HistoryConfig, StoreConfig
 from smtpproxy.common.store.sqlite import SQLiteStore
+from smtpproxy.controller import history
 from smtpproxy.controller.auth import (
     READ,
     WRITE,
@@ -23,6 +25,7 @@ from smtpproxy.controller.auth import (
 from smtpproxy.controller.history import (
     REF_ALPHABET,
     HistoryStore,
+    HistoryWriter,
     Throughput,
     header_facts,
     new_ref,
@@ -169,4 +172,20 @@ def test_history_store_is_bounded_and_finds_rows(tmp_path):
             assert [row async for row in history.newest()] == []
         finally:
             await store.close()
+    asyncio.run(run())
+
+
+def test_kept_messages_come_back_whole_within_a_compressed_budget(monkeypatch):
+    async def run():
+        writer = HistoryWriter(HistoryConfig(keep_messages_bytes=4096), "mx.example")
+        text = b"Subject: offer\r\n\r\n" + b"the same line of mail again\r\n" * 200  # ~6 KB
+        noise = os.urandom(3000)  # does not compress
+        await writer._keep(1, text)
+        assert writer.kept(1) == text and writer._kept_bytes < len(text) // 4
+        monkeypatch.setattr(history, "INLINE_COMPRESS_BYTES", 100)  # the thread path
+        await writer._keep(2, noise)
+        assert writer.kept(2) == noise and writer.kept(1) == text
+        await writer._keep(3, noise)  # over the budget: the oldest go first
+        assert writer.kept(1) is None and writer.kept(2) is None and writer.kept(3) == noise
+        assert writer._kept_bytes <= 4096
     asyncio.run(run())
