@@ -14,7 +14,7 @@ from smtpproxy.scan.checks.all import all_checks
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.engine import Engine
 from smtpproxy.scan.message import parse
-from smtpproxy.scan.spamassassin import matcher
+from smtpproxy.scan.spamassassin import matcher, re2filter
 from smtpproxy.scan.spamassassin.check import SpamAssassinCheck
 from smtpproxy.scan.spamassassin.regex import split_match_op, translate
 from smtpproxy.transaction import ClientInfo
@@ -189,6 +189,30 @@ def test_cache_of_the_older_single_pickle_layout_still_loads(tmp_path):
     again = matcher.Matcher(_rules(), str(tmp_path), background=False)
     assert again.ready and matcher.compile_count == before
     assert "B_WORD" in again.candidates("body", [b"a prize"])
+
+
+@pytest.mark.skipif(matcher.hyperscan is None or re2filter.re2 is None,
+                    reason="hyperscan or google-re2 not installed")
+def test_costly_rules_get_a_filter_that_only_the_matcher_holds(tmp_path):
+    words = "|".join(f"word{i:04d}x" for i in range(900))  # over Hyperscan's 8,000 bytes
+    rules = {"body": [("B_LIST", translate(f"\\b(?:{words})\\b", "i")),
+                      ("B_WORD", translate("\\bprize\\b", "i"))]}
+    m = matcher.Matcher(rules, str(tmp_path), background=False)
+    assert m.ready and "B_LIST" in m.filters and "B_LIST" in m.substituted
+    # google-re2's own cache keeps none: a reload's old filters go with their matcher.
+    assert re2filter.re2._Regexp._make.cache_info().currsize == 0
+    texts = [b"say WORD0042X now\n"]
+    assert "B_LIST" in m.candidates("body", texts)
+    assert matcher.count(m.regex["B_LIST"], matcher.sift(m.filters["B_LIST"], texts), 1) == 1
+
+
+def test_re_patterns_are_compiled_on_first_use():
+    m = matcher.Matcher(_rules(), use_hyperscan=False)
+    assert dict.keys(m.regex) == set() and set(m.regex.sources) >= {"B_WORD", "U_HOST"}
+    assert m.regex["B_WORD"].search(b"a prize") and set(dict.keys(m.regex)) == {"B_WORD"}
+    assert m.regex["B_WORD"] is m.regex["B_WORD"]  # compiled once
+    with pytest.raises(KeyError):
+        m.regex["NO_SUCH_RULE"]
 
 
 @pytest.mark.skipif(matcher.hyperscan is None, reason="hyperscan not installed")

@@ -43,7 +43,7 @@ import threading
 from collections.abc import Iterable
 
 from smtpproxy.scan.spamassassin.literals import hyperscan_literal, required_literals
-from smtpproxy.scan.spamassassin.re2filter import superset
+from smtpproxy.scan.spamassassin.re2filter import release_cache, superset
 from smtpproxy.scan.spamassassin.regex import Translated, compile_source, relax_for_hyperscan
 
 try:  # optional: without it every rule runs with re
@@ -329,6 +329,7 @@ class Matcher:
             filt = superset(self.regex[name])
             if filt is not None:
                 self.filters[name] = filt
+        release_cache()
         self.dbs = {k: v for k, v in dbs.items() if v is not None}
         self.ready = True
 
