@@ -181,6 +181,42 @@ def test_meta(label, expr, values, fires):
     assert bool(meta.evaluate(meta.parse(expr), values)) is fires
 
 
+@pytest.mark.parametrize("label,expr,values,fires", META_CASES, ids=[c[0] for c in META_CASES])
+def test_compiled_meta_gives_the_tree_walks_value(label, expr, values, fires):
+    tree = meta.parse(expr)
+    # The generated function and the closures (the fallback) return the very
+    # value the tree walk does: && and || pass on the deciding operand.
+    assert meta.compile_node(tree)(values) == meta.evaluate(tree, values)
+    assert meta._closures(tree)(values) == meta.evaluate(tree, values)
+    assert bool(meta.compile_node(tree)(values)) is fires
+
+
+def test_compiled_meta_returns_the_deciding_operand():
+    assert meta.compile_node(meta.parse("A && B"))({"A": 2, "B": 3}) == 3
+    assert meta.compile_node(meta.parse("A || B"))({"B": 4}) == 4
+
+
+def test_compiled_meta_names_are_literals_not_code():
+    # A name is only ever a dictionary key in the generated source.
+    fn = meta.compile_node(meta.parse("__import__ || exec"))
+    assert fn({"exec": 1}) == 1
+    assert fn({}) == 0
+
+
+def test_deep_meta_compiles_or_falls_back():
+    # 150 terms: deeper than Python's nesting of parentheses takes, so the closures serve.
+    expr = " + ".join(f"R{i}" for i in range(150)) + " > 2"
+    fn = meta.compile_node(meta.parse(expr))
+    assert fn({"R1": 1, "R7": 1, "R149": 1}) == 1
+    assert fn({"R1": 1, "R7": 1}) == 0
+
+
+@pytest.mark.parametrize("expr", ["(" * 2000 + "A" + ")" * 2000, " + ".join(["A"] * 400)])
+def test_too_deep_meta_is_a_syntax_error(expr):
+    with pytest.raises(meta.MetaSyntaxError):
+        meta.parse(expr)
+
+
 @pytest.mark.parametrize("expr", ["A &&", "(A || B", "A B", "A ; system('x')", "", "A & B"])
 def test_meta_syntax_errors(expr):
     with pytest.raises(meta.MetaSyntaxError):

@@ -66,9 +66,35 @@ RELAY_HEADERS = ("x-spam-relays-trusted", "x-spam-relays-untrusted", "x-spam-rel
 NO_NEWLINE_HEADERS = (*RELAY_HEADERS, "envelopefrom")
 PARAGRAPH_RE = re.compile(r"\n+\s*\n+")
 SPACE_RE = re.compile(r"\s+")
+# A field read by this many header rules gets a database of its own (a scan
+# costs about 1 µs of its own; scanning a field with rules that never read it
+# costs more).
+OWN_DATABASE_RULES = 10
+LONG_HEADERS = ("all", "received", *RELAY_HEADERS)
 # A rule with an RE2 filter is narrowed by its required literals first only when
 # they are this few: looking for hundreds of literals in Python costs more.
 FEW_LITERALS = 16
+
+
+def header_name(spec: str) -> str:
+    """The field a header rule reads: "from" for From:addr, "all" for ALL:raw."""
+    return spec.split(":", 1)[0].lower()
+
+
+def header_groups(specs: list[str]) -> dict[str, str]:
+    """The Hyperscan database of each header rule's ``spec``: "header:NAME" for a
+    field read by many rules or a long one (the whole header block, the Received
+    chain and the relay pseudo-headers), "header" for the rest. So each text is
+    scanned by the rules that read it, not by every header rule."""
+    counts = defaultdict(int)
+    for spec in specs:
+        counts[header_name(spec)] += 1
+    groups = {}
+    for spec in specs:
+        name = header_name(spec)
+        own = counts[name] >= OWN_DATABASE_RULES or name in LONG_HEADERS
+        groups[spec] = f"header:{name}" if own else "header"
+    return groups
 
 
 def default_rules_dirs() -> tuple[str, ...]:
@@ -224,6 +250,8 @@ class SpamAssassinCheck:
         # What runs: every emitted rule and every rule a meta reads.
         run = set(self.defs) | needed | set(self.not_emitted)
         self._patterns: dict[str, list] = {k: [] for k in KINDS}
+        self.header_group = header_groups([r.header for n, r in rs.rules.items()
+                                           if r.kind == "header" and n in run and not r.exists])
         self.header_rules: dict[str, object] = {}
         self.exists_rules = []
         self.eval_rules = []
@@ -239,9 +267,11 @@ class SpamAssassinCheck:
             if rule.exists:
                 self.exists_rules.append(rule)
                 continue
-            self._patterns[rule.kind].append((name, rule.pattern))
             if rule.kind == "header":
                 self.header_rules[name] = rule
+                self._patterns.setdefault(self.header_group[rule.header], []).append((name, rule.pattern))
+            else:
+                self._patterns[rule.kind].append((name, rule.pattern))
         # Base values: every meta with no regex rule hit, in both worlds; "hi"
         # also starts a message with every rule not run here on.
         self.base_lo, self.base_hi = self._evaluate({}, None)
@@ -313,13 +343,17 @@ class SpamAssassinCheck:
             for rule in self.eval_rules:
                 if evals.run(ev, rule.text, rule.args):
                     hits[rule.name] = 1
-        # header: the fields each rule names, as one prefilter pass over all of them.
+        # header: the fields each rule names, one prefilter pass per group of them.
         targets = {}
+        grouped: dict[str, list[bytes]] = defaultdict(list)
         for rule in self.header_rules.values():
             key = (rule.header, rule.if_unset)
             if key not in targets:
-                targets[key] = texts.header_text(rule.header, rule.if_unset)
-        candidates = set(self.matcher.candidates("header", targets.values()))
+                targets[key] = text = texts.header_text(rule.header, rule.if_unset)
+                grouped[self.header_group[rule.header]].append(text)
+        candidates: set[str] = set()
+        for group, group_texts in grouped.items():
+            candidates.update(self.matcher.candidates(group, group_texts))
         for name, rule in self.header_rules.items():
             matched = 0
             if name in candidates:
@@ -334,7 +368,7 @@ class SpamAssassinCheck:
                 hits[name] = matched
         for kind, units in (("body", texts.body_lines), ("rawbody", texts.rawbody_chunks),
                             ("full", texts.full), ("uri", texts.uris)):
-            if not self.matcher.all[kind]:
+            if not self.matcher.all.get(kind):
                 continue
             unit_list = units()
             if not unit_list:

@@ -2,7 +2,9 @@
 
 As rspamd does, the rules of one type (header, body, rawbody, full, uri)
 form one Hyperscan database, so a thousand regexes cost one pass over the
-text. The pass runs over the type's texts joined by newlines, with each
+text. Header rules form one database per field that many rules read (as
+rspamd's per-header classes do), so the Subject's rules scan the Subject
+only, and one for the rest. The pass runs over the type's texts joined by newlines, with each
 pattern in its superset form (regex.py): it may report a rule that does
 not really match, never miss one. Every rule it reports is then run
 with its exact ``re`` pattern on its own texts (per line for body rules, on
@@ -53,6 +55,8 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 logger = logging.getLogger("smtpproxy.scan")
 
+# The rule types. Header rules form several databases (check.py's header_group):
+# "header:NAME" for the rules on one field, "header" for the rest.
 KINDS = ("header", "body", "rawbody", "full", "uri")
 # Longer patterns (ReplaceTags expansions) cost Hyperscan more to compile than they save:
 # they go in as their required literals or prefilter approximation.
@@ -101,18 +105,20 @@ class Matcher:
 
     ``rules``: {kind: [(name, Translated)]}. ``cache_dir``: where compiled
     databases are kept ("" : nowhere). ``use_hyperscan=False`` is the pure
-    ``re`` path (and what runs while a compile is under way).
+    ``re`` path (and what runs while a compile is under way). The keys of
+    ``rules`` name the databases: a rule type, or a group of header rules.
     """
 
     def __init__(self, rules: dict[str, list[tuple[str, Translated]]], cache_dir: str = "",
                  use_hyperscan: bool = True, background: bool = True):
         self.regex = Regexes()
-        self.names: dict[str, list[str]] = {k: [] for k in KINDS}  # HS id -> rule name
-        self.always: dict[str, list[str]] = {k: [] for k in KINDS}  # run with re every time
-        self.all: dict[str, list[str]] = {k: [] for k in KINDS}
-        self._patterns: dict[str, list[tuple[bytes, int]]] = {k: [] for k in KINDS}
+        self.kinds = tuple(rules)
+        self.names: dict[str, list[str]] = {k: [] for k in self.kinds}  # HS id -> rule name
+        self.always: dict[str, list[str]] = {k: [] for k in self.kinds}  # run with re every time
+        self.all: dict[str, list[str]] = {k: [] for k in self.kinds}
+        self._patterns: dict[str, list[tuple[bytes, int]]] = {k: [] for k in self.kinds}
         self._translated: dict[str, Translated] = {}
-        self._oversize: dict[str, list[str]] = {k: [] for k in KINDS}
+        self._oversize: dict[str, list[str]] = {k: [] for k in self.kinds}
         self.substituted: dict[str, str] = {}  # name -> what stands for it in the database
         # name -> (literals, caseless): a text without one of them cannot match (literals.py).
         self.literals: dict[str, tuple[tuple[bytes, ...], bool]] = {}
@@ -202,9 +208,9 @@ class Matcher:
 
     def _forget_sources(self) -> None:
         """Drop what only compiling needs (every pattern's Hyperscan form): MBs kept for nothing."""
-        self._patterns = {k: [] for k in KINDS}
+        self._patterns = {k: [] for k in self.kinds}
         self._translated = {}
-        self._oversize = {k: [] for k in KINDS}
+        self._oversize = {k: [] for k in self.kinds}
 
     def _compile(self) -> None:
         global compile_count
@@ -214,7 +220,7 @@ class Matcher:
             compile_count += 1
             self.compiled_here = True
             dbs, refused, names, substituted = {}, {}, {}, {}
-            for kind in KINDS:
+            for kind in self.kinds:
                 entries = list(zip(self.names[kind], self._patterns[kind], strict=True))
                 bad = [(n, "pattern too long for Hyperscan") for n in self._oversize[kind]]
                 if entries and not _compiles([p for _, p in entries]):
@@ -313,7 +319,7 @@ class Matcher:
 
     def _install(self, dbs: dict, refused: dict[str, str], names: dict[str, list[str]],
                  substituted: dict[str, str]) -> None:
-        for kind in KINDS:
+        for kind in self.kinds:
             self.names[kind] = list(names.get(kind, ()))
             in_db = set(self.names[kind])
             self.always[kind] = [n for n in self.all[kind] if n not in in_db]
