@@ -2,6 +2,7 @@
 """Scan throughput of the proxy with 1, 2, ... worker processes (proxy.workers), same run.
 
     .venv/bin/python bench/workers_bench.py [--workers 1,2] [--messages 2000] [--rounds 3]
+                                            [--spamassassin [--state-dir DIR]]
 
 Offline, and the proxy alone: Postfix's smtp-source sends 5 KB messages
 (concurrency --concurrency) straight to the proxy's listener, the proxy
