@@ -2,7 +2,7 @@
 """Scan throughput on the SpamAssassin corpus: smtpproxy vs SpamAssassin vs rspamd, same run.
 
     .venv/bin/python bench/scan_bench.py [--messages 1000] [--no-install] [--skip-sa] [--skip-rspamd]
-                                         [--spamassassin]
+                                         [--spamassassin] [--workers N]
 
 --spamassassin turns on smtpproxy's SpamAssassin rules check (off by
 default) with the system's rule files; its Hyperscan databases are compiled
@@ -15,6 +15,9 @@ sent by its own From domain from 192.0.2.1, so lookups differ per message.
 The one-client run goes first and fetches every answer; the eight-concurrent
 run reuses the resolver, so it scans with the answers cached (as a busy
 server sees repeat senders). CPU per message is printed for both.
+--workers N runs the eight-concurrent pass once more in N forked processes
+(as ``proxy.workers = N`` serves: one engine and event loop each, eight in
+flight in all), since the rspamd here runs two normal workers.
 
 SpamAssassin: Debian's spamd in local-only mode (-L: no network tests),
 driven by spamc. rspamd: Debian's rspamd with its network modules (rbl,
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import resource
@@ -85,7 +89,8 @@ def children(pid: int) -> list[int]:
 # ---------------------------------------------------------------- smtpproxy
 
 
-def bench_smtpproxy(files: list[Path], dns: DnsTestServer, spamassassin: bool = False) -> dict:
+def bench_smtpproxy(files: list[Path], dns: DnsTestServer, spamassassin: bool = False,
+                    workers: int = 1) -> dict:
     overrides: dict = {"dns.nameserver": dns.nameserver, "log.level": "error"}
     if spamassassin:
         overrides["scan.spamassassin.enabled"] = True
@@ -96,6 +101,7 @@ def bench_smtpproxy(files: list[Path], dns: DnsTestServer, spamassassin: bool = 
             check.matcher.wait(1800)  # the timed scans run with Hyperscan, not with re alone
     raws = [p.read_bytes() for p in files]
     results: dict = {}
+    resolver_cache: dict = {}
 
     async def main() -> None:
         resolver = Resolver(cfg.dns)
@@ -117,10 +123,77 @@ def bench_smtpproxy(files: list[Path], dns: DnsTestServer, spamassassin: bool = 
             await asyncio.gather(*(one(raw) for raw in raws))
             results[concurrency] = (len(raws) / (time.perf_counter() - start), times)
             results[f"cpu{concurrency}"] = (time.process_time() - cpu) / len(raws)
+        resolver_cache.update(resolver._cache)
 
     run(main())
     results["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if workers > 1:
+        results["workers"] = scan_in_workers(engine, cfg, raws, workers, resolver_cache)
     return results
+
+
+def scan_in_workers(engine, cfg, raws: list[bytes], workers: int, cache: dict) -> dict:
+    """The eight-in-flight pass again, in ``workers`` forked processes (as
+    ``proxy.workers`` runs the proxy: each its own engine copy and event loop,
+    here with the answers the one-process passes cached), 8 / workers in flight
+    in each, so 8 in all as for rspamd's workers. Returns msg/s over the wall
+    time of all of them, their CPU per message and the largest worker RSS."""
+    per_worker = max(1, 8 // workers)
+    children = []
+    start = time.perf_counter()
+    for index in range(workers):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: scan its share, report, leave without cleanup
+            os.close(read_fd)
+            code = 1
+            try:
+                report = _worker_pass(engine, cfg, raws[index::workers], per_worker, cache)
+                with os.fdopen(write_fd, "w") as out:
+                    json.dump(report, out)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        children.append((pid, read_fd))
+    reports = []
+    for pid, read_fd in children:
+        with os.fdopen(read_fd) as inp:
+            data = inp.read()
+        os.waitpid(pid, 0)
+        if not data:
+            raise RuntimeError(f"scan worker {pid} failed")
+        reports.append(json.loads(data))
+    wall = time.perf_counter() - start
+    return {"rate": len(raws) / wall, "times": [t for r in reports for t in r["times"]],
+            "cpu": sum(r["cpu"] for r in reports) / len(raws), "rss": max(r["rss"] for r in reports),
+            "workers": workers}
+
+
+def _worker_pass(engine, cfg, raws: list[bytes], concurrency: int, cache: dict) -> dict:
+    times: list[float] = []
+
+    async def main() -> None:
+        resolver = Resolver(cfg.dns)
+        resolver._cache.update(cache)  # the answers the parent fetched, as in its c=8 pass
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(raw: bytes) -> None:
+            async with gate:
+                start = time.perf_counter()
+                msg = parse(raw)
+                ctx = CheckContext(message=msg, client=ClientInfo(addr="192.0.2.1", helo="mail.example.org"),
+                                   mail_from=msg.from_address, rcpt_tos=["user@example.net"],
+                                   profile="inbound", resolver=resolver)
+                await engine.scan(ctx)
+                times.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(one(raw) for raw in raws))
+
+    cpu = time.process_time()
+    run(main())
+    return {"times": times, "cpu": time.process_time() - cpu,
+            "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 # ---------------------------------------------------------------- external scanners
@@ -217,13 +290,16 @@ def main() -> int:
     parser.add_argument("--skip-rspamd", action="store_true")
     parser.add_argument("--spamassassin", action="store_true",
                         help="turn on smtpproxy's SpamAssassin rules check")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="also scan the eight-in-flight pass in this many smtpproxy processes "
+                             "(as proxy.workers; the rspamd here runs two workers)")
     args = parser.parse_args()
     files = corpus(args.messages)
     dns = DnsTestServer({}).start()  # every name: NXDOMAIN, answered locally
     results: dict[str, dict] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="scan-bench-") as tmp:
-            results["smtpproxy"] = bench_smtpproxy(files, dns, args.spamassassin)
+            results["smtpproxy"] = bench_smtpproxy(files, dns, args.spamassassin, args.workers)
             if not args.skip_sa:
                 results["spamassassin"] = bench_spamassassin(files, Path(tmp), not args.no_install)
             if not args.skip_rspamd:
@@ -247,11 +323,17 @@ def main() -> int:
     print(f"smtpproxy CPU per message: {ours['cpu1'] * 1000:.2f} ms the first time (DNS answers "
           f"fetched), {ours['cpu8'] * 1000:.2f} ms the second (cached); the test DNS server's "
           "thread included")
+    multi = ours.get("workers")
+    if multi:
+        print(f"smtpproxy in {multi['workers']} worker processes, 8 in flight: {multi['rate']:.0f} msg/s, "
+              f"p50/p99 {pct(multi['times'], .5) * 1000:.2f} / {pct(multi['times'], .99) * 1000:.2f} ms, "
+              f"CPU {multi['cpu'] * 1000:.2f} ms per message, RSS {multi['rss']:.0f} MB per worker")
     for other in ("rspamd", "spamassassin"):
         r = results.get(other, {})
         if 1 in r:
             print(f"ratio smtpproxy / {other}: c=1 {ours[1][0] / r[1][0]:.2f}x, "
-                  f"c=8 {ours[8][0] / r[8][0]:.2f}x")
+                  f"c=8 {ours[8][0] / r[8][0]:.2f}x"
+                  + (f", c=8 in {multi['workers']} workers {multi['rate'] / r[8][0]:.2f}x" if multi else ""))
     print("(SpamAssassin through spamc, one process per message; rspamd through one rspamc "
           "with that many requests in flight; smtpproxy's engine in-process)")
     return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -50,6 +51,12 @@ EX_TEMPFAIL = 75
 # store call (see BayesStore.learn_many).
 LEARN_BATCH = 256
 PROGRAM = "smtpproxy"
+# These commands are batch jobs no SMTP client waits on: a store call may
+# wait this long for a busy store (the daemons' store.timeout_s, 1 s by
+# default, is a budget for the mail path; a running daemon holding the
+# SQLite write lock, or a loaded host, would otherwise stop a bulk learn
+# half-way).
+BULK_STORE_TIMEOUT_S = 30.0
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -60,7 +67,10 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 async def _open(cfg: Config) -> Store:
-    store = open_store(cfg.store, cfg.state_dir)
+    patient = dataclasses.replace(
+        cfg.store, timeout_s=max(cfg.store.timeout_s, BULK_STORE_TIMEOUT_S),
+        sqlite_busy_timeout_s=max(cfg.store.sqlite_busy_timeout_s, BULK_STORE_TIMEOUT_S))
+    store = open_store(patient, cfg.state_dir)
     await store.open()
     return store
 

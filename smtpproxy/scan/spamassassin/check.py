@@ -447,6 +447,8 @@ class _Texts:
         self.client = client
         self._raw_headers: dict[str, list[str]] | None = None
         self._relays: relays.Relays | None = None
+        # Exists rules, header rules and eval tests ask for the same fields.
+        self._values: dict[str, list[str]] = {}
 
     def relays(self) -> relays.Relays:
         """The relay chain as SpamAssassin reads it (relays.py), built on first use."""
@@ -479,6 +481,13 @@ class _Texts:
         return self._raw_headers
 
     def header_values(self, spec: str) -> list[str]:
+        """The values of ``spec`` (shared: the caller does not change the list)."""
+        values = self._values.get(spec)
+        if values is None:
+            values = self._values[spec] = self._header_values(spec)
+        return values
+
+    def _header_values(self, spec: str) -> list[str]:
         name, *mods = spec.split(":")
         raw = "raw" in mods or "addr" in mods or "name" in mods
         lower = name.lower()
