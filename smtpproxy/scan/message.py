@@ -389,7 +389,11 @@ def parse(raw: bytes) -> Message:
     except Exception as exc:  # the parser is lenient; this is belt and braces
         return Message(raw=raw, headers=[], defects=[*cuts, f"unparseable: {type(exc).__name__}"])
     headers = []
-    for name, value in em.items():
+    # The stored values, not items(): compat32 turns a value with raw 8-bit
+    # bytes (UTF-8 headers, RFC 6532, common in practice) into a Header whose
+    # text has U+FFFD for every byte; _header_text decodes them as UTF-8, else
+    # Latin-1.
+    for name, value in em.raw_items():
         headers.append((str(name), _header_text(value).replace("\r", "").replace("\n", " ")))
     msg = Message(raw=raw, headers=headers, from_fields=[
         _raw_text(value) for name, value in em.raw_items() if name.lower() == "from"])

@@ -224,3 +224,20 @@ def test_huge_from_list_is_read_only_so_far():
     msg = parse(raw)
     assert msg.from_address == "u0@example.org"
     assert 100 < len(msg.from_addresses) < 1000
+
+
+@pytest.mark.parametrize("raw_value,expected", [
+    # RFC 6532 (and common practice): the field's bytes are UTF-8.
+    ("Grüße aus Köln – 50% Rabatt".encode(), "Grüße aus Köln – 50% Rabatt"),
+    # Not UTF-8: read as Latin-1, as a body part without a charset is.
+    ("café".encode("latin-1"), "café"),
+    # Encoded words beside raw bytes.
+    (b"=?utf-8?q?Gr=C3=BC=C3=9Fe?= und \xc3\xa4", "Grüße und ä"),
+    (b"plain ascii", "plain ascii"),
+])
+def test_raw_8bit_header_fields_are_decoded(raw_value, expected):
+    msg = parse(b"From: J\xc3\xb6rg <j@example.org>\r\nTo: a@example.net\r\nSubject: " + raw_value
+                + b"\r\n\r\nhi\r\n")
+    assert msg.subject == expected
+    assert msg.header("From") == "Jörg <j@example.org>" and msg.from_address == "j@example.org"
+    assert "\ufffd" not in "".join(v for _, v in msg.headers)

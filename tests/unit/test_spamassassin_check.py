@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import threading
 
 import pytest
 
@@ -242,3 +243,50 @@ def test_measured_scores_come_after_the_stock_rules_and_before_local_cf(tmp_path
     assert sa.defs["RDNS_NONE"].score == pytest.approx(1.2)
     # ... and the site's local.cf still has the last word.
     assert sa.defs["MONEY_NOHTML"].score == pytest.approx(3.0)
+
+
+def _ctx():
+    return CheckContext(message=parse(MESSAGE), client=ClientInfo(addr="192.0.2.1", helo="x"),
+                        mail_from="sales@bulk.example", rcpt_tos=["bob@example.net"], profile="inbound",
+                        resolver=None)
+
+
+@pytest.mark.skipif(matcher.hyperscan is None, reason="hyperscan not installed")
+def test_while_compiling_one_message_at_a_time_runs_with_re_off_the_loop(tmp_path, monkeypatch):
+    sa = SpamAssassinCheck(sa_config(tmp_path), background_compile=False)
+    reference = {h.symbol for h in sa.scan(parse(MESSAGE), "sales@bulk.example")}
+    assert "LOCAL_META" in reference
+    seen = []
+    scan = sa.scan
+
+    release = threading.Event()
+
+    def spy(*args, **kw):
+        seen.append((threading.get_ident(), kw.get("hyperscan", True)))
+        if kw.get("hyperscan") is False:
+            release.wait(30)  # a slow scan with re: the second message arrives meanwhile
+        return scan(*args, **kw)
+
+    monkeypatch.setattr(sa, "scan", spy)
+    sa.matcher._done.clear()  # as while the databases compile
+    try:
+        async def two_at_once():
+            first = asyncio.ensure_future(sa.run(_ctx()))
+            await asyncio.sleep(0)  # the first is on its thread
+            second = await sa.run(_ctx())
+            release.set()
+            return await first, second, await sa.run(_ctx())  # the thread is free again
+
+        first, second, third = asyncio.run(two_at_once())
+    finally:
+        sa.matcher._done.set()
+    # The first ran with re alone on another thread, with the same hits; the
+    # second, meanwhile, went without the rules, and says so.
+    assert {h.symbol for h in first} == reference | {"SPAMASSASSIN_COMPILING"}
+    assert [h.options for h in first if h.symbol == "SPAMASSASSIN_COMPILING"] == [("re",)]
+    assert [(h.symbol, h.options) for h in second] == [("SPAMASSASSIN_COMPILING", ("skipped",))]
+    assert {h.symbol for h in third} == reference | {"SPAMASSASSIN_COMPILING"}
+    assert len(seen) == 2 and all(t != threading.get_ident() and hs is False for t, hs in seen)
+    # Compiled: on the loop, with the databases, and no such symbol.
+    assert {h.symbol for h in asyncio.run(sa.run(_ctx()))} == reference
+    assert seen[-1] == (threading.get_ident(), True)

@@ -31,6 +31,8 @@ reload), never per message; see matcher.py for the Hyperscan cache.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import email.utils
 import logging
 import os
@@ -55,6 +57,9 @@ logger = logging.getLogger("smtpproxy.scan")
 DEBIAN_RULES_DIR = "/usr/share/spamassassin"
 SA_UPDATE_DIR = "/var/lib/spamassassin"
 DEFAULT_LOCAL_CF = "/etc/spamassassin/local.cf"
+# Emitted while the Hyperscan databases compile: "re" (the rules ran with re
+# alone) or "skipped" (another message was being checked that way).
+RULES_COMPILING = "SPAMASSASSIN_COMPILING"
 # Stock rules re-scored by our measurement (bench/rules_bench.py), shipped with the package.
 MEASURED_SCORES = str(resources.files("smtpproxy.scan.spamassassin").joinpath("data", "measured_scores.cf"))
 # SpamAssassin's MAX_BODY_LINE_LENGTH: longer body lines are split at a space.
@@ -146,6 +151,9 @@ class SpamAssassinCheck:
     after: tuple[str, ...] = ()
     # No I/O: runs in the engine's own task (checks/base.py).
     inline = True
+    # The thread for checking with re alone while the databases compile (run()).
+    _slow: concurrent.futures.ThreadPoolExecutor | None = None
+    _slow_busy = False
 
     def __init__(self, cfg: Config | None = None, background_compile: bool = True,
                  use_hyperscan: bool = True):
@@ -244,6 +252,7 @@ class SpamAssassinCheck:
             self.defs[name] = SymbolDef(round(score * self.scale, 3),
                                         rs.descriptions.get(name, f"SpamAssassin rule {name}"))
         self.symbols = {name: d.description for name, d in self.defs.items()}
+        self.symbols[RULES_COMPILING] = "SpamAssassin rules: databases still compiling"
         self.tflags = rs.tflags
         self.limit = {n: (rs.maxhits.get(n, 1_000_000) if "multiple" in rs.tflags.get(n, ()) else 1)
                       for n in rs.rules}
@@ -306,10 +315,32 @@ class SpamAssassinCheck:
     async def run(self, ctx: CheckContext) -> list[Hit]:
         if not self.rules.rules:
             return []
-        return self.scan(ctx.message, ctx.mail_from, ctx.client)
+        if not self.matcher.compiling:
+            return self.scan(ctx.message, ctx.mail_from, ctx.client)
+        # The Hyperscan databases are still compiling (minutes, at the first
+        # start or after a rule update): every rule runs with re, 20-100 ms a
+        # message. That runs on a thread of its own, one message at a time,
+        # so the event loop keeps serving; a message arriving meanwhile goes
+        # without the rules, visibly, rather than queueing behind it.
+        if self._slow_busy:
+            return [Hit(RULES_COMPILING, ("skipped",))]
+        self._slow_busy = True
+        if self._slow is None:
+            self._slow = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sa-re")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._slow, self._scan_slowly, ctx.message, ctx.mail_from, ctx.client)
 
-    def scan(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None) -> list[Hit]:
-        hits = self.match(msg, mail_from, client)
+    def _scan_slowly(self, msg: Message, mail_from: str, client: ClientInfo | None) -> list[Hit]:
+        try:
+            return [*self.scan(msg, mail_from, client, hyperscan=False), Hit(RULES_COMPILING, ("re",))]
+        finally:
+            self._slow_busy = False  # here, not in run(): a timed-out run leaves this thread busy
+
+    def scan(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None,
+             hyperscan: bool = True) -> list[Hit]:
+        """The rules' hits on one message; ``hyperscan=False``: with re alone (a
+        thread other than the event loop's must not share its Hyperscan scratch)."""
+        hits = self.match(msg, mail_from, client, hyperscan)
         dirty: set[str] = set()
         todo = list(hits)
         while todo:
@@ -330,7 +361,8 @@ class SpamAssassinCheck:
                 out.append(Hit(m.name))
         return out
 
-    def match(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None) -> dict[str, int]:
+    def match(self, msg: Message, mail_from: str = "", client: ClientInfo | None = None,
+              hyperscan: bool = True) -> dict[str, int]:
         """Regex and exists rules that hit: {name: hit count}."""
         hits: dict[str, int] = {}
         texts = _Texts(msg, mail_from, self.max_bytes, client)
@@ -353,7 +385,7 @@ class SpamAssassinCheck:
                 grouped[self.header_group[rule.header]].append(text)
         candidates: set[str] = set()
         for group, group_texts in grouped.items():
-            candidates.update(self.matcher.candidates(group, group_texts))
+            candidates.update(self.matcher.candidates(group, group_texts, hyperscan))
         for name, rule in self.header_rules.items():
             matched = 0
             if name in candidates:
@@ -374,7 +406,7 @@ class SpamAssassinCheck:
             if not unit_list:
                 continue
             lowered: list[bytes] | None = None
-            for name in self.matcher.candidates(kind, unit_list):
+            for name in self.matcher.candidates(kind, unit_list, hyperscan):
                 units_of = unit_list
                 filt = self.matcher.filters.get(name)
                 literals = self.matcher.literals.get(name)

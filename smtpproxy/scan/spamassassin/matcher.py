@@ -339,6 +339,11 @@ class Matcher:
         self.dbs = {k: v for k, v in dbs.items() if v is not None}
         self.ready = True
 
+    @property
+    def compiling(self) -> bool:
+        """A compile is under way (until it is done the rules run with re alone)."""
+        return self.use_hyperscan and not self._done.is_set()
+
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until a compile under way is done (tests, benchmarks)."""
         self._done.wait(timeout_s)
@@ -346,9 +351,10 @@ class Matcher:
 
     # ------------------------------------------------------------ matching
 
-    def candidates(self, kind: str, texts: Iterable[bytes]) -> list[str]:
-        """Rules of ``kind`` that may match one of ``texts`` (all of them without Hyperscan)."""
-        if not self.ready:
+    def candidates(self, kind: str, texts: Iterable[bytes], hyperscan: bool = True) -> list[str]:
+        """Rules of ``kind`` that may match one of ``texts`` (all of them without Hyperscan,
+        or with ``hyperscan=False``)."""
+        if not (self.ready and hyperscan):
             return self.all[kind]
         db = self.dbs.get(kind)
         found = list(self.always[kind])
