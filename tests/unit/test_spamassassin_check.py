@@ -99,6 +99,12 @@ def test_local_cf_rules_fire_through_the_engine(tmp_path):
     assert sa.rules.skipped["LOCAL_EVAL"] == "eval:check_stock_info"
     assert "LOCAL_META_EVAL" not in result.symbols
     assert any("skipped LOCAL_EVAL: eval:check_stock_info" in line for line in sa.report())
+    # Built, the check keeps no rule sources (the matcher has the patterns, the
+    # metas are functions); kinds, header specs and descriptions stay for reports.
+    rule = sa.rules.rules["LOCAL_SUBJ_WATCH"]
+    assert (rule.kind, rule.header, rule.text, rule.pattern) == ("header", "Subject", "", None)
+    assert sa.rules.rules["LOCAL_META"].meta is None
+    assert any("rules loaded (header 5," in line for line in sa.report())
 
 
 def test_nice_rules_score_negative_and_sub_rules_are_never_emitted(tmp_path):
