@@ -138,6 +138,7 @@ class Matcher:
                 if self.use_hyperscan:
                     self._translated[name] = t
         if not self.use_hyperscan:
+            self._compile_every_pattern()
             self._done.set()
             return
         for kind, items in rules.items():
@@ -202,9 +203,16 @@ class Matcher:
             self._compile()
         except Exception:  # never fatal: the rules keep running with re
             logger.exception("spamassassin: compiling the Hyperscan databases failed")
+            self._compile_every_pattern()
         finally:
             self._forget_sources()
             self._done.set()
+
+    def _compile_every_pattern(self) -> None:
+        """Without Hyperscan every rule runs on every message: its ``re`` pattern
+        is compiled now (start-up, or this thread), not by the first message."""
+        for name in self.regex.sources:
+            self.regex[name]  # noqa: B018 - compiles it
 
     def _forget_sources(self) -> None:
         """Drop what only compiling needs (every pattern's Hyperscan form): MBs kept for nothing."""
@@ -373,9 +381,11 @@ class Regexes(dict):
 
     With Hyperscan most rules are never candidates on a given host's mail;
     their patterns stay source bytes (a compiled pattern takes several times
-    its source). Without it, or while it compiles, every rule is compiled by
-    the first message. A race between threads compiles one pattern twice,
-    harmlessly.
+    its source) until one is, and then costs a millisecond or so once.
+    Without the module every rule is compiled at once (each message needs
+    all); while the databases compile, the first message checked with ``re``
+    alone compiles them, on the thread that checks it (check.py). A race
+    between threads compiles one pattern twice, harmlessly.
     """
 
     __slots__ = ("sources",)
