@@ -119,6 +119,11 @@ class Message:
     # still encoded, 8-bit bytes read as UTF-8): DMARC's author domains must
     # not split an address at a comma inside an encoded display name.
     from_fields: list[str] = field(default_factory=list)
+    # The header fields of every MIME entity (the message itself, containers,
+    # leaves, attached messages and their parts), in tree order, as
+    # (lower-cased name, decoded value, value as written with LF line ends):
+    # what SpamAssassin's mimeheader rules read.
+    mime_headers: list[tuple[str, str, str]] = field(default_factory=list)
 
     # ---------------------------------------------------------------- headers
 
@@ -420,6 +425,10 @@ def _walk(msg: Message, part: EmailMessage, nested: bool, budget: _Budget) -> No
         return
     budget.entities -= 1
     msg.defects.extend(type(d).__name__ for d in part.defects)
+    for name, value in part.raw_items():
+        written = str(value).replace("\r\n", "\n")
+        msg.mime_headers.append((str(name).lower(), _header_text(value).replace("\r", "").replace("\n", " "),
+                                 _raw_text(written)))
     ctype = part.get_content_type()
     if ctype in MESSAGE_TYPES:
         msg.parts.append(Part(ctype, None, _filename(part), part.get_content_disposition(), 0, nested))

@@ -45,7 +45,7 @@ def test_every_debian_rule_file_loads(state_dir):
     shipped = {os.path.join(DEBIAN_RULES_DIR, f) for f in os.listdir(DEBIAN_RULES_DIR) if f.endswith(".cf")}
     assert shipped <= set(rs.files)
     kinds = {r.kind for r in rs.rules.values()}
-    assert kinds == {"header", "body", "rawbody", "full", "uri", "meta", "eval"}
+    assert kinds == {"header", "mimeheader", "body", "rawbody", "full", "uri", "meta", "eval"}
     assert rs.evals_run["check_for_shifted_date"] >= 10 and "X-Spam-Relays-External" not in str(rs.skipped)
     assert len(rs.rules) > 2000 and len(check.symbol_defs()) > 500
     assert rs.skip_reasons()["eval test"] > 100

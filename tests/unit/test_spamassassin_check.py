@@ -300,3 +300,55 @@ def test_while_compiling_one_message_at_a_time_runs_with_re_off_the_loop(tmp_pat
     # Compiled: on the loop, with the databases, and no such symbol.
     assert {h.symbol for h in asyncio.run(sa.run(_ctx()))} == reference
     assert seen[-1] == (threading.get_ident(), True)
+
+
+MIME_CF = r"""
+mimeheader LOCAL_GIF_PART      Content-Type =~ /^image\/gif\b/i
+score      LOCAL_GIF_PART      1.0
+mimeheader LOCAL_RAW_FOLD      Content-Type:raw =~ /^image\/gif;\n {8}name="[^"]+"$/s
+score      LOCAL_RAW_FOLD      1.0
+mimeheader LOCAL_NO_PDF        Content-Type !~ /application\/pdf/
+score      LOCAL_NO_PDF        0.5
+mimeheader LOCAL_ROOT_MIXED    Content-Type =~ /multipart\/mixed/
+score      LOCAL_ROOT_MIXED    0.5
+mimeheader LOCAL_NESTED_CID    Content-ID =~ /^<inner\@example>$/
+score      LOCAL_NESTED_CID    0.5
+mimeheader LOCAL_DECODED_NAME  Content-Disposition =~ /Rechnung für März/
+score      LOCAL_DECODED_NAME  0.5
+meta       LOCAL_GIF_META      LOCAL_GIF_PART && LOCAL_NO_PDF
+score      LOCAL_GIF_META      2.0
+mimeheader LOCAL_BAD_MOD       Content-Type:addr =~ /x/
+"""
+
+MIME_MESSAGE = (
+    b"From: a@example.org\r\nTo: b@example.net\r\nSubject: pictures\r\nMIME-Version: 1.0\r\n"
+    b"Content-Type: multipart/mixed; boundary=out\r\n\r\n"
+    b"--out\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+    b"--out\r\nContent-Type: image/gif;\r\n        name=\"pic.gif\"\r\nContent-Transfer-Encoding: base64\r\n"
+    b"Content-Disposition: attachment; filename=\"=?utf-8?q?Rechnung_f=C3=BCr_M=C3=A4rz?=.gif\"\r\n\r\n"
+    b"R0lGODlhAQABAAAAACw=\r\n"
+    b"--out\r\nContent-Type: message/rfc822\r\n\r\n"
+    b"From: c@example.org\r\nSubject: inner\r\nContent-Type: text/plain\r\nContent-ID: <inner@example>\r\n\r\n"
+    b"inner body\r\n"
+    b"--out--\r\n"
+)
+
+
+def test_mimeheader_rules_read_every_mime_entity(tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_empty.cf").write_text("# nothing here\n")
+    (tmp_path / "local.cf").write_text(MIME_CF)
+    cfg = config.load(None, {"state_dir": str(tmp_path / "state"), "scan.spamassassin.enabled": True,
+                             "scan.spamassassin.rules_dirs": [str(rules)],
+                             "scan.spamassassin.local_cf": str(tmp_path / "local.cf")})
+    sa = SpamAssassinCheck(cfg, background_compile=False)
+    assert "mimeheader modifier" in sa.rules.skipped["LOCAL_BAD_MOD"]
+    fired = {h.symbol for h in sa.scan(parse(MIME_MESSAGE), "a@example.org")}
+    assert {"LOCAL_GIF_PART", "LOCAL_RAW_FOLD", "LOCAL_NO_PDF", "LOCAL_ROOT_MIXED", "LOCAL_NESTED_CID",
+            "LOCAL_DECODED_NAME", "LOCAL_GIF_META"} <= fired
+    plain = (b"From: a@example.org\r\nTo: b@example.net\r\nSubject: x\r\n"
+             b"Content-Type: application/pdf; name=\"x.pdf\"\r\n\r\nJVBERi0=\r\n")
+    fired = {h.symbol for h in sa.scan(parse(plain), "a@example.org")}
+    assert not fired & {"LOCAL_GIF_PART", "LOCAL_RAW_FOLD", "LOCAL_NO_PDF", "LOCAL_ROOT_MIXED",
+                        "LOCAL_GIF_META"}

@@ -63,7 +63,7 @@ def test_parser_tflags_priority_and_descriptions():
 def test_parser_counts_what_it_skips():
     rs = load_text(
         "header R eval:check_rbl('a', 'zen.example.')\nbody E eval:check_body_length(10)\n"
-        "body E2 eval:check_body_length(20)\nmimeheader MH Content-Type =~ /x/\n"
+        "body E2 eval:check_body_length(20)\naskdns MH _SENDERDOMAIN_ TXT /x/\n"
         "header T ALL-EXTERNAL =~ /x/\nbody BAD /\\p{L}/\nwelcomelist_from a@b.example\n"
         "header IF_UNSET X-Foo =~ /^$/ [if-unset: EMPTY]\n"
     )
@@ -73,6 +73,15 @@ def test_parser_counts_what_it_skips():
     assert rs.ignored["welcomelist_from"] == 1
     assert rs.rules["IF_UNSET"].if_unset == "EMPTY"
     assert rs.skip_reasons()["eval test"] == 3
+    assert rs.skipped["MH"] == "network test (askdns)"
+
+
+def test_mimeheader_rules_parse():
+    rs = load_text("mimeheader MH Content-Type =~ /^image\\//i\nmimeheader MR Content-Type:raw !~ /x/\n"
+                   "mimeheader MX exists:Content-Type\nmimeheader MA Content-Type:addr =~ /x/\n")
+    assert rs.rules["MH"].kind == "mimeheader" and rs.rules["MH"].header == "Content-Type"
+    assert rs.rules["MR"].negate and rs.rules["MR"].header == "Content-Type:raw"
+    assert rs.skipped["MX"].startswith("syntax") and "modifier" in rs.skipped["MA"]
 
 
 def test_parser_negated_header_and_unclosed_block():

@@ -10,6 +10,7 @@ metas but is not emitted: the native check owns that name.
 
 What each rule type reads, as SpamAssassin presents it:
 
+  mimeheader  the named field of every MIME entity (``:raw`` undecoded)
   header   the named field(s), decoded, values joined by newlines
            (``:raw`` undecoded; ``:addr``/``:name`` the addresses or names;
            ALL every field as "Name: value"; ToCc; MESSAGEID; EnvelopeFrom);
@@ -49,6 +50,7 @@ from smtpproxy.scan.message import Message
 from smtpproxy.scan.spamassassin import evals, relays
 from smtpproxy.scan.spamassassin import meta as meta_expr
 from smtpproxy.scan.spamassassin.matcher import KINDS, Matcher, count, narrow, sift
+from smtpproxy.scan.spamassassin.regex import compile_python
 from smtpproxy.scan.spamassassin.rules import RuleSet, load_files, rule_files
 from smtpproxy.transaction import ClientInfo
 
@@ -264,6 +266,8 @@ class SpamAssassinCheck:
         self.header_rules: dict[str, object] = {}
         self.exists_rules = []
         self.eval_rules = []
+        self.mime_rules = []
+        self.regex_of: dict[str, re.Pattern[bytes]] = {}  # the rules run with re alone
         self.freemail = evals.Freemail(rs.freemail_domains, rs.freemail_wildcards,
                                        rs.freemail_welcomelist, rs.valid_tlds,
                                        rs.two_level_domains, rs.three_level_domains)
@@ -275,6 +279,11 @@ class SpamAssassinCheck:
                 continue
             if rule.exists:
                 self.exists_rules.append(rule)
+                continue
+            if rule.kind == "mimeheader":
+                # A few rules on a few short fields each: re alone, no database.
+                self.mime_rules.append(rule)
+                self.regex_of[name] = compile_python(rule.pattern)
                 continue
             if rule.kind == "header":
                 self.header_rules[name] = rule
@@ -375,6 +384,13 @@ class SpamAssassinCheck:
             for rule in self.eval_rules:
                 if evals.run(ev, rule.text, rule.args):
                     hits[rule.name] = 1
+        # mimeheader: the field of every MIME entity; a hit in any of them counts.
+        for rule in self.mime_rules:
+            matched = count(self.regex_of[rule.name], texts.mime_values(rule.header), self.limit[rule.name])
+            if rule.negate:
+                matched = 0 if matched else 1
+            if matched:
+                hits[rule.name] = matched
         # header: the fields each rule names, one prefilter pass per group of them.
         targets = {}
         grouped: dict[str, list[bytes]] = defaultdict(list)
@@ -436,7 +452,7 @@ class SpamAssassinCheck:
             kinds[r.kind] += 1
         lines = [
             f"spamassassin: {len(rs.files)} rule files, {len(rs.rules)} rules loaded ("
-            + ", ".join(f"{k} {kinds[k]}" for k in ("header", "body", "rawbody", "full", "uri", "meta",
+            + ", ".join(f"{k} {kinds[k]}" for k in ("header", "mimeheader", "body", "rawbody", "full", "uri", "meta",
                                                     "eval"))
             + f"), {len(self.defs)} scored symbols, {len(rs.skipped)} skipped, "
             f"{rs.inactive} in inactive if/ifplugin blocks",
@@ -547,6 +563,18 @@ class _Texts:
             pairs = email.utils.getaddresses(values)
             values = [addr for _, addr in pairs if addr] if "addr" in mods else \
                 [name for name, _ in pairs if name]
+        return values
+
+    def mime_values(self, spec: str) -> list[bytes]:
+        """Field ``spec`` (``Name`` or ``Name:raw``) of every MIME entity, as mimeheader rules read it."""
+        key = "mime " + spec
+        values = self._values.get(key)
+        if values is None:
+            name, _, mod = spec.partition(":")
+            lower, raw = name.lower(), mod == "raw"
+            values = self._values[key] = [(written if raw else decoded).encode("utf-8", "replace")
+                                          for field_name, decoded, written in self.msg.mime_headers
+                                          if field_name == lower]
         return values
 
     def _field(self, lower: str, raw: bool) -> list[str]:

@@ -34,10 +34,9 @@ from smtpproxy.scan.spamassassin.regex import Translated, Untranslatable, split_
 
 # The SpamAssassin version whose rules we claim to run, for "if (version >= ...)".
 VERSION = 4.000001
-RULE_TYPES = ("header", "body", "rawbody", "full", "uri", "meta")
+RULE_TYPES = ("header", "mimeheader", "body", "rawbody", "full", "uri", "meta")
 # Rule-defining directives of plugins we do not run: their rules are skipped, visibly.
 OTHER_RULE_TYPES = {
-    "mimeheader": "mimeheader (MIMEHeader plugin) is not implemented",
     "askdns": "network test (askdns)",
     "uridnsbl": "network test (uridnsbl)",
     "urirhsbl": "network test (urirhsbl)",
@@ -302,6 +301,25 @@ class _Parser:
             except Untranslatable as exc:
                 self.define_skipped(name, f"regex: {exc}")
                 return
+        self.define(rule)
+
+    def d_mimeheader(self, name: str, rest: str, where: str) -> None:
+        """MIMEHeader: ``mimeheader NAME Field[:raw] =~ /re/`` (or ``!~``), matched
+        against that field of every MIME entity; only ``:raw`` is a modifier."""
+        m = HEADER_RULE_RE.match(rest.strip())
+        if m is None or m.group(1) or not m.group(3):
+            self.define_skipped(name, f"syntax: mimeheader rule {rest[:40]!r}")
+            return
+        header = m.group(2)
+        if set(header.split(":")[1:]) - {"raw"}:
+            self.define_skipped(name, f"mimeheader modifier not implemented: {header}")
+            return
+        rule = Rule(name, "mimeheader", where, header=header, negate=m.group(3) == "!~")
+        try:
+            rule.text, rule.flags = split_match_op(m.group(4))
+        except Untranslatable as exc:
+            self.define_skipped(name, f"regex: {exc}")
+            return
         self.define(rule)
 
     def _pattern_rule(self, kind: str, name: str, rest: str, where: str) -> None:
