@@ -124,7 +124,7 @@ class RuleSet:
         translated, meta expression trees): the compiled forms are the matcher's
         and the check's. Kinds, header specs, eval calls and every count stay."""
         for rule in self.rules.values():
-            if rule.kind in ("header", "body", "rawbody", "full", "uri"):
+            if rule.kind not in ("meta", "eval"):  # an eval's text is its function
                 rule.text = ""
             rule.pattern = None
             rule.meta = None
