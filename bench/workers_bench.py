@@ -2,6 +2,7 @@
 """Scan throughput of the proxy with 1, 2, ... worker processes (proxy.workers), same run.
 
     .venv/bin/python bench/workers_bench.py [--workers 1,2] [--messages 2000] [--rounds 3]
+                                            [--spamassassin [--state-dir DIR]]
 
 Offline, and the proxy alone: Postfix's smtp-source sends 5 KB messages
 (concurrency --concurrency) straight to the proxy's listener, the proxy
@@ -62,9 +63,9 @@ def children(pid: int) -> list[int]:
 
 
 def config(base: Path, port: int, sink_port: int, nameserver: str, workers: int,
-           spamassassin: bool, extra: str) -> str:
+           spamassassin: bool, extra: str, state_dir: str = "") -> str:
     return f"""
-state_dir = "{base / 'state'}"
+state_dir = "{state_dir or base / 'state'}"
 [log]
 level = "info"
 [proxy]
@@ -95,7 +96,7 @@ def measure(tmp: Path, workers: int, args, nameserver: str, sink) -> dict:
     port = free_port()
     proxy = ProxyProcess(tmp / f"proxy-{workers}",
                          config(tmp / "shared", port, sink_port, nameserver, workers,
-                                args.spamassassin, args.extra.replace("\\n", "\n")))
+                                args.spamassassin, args.extra.replace("\\n", "\n"), args.state_dir))
     proxy.start(port)
     try:
         if workers > 1:
@@ -131,6 +132,9 @@ def main() -> int:
     parser.add_argument("--settle-s", type=float, default=1.0)
     parser.add_argument("--spamassassin", action="store_true",
                         help="run the SpamAssassin rules too (Hyperscan compiled once, cached)")
+    parser.add_argument("--state-dir", default="", metavar="DIR",
+                        help="the proxy's state_dir (default: a fresh one); one kept between "
+                             "runs keeps the compiled Hyperscan databases")
     parser.add_argument("--extra", default="", metavar="TOML",
                         help="appended to the proxy's configuration (\\n for a new line), "
                              "e.g. '[history]\\nenabled = false'")

@@ -54,7 +54,6 @@ from smtpproxy.common.dns import Resolver
 from smtpproxy.common.metrics import MetricsEndpoint, Registry
 from smtpproxy.common.store import Store, StoreError, open_store
 from smtpproxy.controller.history import HistoryWriter
-from smtpproxy.controller.server import Controller
 from smtpproxy.delivery import Delivery
 from smtpproxy.relay import Downstream, DownstreamPool
 from smtpproxy.scan.hook import build_hook
@@ -112,6 +111,39 @@ class ProxyStats:
             (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 
 
+class _ControllerWhenEnabled:
+    """The HTTP controller, imported (with aiohttp: about 14 MB of every
+    process, the workers included) only once a configuration enables it;
+    it is off by default. Same calls as controller/server.py's Controller."""
+
+    def __init__(self, service):
+        self.service = service
+        self.controller = None
+
+    def _get(self, cfg: Config):
+        if self.controller is None and cfg.controller.enabled:
+            from smtpproxy.controller.server import Controller
+            self.controller = Controller(self.service, cfg)
+        return self.controller
+
+    async def serve(self, cfg: Config) -> None:
+        controller = self._get(cfg)
+        if controller is not None:
+            await controller.serve(cfg)
+
+    async def bind(self, cfg: Config):
+        controller = self._get(cfg)
+        return await controller.bind(cfg) if controller is not None else None
+
+    async def swap(self, cfg: Config, runner) -> None:
+        if self.controller is not None:
+            await self.controller.swap(cfg, runner)
+
+    async def close(self) -> None:
+        if self.controller is not None:
+            await self.controller.close()
+
+
 class ProxyService:
     def __init__(self, cfg: Config, hook: ScanHook | None = None):
         self.cfg = cfg
@@ -127,7 +159,7 @@ class ProxyService:
         self.hostname = cfg.proxy.hostname or socket.getfqdn()
         # The history rows (written in the background) and the HTTP controller.
         self.history = HistoryWriter(cfg.history, self.hostname)
-        self.controller = Controller(self, cfg)
+        self.controller = _ControllerWhenEnabled(self)
         # Replaced by start(): what the configuration asks for is built there.
         self.delivery = Delivery(cfg, hook or NoScan(), NoSigner(), self.stats, self.hostname)
         self.sessions: set[ProxySMTP] = set()

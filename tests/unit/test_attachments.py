@@ -7,6 +7,8 @@ import base64
 import gzip
 import io
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -259,6 +261,29 @@ def test_olevba_verdict_autoexec_and_suspicious_is_a_threat():
 def test_olevba_verdict_harmless_macro_is_no_threat():
     verdict = macros.analyse("macro.bas", VBA_HARMLESS)
     assert verdict.has_macros and not verdict.threat
+
+
+# Run in a fresh interpreter: this one may have imported oletools already.
+LAZY_IMPORT_PROBE = """
+import asyncio, sys
+from smtpproxy.common import config
+from smtpproxy.scan.checks import attachments
+from smtpproxy.scan.hook import build_engine
+build_engine(config.load(None))
+assert "oletools.olevba" not in sys.modules, "imported at start-up"
+check = attachments.AttachmentsCheck(config.load(None))
+findings = attachments._Findings()
+asyncio.run(check._macros("macro.bas", %r, findings))
+assert "oletools.olevba" in sys.modules
+print(sorted(findings.found))
+"""
+
+
+def test_olevba_is_imported_on_the_first_document_and_still_finds_macros():
+    result = subprocess.run([sys.executable, "-c", LAZY_IMPORT_PROBE % VBA_AUTOEXEC_SHELL],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "['OLETOOLS']"
 
 
 def test_documents_are_routed_to_olevba(monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 from smtpproxy.common import config
 from smtpproxy.common.config import ConfigError, ControllerConfig, HistoryConfig, StoreConfig
 from smtpproxy.common.store.sqlite import SQLiteStore
+from smtpproxy.controller import history
 from smtpproxy.controller.auth import (
     READ,
     WRITE,
@@ -23,12 +25,14 @@ from smtpproxy.controller.auth import (
 from smtpproxy.controller.history import (
     REF_ALPHABET,
     HistoryStore,
+    HistoryWriter,
     Throughput,
     header_facts,
     new_ref,
     queue_id,
     with_ref,
 )
+from tests.support.net import free_port
 
 READ_HASH = hash_password("reader")
 WRITE_HASH = hash_password("writer")
@@ -170,3 +174,52 @@ def test_history_store_is_bounded_and_finds_rows(tmp_path):
         finally:
             await store.close()
     asyncio.run(run())
+
+
+def test_kept_messages_come_back_whole_within_a_compressed_budget(monkeypatch):
+    async def run():
+        writer = HistoryWriter(HistoryConfig(keep_messages_bytes=4096), "mx.example")
+        text = b"Subject: offer\r\n\r\n" + b"the same line of mail again\r\n" * 200  # ~6 KB
+        noise = os.urandom(3000)  # does not compress
+        await writer._keep(1, text)
+        assert writer.kept(1) == text and writer._kept_bytes < len(text) // 4
+        monkeypatch.setattr(history, "INLINE_COMPRESS_BYTES", 100)  # the thread path
+        await writer._keep(2, noise)
+        assert writer.kept(2) == noise and writer.kept(1) == text
+        await writer._keep(3, noise)  # over the budget: the oldest go first
+        assert writer.kept(1) is None and writer.kept(2) is None and writer.kept(3) == noise
+        assert writer._kept_bytes <= 4096
+    asyncio.run(run())
+
+
+# A fresh interpreter: this one imported aiohttp with the controller's modules.
+CONTROLLER_WHEN_ENABLED_PROBE = """
+import asyncio, socket, sys
+from smtpproxy import cli, daemon
+from smtpproxy.common import config
+from smtpproxy.controller.auth import hash_password
+assert "aiohttp" not in sys.modules, "imported with the daemon"
+handle = daemon._ControllerWhenEnabled(service=None)
+
+async def main():
+    await handle.serve(config.load(None))  # off, the default
+    assert handle.controller is None and "aiohttp" not in sys.modules
+    on = config.load(None, {"controller.enabled": True, "controller.listen": "127.0.0.1:%d",
+                            "controller.password": hash_password("secret")})
+    runner = await handle.bind(on)  # a reload that turns it on
+    await handle.swap(on, runner)
+    assert "aiohttp" in sys.modules and handle.controller.listen == "127.0.0.1:%d"
+    socket.create_connection(("127.0.0.1", %d), timeout=5).close()
+    await handle.close()
+
+asyncio.run(main())
+print("ok")
+"""
+
+
+def test_controller_and_aiohttp_are_imported_only_once_enabled():
+    port = free_port()
+    result = subprocess.run([sys.executable, "-c", CONTROLLER_WHEN_ENABLED_PROBE % (port, port, port)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"

@@ -5,6 +5,7 @@ compiled databases are reused from the cache."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 
 import pytest
@@ -14,7 +15,7 @@ from smtpproxy.scan.checks.all import all_checks
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.engine import Engine
 from smtpproxy.scan.message import parse
-from smtpproxy.scan.spamassassin import matcher
+from smtpproxy.scan.spamassassin import matcher, re2filter
 from smtpproxy.scan.spamassassin.check import SpamAssassinCheck
 from smtpproxy.scan.spamassassin.regex import split_match_op, translate
 from smtpproxy.transaction import ClientInfo
@@ -98,6 +99,12 @@ def test_local_cf_rules_fire_through_the_engine(tmp_path):
     assert sa.rules.skipped["LOCAL_EVAL"] == "eval:check_stock_info"
     assert "LOCAL_META_EVAL" not in result.symbols
     assert any("skipped LOCAL_EVAL: eval:check_stock_info" in line for line in sa.report())
+    # Built, the check keeps no rule sources (the matcher has the patterns, the
+    # metas are functions); kinds, header specs and descriptions stay for reports.
+    rule = sa.rules.rules["LOCAL_SUBJ_WATCH"]
+    assert (rule.kind, rule.header, rule.text, rule.pattern) == ("header", "Subject", "", None)
+    assert sa.rules.rules["LOCAL_META"].meta is None
+    assert any("rules loaded (header 5," in line for line in sa.report())
 
 
 def test_nice_rules_score_negative_and_sub_rules_are_never_emitted(tmp_path):
@@ -174,6 +181,49 @@ def test_compiled_databases_are_reused_from_the_cache(tmp_path):
     matcher.Matcher(changed, str(tmp_path), background=False)
     assert matcher.compile_count == before + 2
     assert len(list(tmp_path.glob("hs-*.db"))) == 1
+
+
+@pytest.mark.skipif(matcher.hyperscan is None, reason="hyperscan not installed")
+def test_cache_of_the_older_single_pickle_layout_still_loads(tmp_path):
+    first = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    with open(first.cache_path, "rb") as f:
+        header = pickle.load(f)
+        blobs = {kind: pickle.load(f) for kind in header.pop("kinds")}
+    assert set(blobs) == set(first.dbs)  # one pickle per database after the header
+    with open(first.cache_path, "wb") as f:
+        pickle.dump({**header, "dbs": blobs}, f)
+    before = matcher.compile_count
+    again = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    assert again.ready and matcher.compile_count == before
+    assert "B_WORD" in again.candidates("body", [b"a prize"])
+
+
+@pytest.mark.skipif(matcher.hyperscan is None or re2filter.re2 is None,
+                    reason="hyperscan or google-re2 not installed")
+def test_costly_rules_get_a_filter_that_only_the_matcher_holds(tmp_path):
+    words = "|".join(f"word{i:04d}x" for i in range(900))  # over Hyperscan's 8,000 bytes
+    rules = {"body": [("B_LIST", translate(f"\\b(?:{words})\\b", "i")),
+                      ("B_WORD", translate("\\bprize\\b", "i"))]}
+    m = matcher.Matcher(rules, str(tmp_path), background=False)
+    assert m.ready and "B_LIST" in m.filters and "B_LIST" in m.substituted
+    # google-re2's own cache keeps none: a reload's old filters go with their matcher.
+    assert re2filter.re2._Regexp._make.cache_info().currsize == 0
+    texts = [b"say WORD0042X now\n"]
+    assert "B_LIST" in m.candidates("body", texts)
+    assert matcher.count(m.regex["B_LIST"], matcher.sift(m.filters["B_LIST"], texts), 1) == 1
+
+
+def test_re_patterns_are_compiled_on_first_use(tmp_path):
+    plain = matcher.Matcher(_rules(), use_hyperscan=False)  # every rule runs: all compiled now
+    assert set(dict.keys(plain.regex)) == set(plain.regex.sources)
+    m = matcher.Matcher(_rules(), str(tmp_path), background=False)
+    if not m.ready:
+        pytest.skip("hyperscan not installed")
+    assert dict.keys(m.regex) == set() and set(m.regex.sources) >= {"B_WORD", "U_HOST"}
+    assert m.regex["B_WORD"].search(b"a prize") and set(dict.keys(m.regex)) == {"B_WORD"}
+    assert m.regex["B_WORD"] is m.regex["B_WORD"]  # compiled once
+    with pytest.raises(KeyError):
+        m.regex["NO_SUCH_RULE"]
 
 
 @pytest.mark.skipif(matcher.hyperscan is None, reason="hyperscan not installed")

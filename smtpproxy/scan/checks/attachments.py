@@ -134,8 +134,6 @@ class AttachmentsCheck:
 
     def __init__(self, cfg: Config | None = None):
         self.cfg: AttachmentsConfig = (cfg or Config()).scan.attachments
-        if self.cfg.macros:
-            macros.load()
 
     async def run(self, ctx: CheckContext) -> list[Hit]:
         findings = _Findings()

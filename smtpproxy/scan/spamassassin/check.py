@@ -187,6 +187,8 @@ class SpamAssassinCheck:
                                os.path.join(cfg.state_dir, "spamassassin") if files else "",
                                use_hyperscan=use_hyperscan and bool(files),
                                background=background_compile)
+        del self._patterns  # the matcher has them now
+        self.rules.forget_sources()
         for problem in self.rules.errors:
             logger.warning("spamassassin: %s", problem)
         _LOADED.clear()  # only the latest rule set is kept

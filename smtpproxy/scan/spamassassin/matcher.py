@@ -22,8 +22,11 @@ the ``hyperscan`` module every rule is such a rule.
 Compiling takes minutes for SpamAssassin's full rule set, so the databases
 are serialised to ``<state_dir>/spamassassin/hs-<key>.db``, ``key`` being a
 hash of the patterns and flags (so of the rule files' content): a restart
-or reload with unchanged rules loads them in milliseconds. A compile runs
-in a worker thread; until it is done the rules run with ``re`` alone. A lock
+or reload with unchanged rules loads them in milliseconds. The file holds
+one pickle per database after a header, so loading holds one serialised
+database at a time besides the loaded ones (a peak of the largest, about
+25 MB, not of all 36). A compile runs in a worker thread; until it is
+done the rules run with ``re`` alone. A lock
 file beside the cache makes several processes sharing it (proxy.workers)
 compile once: the first compiles, the others wait and load its result.
 """
@@ -42,8 +45,8 @@ import threading
 from collections.abc import Iterable
 
 from smtpproxy.scan.spamassassin.literals import hyperscan_literal, required_literals
-from smtpproxy.scan.spamassassin.re2filter import superset
-from smtpproxy.scan.spamassassin.regex import Translated, compile_python, relax_for_hyperscan
+from smtpproxy.scan.spamassassin.re2filter import release_cache, superset
+from smtpproxy.scan.spamassassin.regex import Translated, compile_source, relax_for_hyperscan
 
 try:  # optional: without it every rule runs with re
     import hyperscan
@@ -108,7 +111,7 @@ class Matcher:
 
     def __init__(self, rules: dict[str, list[tuple[str, Translated]]], cache_dir: str = "",
                  use_hyperscan: bool = True, background: bool = True):
-        self.regex: dict[str, re.Pattern[bytes]] = {}
+        self.regex = Regexes()
         self.kinds = tuple(rules)
         self.names: dict[str, list[str]] = {k: [] for k in self.kinds}  # HS id -> rule name
         self.always: dict[str, list[str]] = {k: [] for k in self.kinds}  # run with re every time
@@ -127,13 +130,15 @@ class Matcher:
         self.hs_refused: dict[str, str] = {}  # name -> why it is an "always" rule
         self.compiled_here = False
         self._done = threading.Event()
+        self.use_hyperscan = use_hyperscan and hyperscan is not None
         for kind, items in rules.items():
             for name, t in items:
-                self.regex[name] = compile_python(t)
+                self.regex.add(name, t)
                 self.all[kind].append(name)
-                self._translated[name] = t
-        self.use_hyperscan = use_hyperscan and hyperscan is not None
+                if self.use_hyperscan:
+                    self._translated[name] = t
         if not self.use_hyperscan:
+            self._compile_every_pattern()
             self._done.set()
             return
         for kind, items in rules.items():
@@ -155,6 +160,7 @@ class Matcher:
         self.key = digest.hexdigest()[:24]
         self.cache_path = os.path.join(cache_dir, f"hs-{self.key}.db") if cache_dir else ""
         if self._load_cache():
+            self._forget_sources()
             self._done.set()
             return
         if background:
@@ -170,10 +176,19 @@ class Matcher:
         try:
             with open(self.cache_path, "rb") as f:
                 data = pickle.load(f)
-            if data["key"] != self.key:
-                return False
-            dbs = {kind: hyperscan.loadb(blob, hyperscan.HS_MODE_BLOCK)
-                   for kind, blob in data["dbs"].items()}
+                if data["key"] != self.key:
+                    return False
+                if "dbs" in data:  # the older layout: every database in the one pickle
+                    dbs = {kind: hyperscan.loadb(blob, hyperscan.HS_MODE_BLOCK)
+                           for kind, blob in data.pop("dbs").items()}
+                else:
+                    # One serialised database in memory at a time: the process's peak
+                    # RSS holds the largest one twice (serialised and loaded), not all.
+                    dbs = {}
+                    for kind in data["kinds"]:
+                        blob = pickle.load(f)
+                        dbs[kind] = hyperscan.loadb(blob, hyperscan.HS_MODE_BLOCK)
+                        del blob
         except FileNotFoundError:
             return False
         except Exception as exc:  # a damaged cache is rebuilt
@@ -188,8 +203,22 @@ class Matcher:
             self._compile()
         except Exception:  # never fatal: the rules keep running with re
             logger.exception("spamassassin: compiling the Hyperscan databases failed")
+            self._compile_every_pattern()
         finally:
+            self._forget_sources()
             self._done.set()
+
+    def _compile_every_pattern(self) -> None:
+        """Without Hyperscan every rule runs on every message: its ``re`` pattern
+        is compiled now (start-up, or this thread), not by the first message."""
+        for name in self.regex.sources:
+            self.regex[name]  # noqa: B018 - compiles it
+
+    def _forget_sources(self) -> None:
+        """Drop what only compiling needs (every pattern's Hyperscan form): MBs kept for nothing."""
+        self._patterns = {k: [] for k in self.kinds}
+        self._translated = {}
+        self._oversize = {k: [] for k in self.kinds}
 
     def _compile(self) -> None:
         global compile_count
@@ -279,11 +308,14 @@ class Matcher:
             return
         try:
             os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
+            kinds = [k for k, db in dbs.items() if db is not None]
             data = {"key": self.key, "refused": refused, "names": names, "substituted": substituted,
-                    "dbs": {k: hyperscan.dumpb(db) for k, db in dbs.items() if db is not None}}
+                    "kinds": kinds}
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.cache_path), prefix=".hs-")
             with os.fdopen(fd, "wb") as f:
                 pickle.dump(data, f)
+                for kind in kinds:  # each database its own pickle, read back one at a time
+                    pickle.dump(hyperscan.dumpb(dbs[kind]), f)
             os.replace(tmp, self.cache_path)
             # Older databases of other rule versions are of no use any more.
             for entry in os.scandir(os.path.dirname(self.cache_path)):
@@ -311,6 +343,7 @@ class Matcher:
             filt = superset(self.regex[name])
             if filt is not None:
                 self.filters[name] = filt
+        release_cache()
         self.dbs = {k: v for k, v in dbs.items() if v is not None}
         self.ready = True
 
@@ -341,6 +374,34 @@ class Matcher:
                 scratch=self.scratch[kind])
         found.extend(names[i] for i in ids)
         return found
+
+
+class Regexes(dict):
+    """Rule name -> its compiled ``re`` pattern, compiled on first use.
+
+    With Hyperscan most rules are never candidates on a given host's mail;
+    their patterns stay source bytes (a compiled pattern takes several times
+    its source) until one is, and then costs a millisecond or so once.
+    Without the module every rule is compiled at once (each message needs
+    all); while the databases compile, the first message checked with ``re``
+    alone compiles them, on the thread that checks it (check.py). A race
+    between threads compiles one pattern twice, harmlessly.
+    """
+
+    __slots__ = ("sources",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: dict[str, tuple[bytes, int]] = {}
+
+    def add(self, name: str, t: Translated) -> None:
+        self.sources[name] = (t.python, t.flags)
+        self.pop(name, None)
+
+    def __missing__(self, name: str) -> re.Pattern[bytes]:
+        python, flags = self.sources[name]
+        pattern = self[name] = compile_source(python, flags)
+        return pattern
 
 
 def sift(filt, units: list[bytes]) -> list[bytes]:

@@ -378,9 +378,13 @@ def translate(source: str, flags: str = "") -> Translated:
 
 
 def compile_python(t: Translated) -> re.Pattern[bytes]:
+    return compile_source(t.python, t.flags)
+
+
+def compile_source(python: bytes, flags: int) -> re.Pattern[bytes]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return re.compile(t.python, t.flags)
+        return re.compile(python, flags)
 
 
 def relax_for_hyperscan(pattern: bytes) -> bytes:

@@ -72,7 +72,7 @@ UNSUPPORTED_HEADERS = ("ALL-TRUSTED", "ALL-INTERNAL", "ALL-UNTRUSTED", "ALL-EXTE
 MAX_INCLUDE_DEPTH = 10
 
 
-@dataclass
+@dataclass(slots=True)
 class Rule:
     name: str
     kind: str  # one of RULE_TYPES
@@ -118,6 +118,16 @@ class RuleSet:
         if name.startswith("__"):
             return 0.0
         return -1.0 if "nice" in self.tflags.get(name, ()) else 1.0
+
+    def forget_sources(self) -> None:
+        """Drop what only building the check needs (patterns as written and
+        translated, meta expression trees): the compiled forms are the matcher's
+        and the check's. Kinds, header specs, eval calls and every count stay."""
+        for rule in self.rules.values():
+            if rule.kind not in ("meta", "eval"):  # an eval's text is its function
+                rule.text = ""
+            rule.pattern = None
+            rule.meta = None
 
     def skip_reasons(self) -> Counter:
         return Counter(_reason_kind(r) for r in self.skipped.values())
@@ -432,6 +442,9 @@ class _Parser:
             except Untranslatable as exc:
                 del rs.rules[name]
                 rs.skipped[name] = f"regex: {exc}"
+        # translate() tried every pattern with re.compile, whose module cache
+        # would keep the last 512 compiled (megabytes) for nothing.
+        re.purge()
         return rs
 
 
