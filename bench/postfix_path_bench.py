@@ -1,0 +1,571 @@
+#!/usr/bin/env python3
+"""Through Postfix, cold DNS: smtpproxy as smtpd_proxy_filter against rspamd as a milter.
+
+    .venv/bin/python bench/postfix_path_bench.py [--messages 300] [--delay-ms 0,2]
+                                                 [--concurrency 1,20] [--workers 1] [--no-install]
+
+The two ways of putting a scanner in front of one private Postfix, on the
+same messages and the same DNS:
+
+    proxy:   client -> smtpd (smtpd_proxy_filter, UNIX socket) -> smtpproxy -> smtpd -> queue
+    milter:  client -> smtpd (smtpd_milters = unix:...) <-> rspamd proxy worker (milter, self_scan)
+                                                           -> queue
+
+Queued mail is discarded (transport ``discard``); what is measured is mail
+handled while the client waits, so every message of a run must be answered
+250 or a deliberate 5xx (a reject by score) on both paths.
+
+The mail and the DNS are bench/realtraffic_bench.py's: corpus messages
+re-addressed to a fresh domain each (SPF include chains, a DKIM key of its
+own with the message really signed, DMARC, A/MX), a DNSBL and a URIBL zone,
+every answer from a local authoritative server in a process of its own,
+held back ``--delay-ms``. Every (delay, concurrency) run has its own set of
+domains, so no sender is in any cache.
+
+The client is this script: an asyncio SMTP client with ``--concurrency``
+sessions in flight, one session per message. Postfix sees every connection
+come from 127.0.0.1, so each session first sends XCLIENT (the front smtpd
+lists 127.0.0.0/8 in ``smtpd_authorized_xclient_hosts``) with the message's
+client address (198.18.0.0/15), name and HELO, then EHLO, MAIL FROM (the
+re-addressed sender), RCPT, DATA. Postfix hands those attributes to the
+proxy by XFORWARD and to the milter in its connect and HELO steps, so SPF,
+the DNSBL and rspamd's loopback exemption see the message's own client.
+
+smtpproxy runs as the daemon (``python -m smtpproxy.cli run``) from this
+checkout with the shipped configuration but for: its nameserver (the local
+server), the DNSBL zones (replaced by the two bench zones, as
+realtraffic_bench does), ``proxy.workers`` (``--workers``), logging at
+"error" (as rspamd's) and the inbound profile's greylist action off, because
+rspamd without its greylist module accepts a message at greylist level. It
+is restarted before every run so its resolver cache is empty.
+
+rspamd (Debian's) is configured as realtraffic_bench configures it (network
+modules off but for the bench RBL/URIBL; spf, dkim, dmarc, hfilter as
+shipped), with its proxy worker in milter mode on a UNIX socket (rspamd
+stalls over TCP, docs DESIGN.md) scanning itself (``self_scan``), ``count``
+= ``--workers``, and milter_headers adding X-Spamd-Result, X-Spam-Status,
+X-Spam-Level and Authentication-Results as smtpproxy does. rspamd keeps no
+DNS cache of its own; its SPF and DKIM caches never see a sender twice.
+
+Figures per path and run: messages/s; CPU per message of the filter (the
+process tree of smtpproxy, or rspamd's main process and every worker) and
+of Postfix (its master, every child alive and every child already reaped:
+the master's cutime/cstime); DNS queries per message, counted by the server;
+the ratio smtpproxy/rspamd. The CPU per DNS lookup of smtpproxy comes two
+ways. "bound": its CPU per message divided by its queries per message, an
+upper bound since all the rest of its work is counted in too. "delta": each
+proxy run is followed by a second pass of the same messages with the
+answers in its cache; (cold CPU - warm CPU) / (cold queries - warm queries),
+the cost of asking rather than finding, noisy on a shared host because it is
+the difference of two measurements.
+
+That both paths really scanned: the warm-up messages go to a recipient that
+Postfix delivers to smtp-sink, and the result headers of each path are
+counted on them; for the measured runs, smtpproxy's own counters (symbols
+and actions, from its metrics endpoint) and rspamd's scanned counter (its
+controller's /stat) are compared with the messages sent, and the symbols
+both name alike (SPF, DKIM, DMARC, list hits) are tallied side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    apt_install,
+    process_tree_cpu_seconds,
+    start_rspamd,
+    stop,
+    wait_until_idle,
+)
+from bench.realtraffic_bench import (  # noqa: E402
+    QUERY_KINDS,
+    RSPAMD_RBL,
+    SMTPPROXY_ZONES,
+    TALLIED,
+    DnsProcess,
+    Sample,
+    build_world,
+    corpus,
+    parse_list,
+)
+from smtpproxy.common import config  # noqa: E402
+from tests.support.net import free_port, port_open  # noqa: E402
+from tests.support.pipeline import ProxyProcess  # noqa: E402
+from tests.support.postfix import PostfixInstance, SmtpSink, wait_until  # noqa: E402
+
+RCPT = "user@example.net"  # discarded
+CHECK_DOMAIN = "check.example.net"  # delivered to smtp-sink, to read the result headers
+CHECK_RCPT = {"proxy": f"check-proxy@{CHECK_DOMAIN}", "milter": f"check-milter@{CHECK_DOMAIN}"}
+RESULT_HEADERS = ("X-Spamd-Result", "X-Spam-Status", "Authentication-Results")
+SESSION_TIMEOUT_S = 120
+WARMUP_PER_RUN = 8
+
+
+# ---------------------------------------------------------------- the client
+
+
+class SmtpError(Exception):
+    pass
+
+
+async def read_reply(reader: asyncio.StreamReader) -> int:
+    """The code of one (possibly multi-line) reply."""
+    while True:
+        line = await reader.readline()
+        if len(line) < 4:
+            raise SmtpError(f"connection closed or short reply {line!r}")
+        if line[3:4] != b"-":
+            return int(line[:3])
+
+
+def payload(raw: bytes) -> bytes:
+    """The DATA payload: dot-stuffed, ending in CRLF, then the lone dot."""
+    body = re.sub(rb"(?m)^\.", b"..", raw)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
+
+
+async def send_one(port: int, s: Sample, rcpt: str) -> str:
+    """One session: "accepted", "rejected" (5xx), "deferred" (4xx) or "error"."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async def command(line: str | bytes, expected: int) -> int:
+            writer.write(line if isinstance(line, bytes) else line.encode() + b"\r\n")
+            code = await read_reply(reader)
+            if code != expected:
+                raise SmtpError(code)
+            return code
+
+        if await read_reply(reader) != 220:
+            return "error"
+        await command("EHLO bench-client.test", 250)
+        # XCLIENT resets the session: a new greeting, then EHLO again.
+        await command(f"XCLIENT ADDR={s.client_ip} NAME={s.helo} HELO={s.helo}", 220)
+        await command(f"EHLO {s.helo}", 250)
+        await command(f"MAIL FROM:<{s.mail_from}>", 250)
+        await command(f"RCPT TO:<{rcpt}>", 250)
+        await command("DATA", 354)
+        await command(payload(s.raw), 250)
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+        return "accepted"
+    except SmtpError as e:
+        code = e.args[0]
+        if isinstance(code, int) and 400 <= code < 600:
+            return "deferred" if code < 500 else "rejected"
+        return "error"
+    except (OSError, asyncio.IncompleteReadError, ValueError):
+        return "error"
+    finally:
+        writer.close()
+
+
+def send_all(port: int, samples: list[Sample], concurrency: int, rcpt: str = RCPT
+             ) -> tuple[float, collections.Counter]:
+    """Seconds taken and outcomes, with at most ``concurrency`` sessions open."""
+    outcomes: collections.Counter[str] = collections.Counter()
+
+    async def main() -> float:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(s: Sample) -> None:
+            async with gate:
+                try:
+                    outcomes[await asyncio.wait_for(send_one(port, s, rcpt), SESSION_TIMEOUT_S)] += 1
+                except TimeoutError:
+                    outcomes["error"] += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(s) for s in samples))
+        return time.perf_counter() - start
+
+    return asyncio.run(main()), outcomes
+
+
+# ---------------------------------------------------------------- the Postfix side
+
+
+def toml_value(value) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def proxy_config(base: Path, socket: Path, reinject_port: int, metrics_port: int,
+                 nameserver: str, workers: str) -> str:
+    zones = "".join("\n[[scan.dnsbl.zones]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in zone.items())
+                    for zone in SMTPPROXY_ZONES)
+    return f"""
+state_dir = "{base / 'state'}"
+[log]
+level = "error"
+[proxy]
+hostname = "filter.example.test"
+max_sessions = 500
+workers = {toml_value(workers if workers == "auto" else int(workers))}
+metrics_listen = "127.0.0.1:{metrics_port}"
+[[proxy.listeners]]
+name = "inbound"
+listen = "unix:{socket}"
+profile = "inbound"
+downstream = "127.0.0.1:{reinject_port}"
+[scan]
+enabled = true
+[scan.profiles.inbound]
+greylist = false
+[dns]
+nameserver = "{nameserver}"
+{zones}"""
+
+
+def rspamd_proxy_worker(socket: Path, workers: str) -> str:
+    count = os.cpu_count() if workers == "auto" else int(workers)
+    return f"""enabled = true;
+bind_socket = "{socket} mode=0666";
+milter = yes;
+timeout = 120s;
+count = {count};
+upstream "local" {{ default = yes; self_scan = yes; }}
+"""
+
+
+# Enough history rows for every message of a run (the symbols are counted from it).
+RSPAMD_HISTORY_ROWS = 20_000
+RSPAMD_MILTER_HEADERS = 'use = ["x-spamd-result", "x-spam-status", "x-spam-level", "authentication-results"];\n'
+
+
+@dataclass
+class Setup:
+    base: Path
+    nameserver: str
+    workers: str
+    sink_port: int = field(default_factory=free_port)
+    front: dict[str, int] = field(default_factory=lambda: {"proxy": free_port(), "milter": free_port()})
+    reinject_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+
+    def __post_init__(self) -> None:
+        self.proxy_socket = self.base / "proxy" / "smtpproxy.sock"
+        self.milter_socket = self.base / "milter" / "rspamd.sock"
+        self.milter_socket.parent.mkdir(parents=True)
+        self.sink = SmtpSink(self.base / "sink", self.sink_port)
+        self.postfix = PostfixInstance(
+            self.base / "postfix",
+            relay_domains=f"example.net, {CHECK_DOMAIN}",
+            transport_maps=(f"inline:{{ example.net=discard:, "
+                            f"{CHECK_DOMAIN}=smtp:[127.0.0.1]:{self.sink_port} }}"),
+            default_process_limit="500",
+        )
+        front = {"smtpd_authorized_xclient_hosts": "127.0.0.0/8",
+                 "smtpd_client_connection_count_limit": "0"}
+        self.postfix.add_service(f"127.0.0.1:{self.front['proxy']}",
+                                 {**front, "smtpd_proxy_filter": f"unix:{self.proxy_socket}"})
+        self.postfix.add_service(f"127.0.0.1:{self.front['milter']}", {
+            **front,
+            "smtpd_milters": f"unix:{self.milter_socket}",
+            "milter_protocol": "6",
+            "milter_default_action": "tempfail",  # a milter that fails must show, not pass mail
+            "milter_mail_macros": "i {mail_addr} {client_addr} {client_name} {auth_authen}",
+        })
+        self.postfix.add_service(f"127.0.0.1:{self.reinject_port}", {
+            "smtpd_authorized_xforward_hosts": "127.0.0.0/8",
+            "smtpd_client_restrictions": "",
+            "smtpd_helo_restrictions": "",
+            "smtpd_sender_restrictions": "",
+            "smtpd_recipient_restrictions": "permit_mynetworks,reject",
+            "smtpd_data_restrictions": "",
+            "mynetworks": "127.0.0.0/8",
+        })
+        self.proxy = ProxyProcess(self.base / "proxy", proxy_config(
+            self.base / "proxy", self.proxy_socket, self.reinject_port, self.metrics_port,
+            self.nameserver, self.workers))
+        self.rspamd = None
+
+    def start(self) -> None:
+        self.sink.start()
+        self.postfix.start()
+        for port in (*self.front.values(), self.reinject_port):
+            wait_until(lambda port=port: port_open(port), 20, f"postfix port {port}")
+        self.start_proxy()
+
+    def start_proxy(self) -> None:
+        self.proxy_socket.unlink(missing_ok=True)
+        self.proxy.start(None)
+        wait_until(lambda: self.proxy_socket.exists() or self.proxy.proc.poll() is not None, 60,
+                   "smtpproxy's socket")
+        if self.proxy.proc.poll() is not None:
+            raise RuntimeError(f"smtpproxy exited: {self.proxy.log_text()[-2000:]}")
+        wait_until(lambda: port_open(self.metrics_port), 20, "smtpproxy's metrics port")
+
+    def restart_proxy(self) -> None:
+        self.proxy.stop()
+        self.start_proxy()
+
+    def start_rspamd(self) -> tuple[int, float]:
+        """rspamd's controller port, and the seconds it took to become idle."""
+        self.rspamd, _port, cport = start_rspamd(
+            self.base / "rspamd", self.nameserver,
+            extra={"rbl.conf": "enabled = true;\n", "milter_headers.conf": RSPAMD_MILTER_HEADERS},
+            override={"rbl.conf": RSPAMD_RBL, "options.inc": f"history_rows = {RSPAMD_HISTORY_ROWS};\n",
+                      "worker-proxy.inc": rspamd_proxy_worker(self.milter_socket, self.workers)})
+        wait_until(lambda: (self.milter_socket.exists() and port_open(cport))
+                   or self.rspamd.poll() is not None, 120, "rspamd")
+        if self.rspamd.poll() is not None:
+            raise RuntimeError("rspamd exited at start")
+        return cport, wait_until_idle(self.rspamd.pid)
+
+    def postfix_pid(self) -> int:
+        return int((self.postfix.queue / "pid" / "master.pid").read_text().split()[0])
+
+    def drain(self) -> None:
+        wait_until(self.postfix.queue_is_empty, 600, "queue drained", interval=0.1)
+
+    def stop(self) -> None:
+        self.proxy.stop()
+        if self.rspamd is not None:
+            stop(self.rspamd, 30)
+        self.postfix.stop()
+        self.sink.stop()
+
+
+# ---------------------------------------------------------------- counters of the filters
+
+
+METRIC_LINE = re.compile(r'^(smtpproxy_scan_(?:symbols|actions)_total)\{\w+="([^"]*)"\} ([0-9.e+]+)$', re.M)
+
+
+def proxy_counters(metrics_port: int) -> collections.Counter:
+    """smtpproxy's symbol and action counters: {symbol or "action:NAME": count}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out: collections.Counter[str] = collections.Counter()
+    for name, label, value in METRIC_LINE.findall(text):
+        out[("action:" if name.endswith("actions_total") else "") + label] = int(float(value))
+    return out
+
+
+def rspamd_counters(cport: int) -> collections.Counter:
+    """rspamd's scanned messages ("scanned"), actions ("action:NAME") and, from
+    its history of the newest RSPAMD_HISTORY_ROWS scans, the tallied symbols
+    (its /counters do not count the proxy worker's own scans)."""
+    out: collections.Counter[str] = collections.Counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{cport}/stat", timeout=10) as response:
+        stat = json.load(response)
+    out["scanned"] = stat.get("scanned", 0)
+    for action, count in stat.get("actions", {}).items():
+        out[f"action:{action}"] = count
+    with urllib.request.urlopen(f"http://127.0.0.1:{cport}/history", timeout=30) as response:
+        history = json.load(response)
+    for row in history.get("rows", []) if isinstance(history, dict) else history:
+        symbols = row.get("symbols", {})  # by name, or (older rows) a list of {"name": ...}
+        names = symbols if isinstance(symbols, dict) else [s.get("name") for s in symbols]
+        out.update(name for name in names if name in TALLIED)
+        out["history rows"] += 1
+    return out
+
+
+def postfix_cpu_seconds(pid: int) -> float:
+    """The Postfix master's tree, plus the CPU of children it has already reaped
+    (smtpd processes exit after max_use sessions)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    return process_tree_cpu_seconds(pid) + reaped
+
+
+# ---------------------------------------------------------------- one run
+
+
+@dataclass
+class PathRun:
+    rate: float
+    filter_ms: float
+    postfix_ms: float
+    queries: collections.Counter
+    outcomes: collections.Counter
+    counters: collections.Counter  # the filter's own, during the run
+
+
+def measure(setup: Setup, dns: DnsProcess, path: str, samples: list[Sample], concurrency: int,
+            filter_pid: int, counters) -> PathRun:
+    setup.drain()
+    postfix_pid = setup.postfix_pid()
+    before_q, before_c = dns.counts()[0], counters()
+    cpu_filter, cpu_postfix = process_tree_cpu_seconds(filter_pid), postfix_cpu_seconds(postfix_pid)
+    elapsed, outcomes = send_all(setup.front[path], samples, concurrency)
+    setup.drain()  # the queue's work is Postfix's share of these messages
+    cpu_filter = process_tree_cpu_seconds(filter_pid) - cpu_filter
+    cpu_postfix = postfix_cpu_seconds(postfix_pid) - cpu_postfix
+    n = len(samples)
+    return PathRun(n / elapsed, cpu_filter * 1000 / n, cpu_postfix * 1000 / n,
+                   dns.counts()[0] - before_q, outcomes, counters() - before_c)
+
+
+def check_headers(setup: Setup) -> dict[str, collections.Counter]:
+    """Per path: delivered check messages, and how many carry each result header."""
+    out = {path: collections.Counter() for path in CHECK_RCPT}
+    for message in setup.sink.messages():
+        path = next((p for p, rcpt in CHECK_RCPT.items() if any(rcpt in a for a in message.rcpt_args)), None)
+        if path is None:
+            continue
+        head = message.message.split(b"\n\n", 1)[0].decode("latin-1")
+        out[path]["delivered"] += 1
+        for name in RESULT_HEADERS:
+            if re.search(rf"^{name}:", head, re.M | re.I):
+                out[path][name] += 1
+        results = " ".join(re.findall(r"^Authentication-Results:(.*(?:\n[ \t].*)*)", head, re.M | re.I))
+        for method in ("spf", "dkim", "dmarc"):
+            if re.search(rf"\b{method}=\w+", results):
+                out[path][f"A-R {method}="] += 1
+        spamd = re.search(r"^X-Spamd-Result:(.*(?:\n[ \t].*)*)", head, re.M | re.I)
+        for symbol in TALLIED:
+            if spamd and re.search(rf"\b{symbol}\(", spamd.group(1)):
+                out[path][symbol] += 1
+    return out
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=300, help="messages per run (default 300)")
+    parser.add_argument("--delay-ms", default="0,2", help="per-answer DNS delays, comma-separated (0,2)")
+    parser.add_argument("--concurrency", default="1,20", help="sessions in flight, comma-separated (1,20)")
+    parser.add_argument("--workers", default="1",
+                        help="smtpproxy's proxy.workers and rspamd's proxy worker count (1, a count or auto)")
+    parser.add_argument("--key-bits", type=int, default=1024, help="RSA size of each domain's DKIM key")
+    parser.add_argument("--no-install", action="store_true", help="do not apt-get install rspamd")
+    args = parser.parse_args()
+    combos = [(d, c) for d in parse_list(args.delay_ms) for c in parse_list(args.concurrency, int)]
+
+    problem = apt_install(["rspamd", "postfix"], not args.no_install)
+    if problem:
+        print(f"cannot run: {problem}")
+        return 1
+    cfg = config.load(None, {})
+    started = time.perf_counter()
+    world = build_world(corpus(args.messages), len(combos), args.key_bits, cfg.scan.dmarc.public_suffix_list)
+    print(f"prepared {sum(map(len, world.runs))} signed messages ({len(world.runs[1])} per run) and "
+          f"{len(world.records)} DNS names in {time.perf_counter() - started:.0f} s", flush=True)
+    dns = DnsProcess(dict(world.records))
+    del world.records
+    results: dict[tuple[str, float, int], PathRun] = {}
+    warm: dict[tuple[float, int], PathRun] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="postfix-path-bench-") as tmp:
+            setup = Setup(Path(tmp), dns.nameserver, args.workers)
+            try:
+                setup.start()
+                cport, waited = setup.start_rspamd()
+                print(f"rspamd idle (Hyperscan databases compiled) after {waited:.0f} s", flush=True)
+                # Warm-up, and the messages whose headers show that both paths scanned.
+                for path in ("proxy", "milter"):
+                    send_all(setup.front[path], world.runs[0], 4, CHECK_RCPT[path])
+                setup.drain()
+                wait_until_idle(setup.rspamd.pid, quiet_s=2)
+                headers = check_headers(setup)
+                for (delay, concurrency), samples in zip(combos, world.runs[1:], strict=True):
+                    dns.delay(delay / 1000)
+                    setup.restart_proxy()  # an empty resolver cache
+                    send_all(setup.front["proxy"], world.runs[0][:WARMUP_PER_RUN], 1)
+                    pid = setup.proxy.proc.pid
+                    counters = lambda: proxy_counters(setup.metrics_port)  # noqa: E731
+                    results["proxy", delay, concurrency] = measure(
+                        setup, dns, "proxy", samples, concurrency, pid, counters)
+                    # The same messages again, every answer now in the cache.
+                    warm[delay, concurrency] = measure(setup, dns, "proxy", samples, concurrency, pid, counters)
+                    results["milter", delay, concurrency] = measure(
+                        setup, dns, "milter", samples, concurrency, setup.rspamd.pid,
+                        lambda: rspamd_counters(cport))
+                    print(f"  delay {delay:g} ms, concurrency {concurrency}: smtpproxy "
+                          f"{results['proxy', delay, concurrency].rate:.1f} msg/s, rspamd "
+                          f"{results['milter', delay, concurrency].rate:.1f} msg/s", flush=True)
+            finally:
+                setup.stop()
+    finally:
+        dns.stop()
+    report(results, warm, headers, combos, len(world.runs[1]), args)
+    return 0
+
+
+def report(results, warm, headers, combos, n: int, args) -> None:
+    load = os.getloadavg()
+    print(f"\nthrough-Postfix benchmark: {n} messages per run, each from a domain never seen before; "
+          f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end; "
+          f"workers {args.workers}; DKIM keys RSA {args.key_bits}")
+    print(f"{'delay':>6} {'conc':>5} {'path':<16} {'msg/s':>7} {'filter CPU':>10} {'Postfix CPU':>11} "
+          f"{'DNS q':>6}   outcomes")
+    print(f"{'':>6} {'':>5} {'':<16} {'':>7} {'ms/msg':>10} {'ms/msg':>11} {'/msg':>6}")
+    names = {"proxy": "smtpproxy", "milter": "rspamd milter"}
+    for delay, concurrency in combos:
+        rows = [(names[path], results[path, delay, concurrency]) for path in ("proxy", "milter")]
+        rows.insert(1, ("smtpproxy, warm", warm[delay, concurrency]))
+        for name, r in rows:
+            queries = sum(r.queries.values()) / n
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(r.outcomes.items()))
+            print(f"{delay:>4g}ms {concurrency:>5} {name:<16} {r.rate:>7.1f} {r.filter_ms:>10.2f} "
+                  f"{r.postfix_ms:>11.2f} {queries:>6.2f}   {outcomes}")
+    print("\nsmtpproxy / rspamd (messages/s), and smtpproxy's CPU per DNS lookup:")
+    for delay, concurrency in combos:
+        ours, cached = results["proxy", delay, concurrency], warm[delay, concurrency]
+        theirs = results["milter", delay, concurrency]
+        q_cold = sum(ours.queries.values()) / n
+        q_warm = sum(cached.queries.values()) / n
+        bound = ours.filter_ms / q_cold if q_cold else float("nan")
+        delta = (ours.filter_ms - cached.filter_ms) / (q_cold - q_warm) if q_cold > q_warm else float("nan")
+        print(f"  delay {delay:g} ms, concurrency {concurrency}: {ours.rate / theirs.rate:.2f}x messages/s, "
+              f"filter CPU {ours.filter_ms / theirs.filter_ms:.2f}x; CPU per lookup: bound {bound:.3f} ms, "
+              f"delta {delta:.3f} ms")
+    print("\nper-kind DNS queries per message (cold runs):")
+    print(f"{'':>13} {'path':<16} " + " ".join(f"{k:>6}" for k in QUERY_KINDS))
+    for delay, concurrency in combos:
+        for path in ("proxy", "milter"):
+            r = results[path, delay, concurrency]
+            print(f"{delay:>4g}ms {concurrency:>6}  {names[path]:<16} "
+                  + " ".join(f"{r.queries[k] / n:>6.2f}" for k in QUERY_KINDS))
+    print("\ndid both scan? warm-up messages delivered with each result header:")
+    for path, counts in headers.items():
+        print(f"  {names[path]:<14} " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    print("counters of the filters over the measured runs (cold and warm passes for smtpproxy):")
+    total = collections.defaultdict(collections.Counter)
+    for (path, _d, _c), r in results.items():
+        total[path] += r.counters
+    for r in warm.values():
+        total["proxy"] += r.counters
+    actions = {path: {k[7:]: v for k, v in c.items() if k.startswith("action:")} for path, c in total.items()}
+    for path in ("proxy", "milter"):
+        sent = n * len(combos) * (2 if path == "proxy" else 1)
+        scanned = total[path]["scanned"] if path == "milter" else sum(actions[path].values())
+        print(f"  {names[path]:<14} sent {sent}, scanned {scanned}, actions {actions[path]}")
+    print(f"  {'symbol':<22} {'smtpproxy':>9} {'rspamd':>9}   (cold runs only for smtpproxy)")
+    cold = collections.Counter()
+    for (path, _d, _c), r in results.items():
+        if path == "proxy":
+            cold += r.counters
+    for symbol in TALLIED:
+        if cold[symbol] or total["milter"][symbol]:
+            print(f"  {symbol:<22} {cold[symbol]:>9} {total['milter'][symbol]:>9}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
