@@ -440,7 +440,19 @@ def check_headers(setup: Setup) -> dict[str, collections.Counter]:
 # ---------------------------------------------------------------- main
 
 
-def main() -> int:
+@dataclass
+class Outcome:
+    """Everything one invocation measured, for ``report`` and the smoke test."""
+
+    combos: list[tuple[float, int]]
+    n: int  # messages per run
+    results: dict[tuple[str, float, int], PathRun] = field(default_factory=dict)  # (path, delay, conc.)
+    warm: dict[tuple[float, int], PathRun] = field(default_factory=dict)  # smtpproxy's second pass
+    checked: dict[str, collections.Counter] = field(default_factory=dict)  # outcomes of the check pass
+    headers: dict[str, collections.Counter] = field(default_factory=dict)  # what the sink got
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=300, help="messages per run (default 300)")
     parser.add_argument("--delay-ms", default="0,2", help="per-answer DNS delays, comma-separated (0,2)")
@@ -449,30 +461,26 @@ def main() -> int:
                         help="smtpproxy's proxy.workers and rspamd's proxy worker count (1, a count or auto)")
     parser.add_argument("--key-bits", type=int, default=1024, help="RSA size of each domain's DKIM key")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install rspamd")
-    args = parser.parse_args()
-    combos = [(d, c) for d in parse_list(args.delay_ms) for c in parse_list(args.concurrency, int)]
+    return parser.parse_args(argv)
 
-    problem = apt_install(["rspamd", "postfix"], not args.no_install)
-    if problem:
-        print(f"cannot run: {problem}")
-        return 1
+
+def run_bench(args: argparse.Namespace, log=print) -> Outcome:
+    combos = [(d, c) for d in parse_list(args.delay_ms) for c in parse_list(args.concurrency, int)]
     cfg = config.load(None, {})
     started = time.perf_counter()
     world = build_world(corpus(args.messages), len(combos), args.key_bits, cfg.scan.dmarc.public_suffix_list)
-    print(f"prepared {sum(map(len, world.runs))} signed messages ({len(world.runs[1])} per run) and "
-          f"{len(world.records)} DNS names in {time.perf_counter() - started:.0f} s", flush=True)
+    log(f"prepared {sum(map(len, world.runs))} signed messages ({len(world.runs[1])} per run) and "
+        f"{len(world.records)} DNS names in {time.perf_counter() - started:.0f} s")
+    out = Outcome(combos, len(world.runs[1]))
     dns = DnsProcess(dict(world.records))
     del world.records
-    results: dict[tuple[str, float, int], PathRun] = {}
-    warm: dict[tuple[float, int], PathRun] = {}
-    checked: dict[str, collections.Counter] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="postfix-path-bench-") as tmp:
             setup = Setup(Path(tmp), dns.nameserver, args.workers)
             try:
                 setup.start()
                 cport, waited = setup.start_rspamd()
-                print(f"rspamd idle (Hyperscan databases compiled) after {waited:.0f} s", flush=True)
+                log(f"rspamd idle (Hyperscan databases compiled) after {waited:.0f} s")
                 for path in ("proxy", "milter"):  # warm-up: start smtpd processes, load lazily
                     send_all(setup.front[path], world.runs[0], 4)
                 setup.drain()
@@ -483,32 +491,43 @@ def main() -> int:
                     send_all(setup.front["proxy"], world.runs[0][:WARMUP_PER_RUN], 1)
                     pid = setup.proxy.proc.pid
                     counters = lambda: proxy_counters(setup.metrics_port)  # noqa: E731
-                    results["proxy", delay, concurrency] = measure(
-                        setup, dns, "proxy", samples, concurrency, pid, counters)
+                    ours = measure(setup, dns, "proxy", samples, concurrency, pid, counters)
                     # The same messages again, every answer now in the cache.
-                    warm[delay, concurrency] = measure(setup, dns, "proxy", samples, concurrency, pid, counters)
-                    results["milter", delay, concurrency] = measure(
-                        setup, dns, "milter", samples, concurrency, setup.rspamd.pid,
-                        lambda: rspamd_counters(cport))
-                    print(f"  delay {delay:g} ms, concurrency {concurrency}: smtpproxy "
-                          f"{results['proxy', delay, concurrency].rate:.1f} msg/s, rspamd "
-                          f"{results['milter', delay, concurrency].rate:.1f} msg/s", flush=True)
+                    out.warm[delay, concurrency] = measure(setup, dns, "proxy", samples, concurrency, pid,
+                                                           counters)
+                    theirs = measure(setup, dns, "milter", samples, concurrency, setup.rspamd.pid,
+                                     lambda: rspamd_counters(cport))
+                    out.results["proxy", delay, concurrency] = ours
+                    out.results["milter", delay, concurrency] = theirs
+                    log(f"  delay {delay:g} ms, concurrency {concurrency}: smtpproxy {ours.rate:.1f} msg/s, "
+                        f"rspamd {theirs.rate:.1f} msg/s")
                 # Not timed: the first run's messages once more through each path, now
                 # delivered to smtp-sink, so the result headers show what each found.
                 for path in ("proxy", "milter"):
-                    outcomes = send_all(setup.front[path], world.runs[1], 4, CHECK_RCPT[path])[1]
-                    checked[path] = outcomes
+                    out.checked[path] = send_all(setup.front[path], world.runs[1], 4, CHECK_RCPT[path])[1]
                 setup.drain()
-                headers = check_headers(setup)
+                out.headers = check_headers(setup)
             finally:
                 setup.stop()
     finally:
         dns.stop()
-    report(results, warm, checked, headers, combos, len(world.runs[1]), args)
+    return out
+
+
+def main() -> int:
+    args = parse_args()
+    problem = apt_install(["rspamd", "postfix"], not args.no_install)
+    if problem:
+        print(f"cannot run: {problem}")
+        return 1
+    out = run_bench(args, log=lambda text: print(text, flush=True))
+    report(out, args)
     return 0
 
 
-def report(results, warm, checked, headers, combos, n: int, args) -> None:
+def report(out: Outcome, args: argparse.Namespace) -> None:
+    results, warm, checked, headers, combos, n = (out.results, out.warm, out.checked, out.headers,
+                                                  out.combos, out.n)
     load = os.getloadavg()
     print(f"\nthrough-Postfix benchmark: {n} messages per run, each from a domain never seen before; "
           f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end; "
