@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Through Postfix, cold DNS: smtpproxy as smtpd_proxy_filter against rspamd as a milter.
 
+Figures and how to read them: README, "Benchmarks".
+
     .venv/bin/python bench/postfix_path_bench.py [--messages 300] [--delay-ms 0,2]
                                                  [--concurrency 1,20] [--workers 1] [--no-install]
 
@@ -57,7 +59,9 @@ upper bound since all the rest of its work is counted in too. "delta": each
 proxy run is followed by a second pass of the same messages with the
 answers in its cache; (cold CPU - warm CPU) / (cold queries - warm queries),
 the cost of asking rather than finding, noisy on a shared host because it is
-the difference of two measurements.
+the difference of two measurements. With more than one worker process each
+has a cache of its own, so the second pass still asks about half its
+questions (printed) and the delta is less sure.
 
 That both paths really scanned: for the measured runs, smtpproxy's count of
 scans by action (its metrics endpoint) and rspamd's (its controller's /stat)
