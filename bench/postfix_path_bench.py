@@ -151,14 +151,16 @@ def payload(raw: bytes) -> bytes:
 
 async def send_one(port: int, s: Sample, rcpt: str) -> str:
     """One session: "accepted", "rejected" (5xx), "deferred" (4xx) or "error"."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        async def command(line: str | bytes, expected: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return "error"
+    try:
+        async def command(line: str | bytes, expected: int) -> None:
             writer.write(line if isinstance(line, bytes) else line.encode() + b"\r\n")
             code = await read_reply(reader)
             if code != expected:
                 raise SmtpError(code)
-            return code
 
         if await read_reply(reader) != 220:
             return "error"
