@@ -4,7 +4,8 @@
 Figures and how to read them: README, "Benchmarks".
 
     .venv/bin/python bench/postfix_path_bench.py [--messages 300] [--delay-ms 0,2]
-                                                 [--concurrency 1,20] [--workers 1] [--no-install]
+                                                 [--concurrency 1,20] [--rounds 1] [--workers 1]
+                                                 [--no-install]
 
 The two ways of putting a scanner in front of one private Postfix, on the
 same messages and the same DNS:
@@ -22,7 +23,9 @@ re-addressed to a fresh domain each (SPF include chains, a DKIM key of its
 own with the message really signed, DMARC, A/MX), a DNSBL and a URIBL zone,
 every answer from a local authoritative server in a process of its own,
 held back ``--delay-ms``. Every (delay, concurrency) run has its own set of
-domains, so no sender is in any cache.
+domains, so no sender is in any cache. With ``--rounds`` every setting runs
+that many times (interleaved, each time with new domains) and the medians
+are printed, with the throughput ratio of every round.
 
 The client is this script: an asyncio SMTP client with ``--concurrency``
 sessions in flight, one session per message. Postfix sees every connection
@@ -83,6 +86,7 @@ import collections
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -452,8 +456,10 @@ class Outcome:
 
     combos: list[tuple[float, int]]
     n: int  # messages per run
-    results: dict[tuple[str, float, int], PathRun] = field(default_factory=dict)  # (path, delay, conc.)
-    warm: dict[tuple[float, int], PathRun] = field(default_factory=dict)  # smtpproxy's second pass
+    # One PathRun per round, by (path, delay, concurrency), and smtpproxy's second pass by (delay, concurrency).
+    results: dict[tuple[str, float, int], list[PathRun]] = field(
+        default_factory=lambda: collections.defaultdict(list))
+    warm: dict[tuple[float, int], list[PathRun]] = field(default_factory=lambda: collections.defaultdict(list))
     checked: dict[str, collections.Counter] = field(default_factory=dict)  # outcomes of the check pass
     headers: dict[str, collections.Counter] = field(default_factory=dict)  # what the sink got
 
@@ -463,6 +469,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=300, help="messages per run (default 300)")
     parser.add_argument("--delay-ms", default="0,2", help="per-answer DNS delays, comma-separated (0,2)")
     parser.add_argument("--concurrency", default="1,20", help="sessions in flight, comma-separated (1,20)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of every setting, each with domains of its own; medians are printed")
     parser.add_argument("--workers", default="1",
                         help="smtpproxy's proxy.workers and rspamd's proxy worker count (1, a count or auto)")
     parser.add_argument("--key-bits", type=int, default=1024, help="RSA size of each domain's DKIM key")
@@ -474,7 +482,8 @@ def run_bench(args: argparse.Namespace, log=print) -> Outcome:
     combos = [(d, c) for d in parse_list(args.delay_ms) for c in parse_list(args.concurrency, int)]
     cfg = config.load(None, {})
     started = time.perf_counter()
-    world = build_world(corpus(args.messages), len(combos), args.key_bits, cfg.scan.dmarc.public_suffix_list)
+    world = build_world(corpus(args.messages), len(combos) * args.rounds, args.key_bits,
+                        cfg.scan.dmarc.public_suffix_list)
     log(f"prepared {sum(map(len, world.runs))} signed messages ({len(world.runs[1])} per run) and "
         f"{len(world.records)} DNS names in {time.perf_counter() - started:.0f} s")
     out = Outcome(combos, len(world.runs[1]))
@@ -491,7 +500,10 @@ def run_bench(args: argparse.Namespace, log=print) -> Outcome:
                     send_all(setup.front[path], world.runs[0], 4)
                 setup.drain()
                 wait_until_idle(setup.rspamd.pid, quiet_s=2)
-                for (delay, concurrency), samples in zip(combos, world.runs[1:], strict=True):
+                # Rounds interleaved (every setting once, then again) so that a busy
+                # spell on this shared host does not fall on one setting only.
+                settings = [combo for _ in range(args.rounds) for combo in combos]
+                for (delay, concurrency), samples in zip(settings, world.runs[1:], strict=True):
                     dns.delay(delay / 1000)
                     setup.restart_proxy()  # an empty resolver cache
                     send_all(setup.front["proxy"], world.runs[0][:WARMUP_PER_RUN], 1)
@@ -499,12 +511,12 @@ def run_bench(args: argparse.Namespace, log=print) -> Outcome:
                     counters = lambda: proxy_counters(setup.metrics_port)  # noqa: E731
                     ours = measure(setup, dns, "proxy", samples, concurrency, pid, counters)
                     # The same messages again, every answer now in the cache.
-                    out.warm[delay, concurrency] = measure(setup, dns, "proxy", samples, concurrency, pid,
-                                                           counters)
+                    out.warm[delay, concurrency].append(
+                        measure(setup, dns, "proxy", samples, concurrency, pid, counters))
                     theirs = measure(setup, dns, "milter", samples, concurrency, setup.rspamd.pid,
                                      lambda: rspamd_counters(cport))
-                    out.results["proxy", delay, concurrency] = ours
-                    out.results["milter", delay, concurrency] = theirs
+                    out.results["proxy", delay, concurrency].append(ours)
+                    out.results["milter", delay, concurrency].append(theirs)
                     log(f"  delay {delay:g} ms, concurrency {concurrency}: smtpproxy {ours.rate:.1f} msg/s, "
                         f"rspamd {theirs.rate:.1f} msg/s")
                 # Not timed: the first run's messages once more through each path, now
@@ -531,13 +543,27 @@ def main() -> int:
     return 0
 
 
+def combined(runs: list[PathRun]) -> PathRun:
+    """The rounds of one setting: medians of the rates and CPU figures, sums of the
+    counts (queries, outcomes, counters) over all its messages."""
+    def summed(name: str) -> collections.Counter:
+        return sum((getattr(r, name) for r in runs), collections.Counter())
+
+    return PathRun(statistics.median(r.rate for r in runs), statistics.median(r.filter_ms for r in runs),
+                   statistics.median(r.postfix_ms for r in runs), summed("queries"), summed("outcomes"),
+                   summed("counters"))
+
+
 def report(out: Outcome, args: argparse.Namespace) -> None:
-    results, warm, checked, headers, combos, n = (out.results, out.warm, out.checked, out.headers,
-                                                  out.combos, out.n)
+    results = {key: combined(runs) for key, runs in out.results.items()}
+    warm = {key: combined(runs) for key, runs in out.warm.items()}
+    checked, headers, combos, rounds = out.checked, out.headers, out.combos, args.rounds
+    n = out.n * rounds  # messages per setting, over all rounds
     load = os.getloadavg()
-    print(f"\nthrough-Postfix benchmark: {n} messages per run, each from a domain never seen before; "
-          f"{os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end; "
-          f"workers {args.workers}; DKIM keys RSA {args.key_bits}")
+    print(f"\nthrough-Postfix benchmark: {out.n} messages per run, {rounds} round(s) (medians), each "
+          f"message from a domain never seen before; {os.cpu_count()} cores, load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end; workers {args.workers}; "
+          f"DKIM keys RSA {args.key_bits}")
     print(f"{'delay':>6} {'conc':>5} {'path':<16} {'msg/s':>7} {'filter CPU':>10} {'Postfix CPU':>11} "
           f"{'DNS q':>6}   outcomes")
     print(f"{'':>6} {'':>5} {'':<16} {'':>7} {'ms/msg':>10} {'ms/msg':>11} {'/msg':>6}")
@@ -561,6 +587,11 @@ def report(out: Outcome, args: argparse.Namespace) -> None:
         print(f"  delay {delay:g} ms, concurrency {concurrency}: {ours.rate / theirs.rate:.2f}x messages/s, "
               f"filter CPU {ours.filter_ms / theirs.filter_ms:.2f}x; CPU per lookup: bound {bound:.3f} ms, "
               f"delta {delta:.3f} ms")
+        if rounds > 1:
+            ratios = [a.rate / b.rate for a, b in zip(out.results["proxy", delay, concurrency],
+                                                      out.results["milter", delay, concurrency], strict=True)]
+            print(f"    messages/s ratio per round: {' '.join(f'{r:.2f}' for r in ratios)} "
+                  f"(median {statistics.median(ratios):.2f})")
     print("\nper-kind DNS queries per message (cold runs):")
     print(f"{'':>13} {'path':<16} " + " ".join(f"{k:>6}" for k in QUERY_KINDS))
     for delay, concurrency in combos:
@@ -568,7 +599,7 @@ def report(out: Outcome, args: argparse.Namespace) -> None:
             r = results[path, delay, concurrency]
             print(f"{delay:>4g}ms {concurrency:>6}  {names[path]:<16} "
                   + " ".join(f"{r.queries[k] / n:>6.2f}" for k in QUERY_KINDS))
-    print(f"\ndid both scan? The first run's {n} messages once more, delivered to smtp-sink:")
+    print(f"\ndid both scan? The first run's {out.n} messages once more, delivered to smtp-sink:")
     for path, counts in headers.items():
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(checked[path].items()))
         print(f"  {names[path]:<14} {outcomes}; with " +
@@ -585,7 +616,7 @@ def report(out: Outcome, args: argparse.Namespace) -> None:
         total["proxy"] += r.counters
     for path in ("proxy", "milter"):
         actions = {k[7:]: v for k, v in total[path].items() if k.startswith("action:")}
-        sent = n * len(combos) * (2 if path == "proxy" else 1)
+        sent = n * len(combos) * (2 if path == "proxy" else 1)  # n: over all rounds
         scanned = total[path]["scanned"] if path == "milter" else sum(actions.values())
         print(f"  {names[path]:<14} sent {sent}, scanned {scanned}, actions {actions}")
 
