@@ -25,7 +25,8 @@ every answer from a local authoritative server in a process of its own,
 held back ``--delay-ms``. Every (delay, concurrency) run has its own set of
 domains, so no sender is in any cache. With ``--rounds`` every setting runs
 that many times (interleaved, each time with new domains) and the medians
-are printed, with the throughput ratio of every round.
+are printed; the throughput ratio is the median of the rounds' ratios,
+each of two runs close in time.
 
 The client is this script: an asyncio SMTP client with ``--concurrency``
 sessions in flight, one session per message. Postfix sees every connection
@@ -584,14 +585,14 @@ def report(out: Outcome, args: argparse.Namespace) -> None:
         q_warm = sum(cached.queries.values()) / n
         bound = ours.filter_ms / q_cold if q_cold else float("nan")
         delta = (ours.filter_ms - cached.filter_ms) / (q_cold - q_warm) if q_cold > q_warm else float("nan")
-        print(f"  delay {delay:g} ms, concurrency {concurrency}: {ours.rate / theirs.rate:.2f}x messages/s, "
-              f"filter CPU {ours.filter_ms / theirs.filter_ms:.2f}x; CPU per lookup: bound {bound:.3f} ms, "
+        # Each round's ratio pairs two runs close in time: their median is steadier
+        # than the ratio of the two medians on a host whose load comes and goes.
+        ratios = [a.rate / b.rate for a, b in zip(out.results["proxy", delay, concurrency],
+                                                  out.results["milter", delay, concurrency], strict=True)]
+        print(f"  delay {delay:g} ms, concurrency {concurrency}: {statistics.median(ratios):.2f}x messages/s"
+              + (f" (median of the rounds {' '.join(f'{r:.2f}' for r in ratios)})" if rounds > 1 else "")
+              + f", filter CPU {ours.filter_ms / theirs.filter_ms:.2f}x; CPU per lookup: bound {bound:.3f} ms, "
               f"delta {delta:.3f} ms")
-        if rounds > 1:
-            ratios = [a.rate / b.rate for a, b in zip(out.results["proxy", delay, concurrency],
-                                                      out.results["milter", delay, concurrency], strict=True)]
-            print(f"    messages/s ratio per round: {' '.join(f'{r:.2f}' for r in ratios)} "
-                  f"(median {statistics.median(ratios):.2f})")
     print("\nper-kind DNS queries per message (cold runs):")
     print(f"{'':>13} {'path':<16} " + " ".join(f"{k:>6}" for k in QUERY_KINDS))
     for delay, concurrency in combos:
