@@ -277,3 +277,84 @@ def test_spamd_result_sorts_by_weight():
                                 SYMBOLS).scan(ctx()))
     assert [line.split("(")[0].strip() for line in spamd_result(result).split(";\r\n\t")[1:]] == [
         "B", "A", "NEG"]
+
+
+# ---------------------------------------------------------------- prefetch
+
+class _PolicyResolver:
+    """Answers DMARC's TXT questions; notes when the policy was asked for."""
+
+    def __init__(self):
+        self.asked_policy = asyncio.Event()
+        self.names: list[str] = []
+
+    async def txt(self, name: str) -> list[bytes]:
+        self.names.append(name)
+        if name.startswith("_dmarc."):
+            self.asked_policy.set()
+        return [b"v=DMARC1; p=reject"] if name == "_dmarc.example.com" else []
+
+
+def test_dmarc_looks_its_policy_up_while_spf_and_dkim_run(tmp_path):
+    from smtpproxy.scan.checks.dmarc import DmarcCheck
+
+    psl = tmp_path / "psl.dat"
+    psl.write_text("com\n")
+    cfg = config.load(None, {"scan.dmarc.public_suffix_list": str(psl), "scan.check_timeout_s": 5})
+    resolver = _PolicyResolver()
+
+    class SlowSpf(Fixed):
+        async def run(self, ctx):
+            # Finishes only once DMARC has asked for its policy: without the
+            # prefetch DMARC would wait for this check, and this for DMARC.
+            await resolver.asked_policy.wait()
+            ctx.facts["spf"] = {"result": "pass", "domain": "example.com", "identity": "mailfrom"}
+            return list(self.hits)
+
+    class Dkim(Fixed):
+        async def run(self, ctx):
+            ctx.facts["dkim"] = {"signatures": []}
+            return list(self.hits)
+
+    checks = [SlowSpf("spf", [Hit("R_SPF_ALLOW")]), Dkim("dkim", [Hit("R_DKIM_NA")]),
+              Fixed("arc", [Hit("ARC_NA")]), DmarcCheck(cfg)]
+    engine = Engine(cfg.scan, checks, load_symbols(cfg.scan))
+    context = CheckContext(message=parse(b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n"),
+                           client=ClientInfo(addr="192.0.2.1"), mail_from="a@example.com", rcpt_tos=[],
+                           profile="inbound", resolver=resolver)
+    result = asyncio.run(engine.scan(context))
+    assert "CHECK_TIMEOUT" not in result.symbols, result.summary()
+    assert "DMARC_POLICY_ALLOW" in result.symbols, result.summary()
+    assert resolver.names.count("_dmarc.example.com") == 1  # fetched once, read by the check
+    assert not context.prefetched
+
+
+def test_a_prefetch_nobody_reads_is_cancelled_with_the_scan(tmp_path):
+    from smtpproxy.scan.checks.dmarc import DmarcCheck
+
+    psl = tmp_path / "psl.dat"
+    psl.write_text("com\n")
+    # The scan's budget ends while SPF still runs: DMARC never starts.
+    cfg = config.load(None, {"scan.dmarc.public_suffix_list": str(psl), "scan.check_timeout_s": 5,
+                             "scan.budget_s": 0.3})
+
+    class Hanging:
+        async def txt(self, name):
+            await asyncio.sleep(30)
+            return []
+
+    never = Fixed("spf", [Hit("R_SPF_ALLOW")], sleep_s=30)
+    checks = [never, Fixed("dkim", [Hit("R_DKIM_NA")]), Fixed("arc", [Hit("ARC_NA")]), DmarcCheck(cfg)]
+    engine = Engine(cfg.scan, checks, load_symbols(cfg.scan))
+    context = CheckContext(message=parse(b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n"),
+                           client=ClientInfo(addr="192.0.2.1"), mail_from="a@example.com", rcpt_tos=[],
+                           profile="inbound", resolver=Hanging())
+
+    async def go():
+        result = await engine.scan(context)
+        await asyncio.sleep(0)  # let the cancellation land
+        return result
+
+    result = asyncio.run(go())
+    assert "CHECK_TIMEOUT" in result.symbols
+    assert all(f.cancelled() for f in context.prefetched.values()) and context.prefetched

@@ -9,7 +9,10 @@ CHECK_ERROR with the check's name as option, without crashing the scan.
 Checks run concurrently, each under its own timeout. A check that needs the
 results of others (DMARC needs SPF and DKIM) names them in ``after``; the
 engine runs it once they are done and hands it their hits in
-``ctx.results``.
+``ctx.results``. Such a check may also have ``prefetch(ctx)``, called when the scan starts:
+it may start lookups that do not depend on the others' results (DMARC's
+policy record) as futures in ``ctx.prefetched``, which ``run`` then awaits;
+the engine cancels any left when the scan ends.
 
 Optional ``inline = True`` (a class attribute): the check usually answers
 without waiting (no I/O, or answers the resolver has cached), so the engine
@@ -32,6 +35,7 @@ to the symbols table (a name defined twice is a ConfigError).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -71,6 +75,9 @@ class CheckContext:
     # Checks may leave structured facts here for later checks and for the
     # Authentication-Results header, e.g. facts["spf"] = {"result": "pass", "domain": ...}.
     facts: dict[str, dict] = field(default_factory=dict)
+    # Lookups a check started before it ran (its ``prefetch``), by the check's
+    # own key; the engine cancels what is left when the scan ends.
+    prefetched: dict[str, asyncio.Future] = field(default_factory=dict)
 
 
 class Check(Protocol):

@@ -129,6 +129,13 @@ def _a_label(domain: str) -> str:
         return domain
 
 
+def _consume(future: asyncio.Future) -> None:
+    """Done callback: a prefetch nobody awaited (the check timed out) logs no
+    "exception never retrieved"."""
+    if not future.cancelled():
+        future.exception()
+
+
 def author_domains(message: Message | bytes) -> list[str]:
     """The domains of every address in every From field, in order, without repeats.
 
@@ -178,6 +185,17 @@ class DmarcCheck:
         # pct sampling; tests replace it to pin the draw.
         self.random = random.random
 
+    def prefetch(self, ctx: CheckContext) -> None:
+        """At the start of the scan (the engine calls it): look the policy records
+        up while SPF and DKIM run. Which record applies depends only on the
+        author domain; ``evaluate`` awaits these instead of asking again."""
+        if ctx.resolver is None:
+            return
+        for domain in dict.fromkeys(author_domains(ctx.message)):
+            future = asyncio.ensure_future(self.discover(ctx.resolver, domain))
+            future.add_done_callback(_consume)  # its error is read where it is awaited, or nowhere
+            ctx.prefetched[f"dmarc:{domain}"] = future
+
     async def run(self, ctx: CheckContext) -> list[Hit]:
         domains = author_domains(ctx.message)
         if not domains:
@@ -198,8 +216,9 @@ class DmarcCheck:
 
     async def evaluate(self, ctx: CheckContext, resolver: Resolver, domain: str) -> dict:
         out = {"result": "none", "domain": domain, "policy": "", "reason": "", "record_domain": ""}
+        started = ctx.prefetched.pop(f"dmarc:{domain}", None)
         try:
-            found = await self.discover(resolver, domain)
+            found = await (started if started is not None else self.discover(resolver, domain))
         except DnsTempError as exc:
             out.update(result="temperror", reason=f"DNS {exc.reason} for {exc.name}")
             out["hit"] = Hit("DMARC_DNSFAIL", (domain, out["reason"]))
