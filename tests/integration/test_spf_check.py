@@ -27,9 +27,15 @@ RECORDS = {
     "mx.helo.test": [("TXT", "v=spf1 a -all"), ("A", "192.0.2.25")],
     "slow-include.test": [("TXT", "v=spf1 include:slow.test -all")],
     "include.test": [("TXT", "v=spf1 include:pass.test -all")],
-    # 11 lookups before the match: more than the event loop fetches inline.
-    "many.test": [("TXT", "v=spf1 " + " ".join(f"a:h{i}.many.test" for i in range(9))
-                   + " include:pass.test -all")],
+    # 11 lookups before the match: more than the event loop fetches inline
+    # (names with macros, which the look-ahead cannot fetch early).
+    "many.test": [("TXT", "v=spf1 " + " ".join(f"a:h{i}.%{{d}}" for i in range(9))
+                   + " include:p.%{d} -all")],
+    "p.many.test": [("TXT", "v=spf1 ip4:192.0.2.0/24 -all")],
+    # The look-ahead: both names are fetched as soon as the record is there.
+    "ahead.test": [("TXT", "v=spf1 a:web.ahead.test include:inc.ahead.test -all")],
+    "web.ahead.test": [("A", "198.51.100.1")],
+    "inc.ahead.test": [("TXT", "v=spf1 ip4:192.0.2.0/24 -all")],
     **{f"h{i}.many.test": [("A", f"198.51.100.{i}")] for i in range(9)},
 }
 
@@ -189,3 +195,34 @@ def test_answers_at_hand_need_no_thread_and_many_lookups_go_to_one(server, monke
     assert first[0].symbol == again[0].symbol == many[0].symbol == "R_SPF_ALLOW"
     assert len(threads) == 1  # many.test: the rest of it in a worker thread
     assert len(asked) == len(set(asked))  # nothing fetched inline was asked again
+
+
+def test_names_the_record_shows_are_fetched_together(server):
+    check = SpfCheck(max_threads=1)
+
+    async def go():
+        resolver = resolver_for(server)
+        real = resolver.query
+        in_flight = peak = 0
+
+        async def counting(name, rdtype):
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                return await real(name, rdtype)
+            finally:
+                in_flight -= 1
+
+        resolver.query = counting
+        start = len(server.queries)
+        hits = await check.run(context(resolver, mail_from="a@ahead.test"))
+        await asyncio.sleep(0.1)  # the look-ahead's own lookups settle
+        asked = [(n.rstrip(".").lower(), t) for n, t, _ in list(server.queries)[start:]]
+        return hits, peak, asked
+
+    hits, peak, asked = asyncio.run(go())
+    assert hits[0].symbol == "R_SPF_ALLOW"  # the same verdict, in pyspf's order
+    assert peak >= 2  # web.ahead.test and inc.ahead.test asked at once, not one after the other
+    assert sorted(asked) == sorted(set(asked))  # each name asked once
+    assert {("web.ahead.test", "A"), ("inc.ahead.test", "TXT")} <= set(asked)

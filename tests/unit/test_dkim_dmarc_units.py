@@ -235,3 +235,25 @@ def test_bad_keys_are_named(tmp_path, text, key):
     with pytest.raises(config.ConfigError) as err:
         config.load(str(path))
     assert err.value.key == key
+
+
+# ---------------------------------------------------------------- SPF look-ahead
+
+def test_spf_look_ahead_names_what_pyspf_asks_next():
+    from smtpproxy.scan.checks.spf import look_ahead
+    record = [(b"v=spf1 mx a a:www.%{d} a:web.example.org/24 ip4:192.0.2.1 -include:_spf.example.org "
+               b"exists:%{i}.x.example exists:e.example.org redirect=r.example.org ~all",)]
+    assert look_ahead("example.org", "TXT", record, False) == [
+        ("example.org", "MX"), ("example.org", "A"), ("web.example.org", "A"),
+        ("_spf.example.org", "TXT"), ("e.example.org", "A"), ("r.example.org", "TXT")]
+    assert look_ahead("example.org", "TXT", [(b"v=spf1 a/24 mx/24//64 all",)], True) == [
+        ("example.org", "AAAA"), ("example.org", "MX")]
+    assert look_ahead("example.org", "MX", [(10, "mx1.example.org"), (20, "mx2.example.org")], False) == [
+        ("mx1.example.org", "A"), ("mx2.example.org", "A")]
+    # Split strings join; other TXT records are not SPF; two SPF records are pyspf's permerror.
+    assert look_ahead("example.org", "TXT", [(b"site-verification=x",), (b"v=spf1 ", b"include:_spf.g.test ~all")],
+                      False) == [("_spf.g.test", "TXT")]
+    assert look_ahead("example.org", "TXT", [(b"v=spf1 a",), (b"v=spf1 mx",)], False) == []
+    assert look_ahead("example.org", "A", ["192.0.2.1"], False) == []
+    many = [(b"v=spf1 " + b" ".join(b"include:i%d.example.org" % i for i in range(20)) + b" -all",)]
+    assert len(look_ahead("example.org", "TXT", many, False)) == 10

@@ -30,7 +30,12 @@ loop never blocks:
   answers, so re-running it is cheaper than a thread hop; a sender whose
   answers are cached costs no wait at all. pyspf swallows any exception
   while fetching an ``exp=`` explanation, so "asked for something not at
-  hand" is recorded on the lookup, not just raised.
+  hand" is recorded on the lookup, not just raised. Each SPF record (and MX
+  answer) fetched that way also starts, at once, the lookups it shows pyspf
+  will make next (``look_ahead``: include and redirect records, a, mx and
+  exists names without macros, the MX exchanges' addresses; at most 10), so
+  a record's includes arrive together instead of one round trip after
+  another; pyspf still asks in its own order and decides alone.
 - In a worker thread (smtpproxy/mailauth/bridge.py, shared with DKIM and ARC), after
   MAX_INLINE_LOOKUPS answers fetched that way (a record with many includes):
   pyspf runs once more, with the answers so far, and every other lookup is
@@ -53,6 +58,7 @@ R_SPF_PERMFAIL (permerror) the domain and pyspf's reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import TYPE_CHECKING, ClassVar
 
@@ -108,6 +114,54 @@ def _records(name: str, qtype: str, values: list | DnsTempError) -> list:
     if isinstance(values, DnsTempError):
         raise spf.TempError(f"DNS {values.reason} for {values.name}/{values.rdtype}")
     return [((name, qtype), v) for v in values]
+
+
+# Look-ahead: names an SPF record (or an MX answer) shows will be asked for
+# next, fetched at once rather than one round trip after another.
+MAX_LOOK_AHEAD = 10
+# Lookups started ahead, kept referenced until done (asyncio holds tasks weakly).
+_AHEAD_TASKS: set[asyncio.Future] = set()
+
+
+def look_ahead(name: str, qtype: str, values: list, ipv6: bool) -> list[tuple[str, str]]:
+    """The lookups pyspf will make next, from an answer just fetched for ``name``:
+    the include/redirect records and the a/mx/exists names of an SPF record
+    (in its order, macros left out: they expand per message), or the
+    addresses of an MX answer's exchanges. Only a head start for the cache:
+    pyspf still evaluates in its order and asks for what it needs."""
+    addr = "AAAA" if ipv6 else "A"
+    if qtype == "MX":
+        return [(host, addr) for _pref, host in values[:MAX_LOOK_AHEAD] if host]
+    if qtype != "TXT":
+        return []
+    records = [b"".join(v).decode("latin-1") for v in values if isinstance(v, tuple)]
+    records = [r for r in records if r.lower().startswith("v=spf1 ") or r.lower() == "v=spf1"]
+    if len(records) != 1:
+        return []  # none, or several: pyspf's permerror, nothing more is asked
+    out: list[tuple[str, str]] = []
+    for term in records[0].split()[1:]:
+        term = term[1:] if term[:1] in "+-~?" else term
+        low = term.lower()
+        key: tuple[str, str] | None = None
+        if low.startswith(("include:", "redirect=")):
+            key = (term.split(":", 1)[1] if low.startswith("include:") else term.split("=", 1)[1], "TXT")
+        elif low.startswith("exists:"):
+            key = (term[7:], "A")
+        elif low in ("a", "mx") or low.startswith(("a:", "a/", "mx:", "mx/")):
+            mech, _, rest = term.partition(":") if ":" in term.split("/", 1)[0] else \
+                (term.split("/", 1)[0], "", "")
+            key = (rest.split("/", 1)[0] or name, "MX" if mech.lower() == "mx" else addr)
+        if key is None or not key[0] or "%" in key[0]:
+            continue
+        out.append(key)
+        if len(out) >= MAX_LOOK_AHEAD:
+            break
+    return out
+
+
+async def _quietly(resolver: Resolver, name: str, qtype: str) -> None:
+    with contextlib.suppress(Exception):  # a head start only: the real lookup reports
+        await resolver.query(name, qtype)
 
 
 class _NotAtHand(Exception):
@@ -264,6 +318,7 @@ class SpfCheck:
     async def evaluate(self, resolver: Resolver, ip: str, sender: str, helo: str) -> dict:
         """pyspf's verdict as a dict (result, domain, identity, explanation, mechanism, problem)."""
         answers: Answers = {}
+        ahead: dict[tuple[str, str], asyncio.Future] = {}  # look-ahead lookups under way
         try:
             for fetched in range(MAX_INLINE_LOOKUPS + 1 if self.on_loop else 0):
                 at_hand = _AtHand(resolver, answers)
@@ -277,9 +332,15 @@ class SpfCheck:
                     break
                 name, qtype = at_hand.missing
                 try:
-                    answers[at_hand.missing] = await _fetch(resolver, name, qtype)
+                    answers[at_hand.missing] = values = await _fetch(resolver, name, qtype)
                 except DnsTempError as exc:
                     answers[at_hand.missing] = exc
+                else:
+                    for key in look_ahead(name, qtype, values, ":" in ip):
+                        if key not in answers and key not in ahead and len(ahead) < MAX_LOOK_AHEAD:
+                            ahead[key] = task = asyncio.ensure_future(_quietly(resolver, *key))
+                            _AHEAD_TASKS.add(task)
+                            task.add_done_callback(_AHEAD_TASKS.discard)
             bridge = _Bridge(resolver, asyncio.get_running_loop(), answers)
             return await run_in_pool(self._pool, bridge, _evaluate, ip, sender, helo)
         except Exception as exc:  # a pyspf bug on odd input must not fail the scan
