@@ -34,7 +34,7 @@ from smtpproxy.scan.bayes.storage import (
     owner_of,
     recipients_owner,
 )
-from smtpproxy.scan.bayes.tokenizer import tokenize
+from smtpproxy.scan.bayes.tokenizer import is_form, tokenize
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.checks.bayes import BayesCheck
 from smtpproxy.scan.engine import Engine
@@ -104,6 +104,30 @@ def test_tokenizer_survives_every_corpus_charset():
                     tokenize(parse(f.read()))
                 seen += 1
     assert seen > 100
+
+
+@pytest.mark.parametrize("token, form", [
+    ("html:font.color", True), ("content-type:text/html", True), ("charset:gb2312", True),
+    ("header:list-id:yes", True), ("shape:html-only", True), ("attachments:2", True),
+    ("attachment:.pdf", True), ("received:hops 3", True), ("reply_to:<none>", True),
+    ("subject:<none>", True),
+    # content: what the message says and who sent it
+    ("viagra", False), ("click here", False), ("subject:cheap", False), ("from_domain:example.com", False),
+    ("received:mail.example.com", False), ("received:ip 192.0", False), ("url:example.com", False),
+    ("x-mailer:outlook express 6.00", False), ("skip:a 40", False),
+])
+def test_is_form(token, form):
+    assert is_form(token) is form
+
+
+def test_every_token_kind_is_told_form_or_content():
+    # The form tokens of a real message are exactly the structure ones.
+    raw = msg("Offer", "<html><body><font color=red>Buy</font></body></html>",
+              extra="Received: from a.example.net by b.example.org\r\n", ctype="text/html")
+    tokens = tokenize(parse(raw))
+    assert {t for t in tokens if is_form(t)} >= {"html:font.color", "content-type:text/html",
+                                                   "received:hops 1", "shape:html-only"}
+    assert not any(is_form(t) for t in ("buy", "subject:offer", "received:a.example.net") if t in tokens)
 
 
 # ---------------------------------------------------------------- classifier
@@ -367,6 +391,30 @@ def test_unfamiliar_mail_weighs_less_or_nothing(tmp_path):
     shown = unfamiliar.symbols["BAYES_UNFAMILIAR"]
     assert shown.score == 0 and shown.options[0] == "BAYES_SPAM"
     assert float(shown.options[3].removeprefix("coverage=")) <= 0.3
+
+
+def test_spam_known_as_spam_counts_despite_one_off_words(tmp_path):
+    """The same padded message as above, once the training has seen its clues
+    in enough spam to make them strong: its strong clues say what the low
+    share of known words does not, and the verdict counts in full."""
+    cfg = _cfg(tmp_path, familiar_tokens=3, familiar_clues=5)
+    known = "Buy cheap pills now, best price offer today"
+    spam = [msg("Cheap pills", f"Buy cheap pills now, best price offer {i}") for i in range(6)]
+    hardly = msg("Cheap pills", known + " " + " ".join(f"zq{i}x" for i in range(60)))
+
+    async def main():
+        store = await _sqlite(tmp_path)
+        bayes = BayesStore(store, 3600)
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in spam], "spam")
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in HAM], "ham")
+        result = await _scan(cfg, store, hardly)
+        await store.close()
+        return result
+
+    sym = run(main()).symbols["BAYES_SPAM"]
+    assert float(sym.options[2].removeprefix("coverage=")) <= 0.3   # hardly any of it known ...
+    assert int(sym.options[4].removeprefix("clues=")) >= 5           # ... but known as spam
+    assert sym.score == pytest.approx(10.0 * (float(sym.options[0]) - 0.5) * 2, abs=0.01)
 
 
 @pytest.mark.parametrize("address, per_user, owner", [
