@@ -6,11 +6,11 @@ in one round trip and combined with Robinson-Fisher chi-square
 messages of each class have been learned, and for a message with fewer
 than ``min_tokens`` telling tokens. At or above ``spam_threshold`` the
 check emits BAYES_SPAM, at or below ``ham_threshold`` BAYES_HAM, with the
-probability, the coverage and the known tokens in the options. The hit's
-weight, so the symbol's score, is the confidence times the familiarity
-(classifier.familiarity: how much of the message's content the training
-knows, or how many strong clues of the verdict's class it carries); a
-verdict on a message it does not know at all is BAYES_UNFAMILIAR, no score.
+probability, the coverage, the known tokens and the strong clues in the
+options. The hit's weight, so the symbol's score, is the confidence times
+the familiarity (classifier.familiarity: how much of the message's
+content the training knows, or how many strong clues of the verdict's
+class it carries); a verdict on a message it does not know at all is BAYES_UNFAMILIAR, no score.
 
 With ``per_user`` set, a message whose recipients all share one user's
 (or domain's) classifier is classified by that one once it has learned
