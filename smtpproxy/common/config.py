@@ -757,14 +757,19 @@ class BayesConfig:
     spam_threshold: float = 0.8
     ham_threshold: float = 0.1
     # Familiarity: how much of the message the training knows. Coverage is the
-    # share of the message's distinct tokens learned in at least two messages;
-    # at or above familiar_coverage the verdict counts in full, at or below
+    # share of the message's distinct content tokens (not its form: MIME,
+    # markup, header presence) learned in at least two messages; at or above
+    # familiar_coverage the verdict counts in full, at or below
     # unfamiliar_coverage not at all (BAYES_UNFAMILIAR), linearly between.
     familiar_coverage: float = 0.6
     unfamiliar_coverage: float = 0.3
     # ... and a verdict resting on fewer known tokens than this counts in
     # proportion (a short or foreign message: a few clues, however extreme).
     familiar_tokens: int = 30
+    # ... or, if more, in proportion to the strong clues of the verdict's class
+    # (content tokens learned in several messages, 9 to 1 one way), in full
+    # from this many: spam padded with one-off words is still known as spam.
+    familiar_clues: int = 30
     # Distinct tokens taken from one message (the first ones found; header
     # tokens come first), both to learn and to classify.
     max_tokens: int = 1000
@@ -789,7 +794,7 @@ class BayesConfig:
 
     def check(self, path: str) -> None:
         _check_positive(self, path, "min_learned", "min_tokens", "max_tokens", "token_ttl_s",
-                        "autolearn_max_ratio", "familiar_tokens")
+                        "autolearn_max_ratio", "familiar_tokens", "familiar_clues")
         if self.per_user not in ("off", "user", "domain"):
             raise ConfigError(path + "per_user", "must be off, user or domain")
         for name in ("spam_threshold", "ham_threshold"):

@@ -34,7 +34,7 @@ from smtpproxy.scan.bayes.storage import (
     owner_of,
     recipients_owner,
 )
-from smtpproxy.scan.bayes.tokenizer import tokenize
+from smtpproxy.scan.bayes.tokenizer import is_form, tokenize
 from smtpproxy.scan.checks.base import CheckContext
 from smtpproxy.scan.checks.bayes import BayesCheck
 from smtpproxy.scan.engine import Engine
@@ -106,6 +106,30 @@ def test_tokenizer_survives_every_corpus_charset():
     assert seen > 100
 
 
+@pytest.mark.parametrize("token, form", [
+    ("html:font.color", True), ("content-type:text/html", True), ("charset:gb2312", True),
+    ("header:list-id:yes", True), ("shape:html-only", True), ("attachments:2", True),
+    ("attachment:.pdf", True), ("received:hops 3", True), ("reply_to:<none>", True),
+    ("subject:<none>", True),
+    # content: what the message says and who sent it
+    ("viagra", False), ("click here", False), ("subject:cheap", False), ("from_domain:example.com", False),
+    ("received:mail.example.com", False), ("received:ip 192.0", False), ("url:example.com", False),
+    ("x-mailer:outlook express 6.00", False), ("skip:a 40", False),
+])
+def test_is_form(token, form):
+    assert is_form(token) is form
+
+
+def test_every_token_kind_is_told_form_or_content():
+    # The form tokens of a real message are exactly the structure ones.
+    raw = msg("Offer", "<html><body><font color=red>Buy</font></body></html>",
+              extra="Received: from a.example.net by b.example.org\r\n", ctype="text/html")
+    tokens = tokenize(parse(raw))
+    assert {t for t in tokens if is_form(t)} >= {"html:font.color", "content-type:text/html",
+                                                   "received:hops 1", "shape:html-only"}
+    assert not any(is_form(t) for t in ("buy", "subject:offer", "received:a.example.net") if t in tokens)
+
+
 # ---------------------------------------------------------------- classifier
 
 def test_token_probability():
@@ -114,7 +138,9 @@ def test_token_probability():
     one = token_probability(1, 0, 10, 10)
     many = token_probability(10, 0, 10, 10)
     assert 0.5 < one < many < 1.0
-    assert many == pytest.approx((0.45 * 0.5 + 10 * 1.0) / 10.45)
+    # Robinson's s = 1: one sighting is a weak clue, ten a strong one.
+    assert one == pytest.approx((1.0 * 0.5 + 1 * 1.0) / 2.0)
+    assert many == pytest.approx((1.0 * 0.5 + 10 * 1.0) / 11.0)
     # Equal rates: 0.5 whatever the counts; class sizes are normalised.
     assert token_probability(5, 50, 10, 100) == pytest.approx(0.5)
     assert token_probability(0, 3, 10, 10) < 0.5
@@ -126,6 +152,27 @@ def test_chi2q_known_values():
     assert chi2q(0.0, 10) == 1.0
     # The mean of chi-square(v) is v: the survival there is near one half.
     assert 0.4 < chi2q(20.0, 20) < 0.5
+
+
+@pytest.mark.parametrize("x2, v, expected", [
+    # Reference values: the same Poisson sum in 60-digit decimal arithmetic.
+    (1840.0, 2000, 0.9952),     # e^-920 alone underflows: a sum of zeros would say 0
+    (2000.0, 2000, 0.4958),
+    (2400.0, 2000, 1.288e-9),
+    (5000.0, 2000, 2.646e-256),
+])
+def test_chi2q_many_tokens(x2, v, expected):
+    # A message gives up to max_tokens telling tokens: 2000 degrees of freedom.
+    assert chi2q(x2, v) == pytest.approx(expected, rel=1e-3)
+
+
+def test_combine_many_weak_clues_stays_unsure():
+    # A thousand tokens leaning 6 to 4 are weak evidence, not a certainty
+    # (with e^-m underflowing, the spam side read 0 and this said 1.0) ...
+    assert 0.5 <= combine([0.6] * 1000) < 0.8
+    # ... a thousand leaning 99 to 1 are.
+    assert combine([0.99] * 1000) > 0.999
+    assert combine([0.01] * 1000) < 0.001
 
 
 def test_combine():
@@ -154,19 +201,39 @@ def test_classify_reports_how_much_of_the_message_is_known():
     assert classify({}, 10, 10, n_tokens=0).coverage == 0.0
 
 
-@pytest.mark.parametrize("coverage, known, expected", [
-    (0.9, 200, 1.0),      # familiar: the verdict counts in full
-    (0.6, 30, 1.0),       # at the familiar edges
-    (0.3, 200, 0.0),      # at unfamiliar_coverage: not at all
-    (0.1, 200, 0.0),
-    (0.45, 200, 0.5),     # half-way between the two coverages
-    (0.9, 15, 0.5),       # familiar share, but only half the known tokens it takes
-    (0.45, 15, 0.25),     # both
+@pytest.mark.parametrize("probability, coverage, known, spam_clues, ham_clues, expected", [
+    (0.99, 0.9, 200, 0, 0, 1.0),      # familiar: the verdict counts in full
+    (0.99, 0.6, 30, 0, 0, 1.0),       # at the familiar edges
+    (0.99, 0.3, 200, 0, 0, 0.0),      # at unfamiliar_coverage: not at all
+    (0.99, 0.1, 200, 0, 0, 0.0),
+    (0.99, 0.45, 200, 0, 0, 0.5),     # half-way between the two coverages
+    (0.99, 0.9, 15, 0, 0, 0.5),       # familiar share, but only half the known tokens it takes
+    (0.99, 0.45, 15, 0, 0, 0.25),     # both
+    # Padded with one-off words, yet known as spam: its strong spam clues count ...
+    (0.99, 0.1, 200, 30, 0, 1.0),
+    (0.99, 0.1, 200, 15, 0, 0.5),
+    (0.99, 0.45, 200, 6, 0, 0.5),     # ... when they say more than the share
+    # ... but only for the verdict they support.
+    (0.99, 0.1, 200, 0, 30, 0.0),
+    (0.01, 0.1, 200, 0, 30, 1.0),
+    (0.01, 0.1, 200, 30, 0, 0.0),
 ])
-def test_familiarity(coverage, known, expected):
+def test_familiarity(probability, coverage, known, spam_clues, ham_clues, expected):
     tokens = round(known / coverage)
-    result = Classification(0.99, known, (), tokens, known)
-    assert familiarity(result, 0.6, 0.3, 30) == pytest.approx(expected, abs=0.01)
+    result = Classification(probability, known, (), tokens, known, spam_clues, ham_clues)
+    assert familiarity(result, 0.6, 0.3, 30, 30) == pytest.approx(expected, abs=0.01)
+
+
+def test_classify_counts_content_and_strong_clues():
+    # Form tokens (markup, MIME, header presence) are known for any mail and
+    # say nothing of whether the training knows this message.
+    counts = {"html:font": (50, 0), "content-type:text/html": (50, 2), "reply_to:<none>": (40, 40),
+              "viagra": (20, 0), "cheap": (9, 1), "meeting": (0, 12), "once": (1, 0)}
+    result = classify(counts, 50, 50, n_tokens=10)
+    assert (result.tokens, result.known) == (10, 3)   # viagra, cheap, meeting; once is a sighting
+    assert (result.spam_clues, result.ham_clues) == (1, 1)   # cheap is 9 to 1 in 10: f = 0.86
+    # Every telling token votes, form tokens included.
+    assert result.used == 6
 
 
 # ---------------------------------------------------------------- storage (SQLite)
@@ -264,7 +331,7 @@ async def _scan(cfg, store, raw, rcpt_tos=()):
 
 
 def test_symbols_through_the_engine_once_the_minimum_is_reached(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, familiar_tokens=3)
     spam_probe = msg("Cheap pills", "Buy cheap pills now, best price offer today")
     ham_probe = msg("Meeting notes", "The project meeting moved to Tuesday, see the agenda")
 
@@ -318,11 +385,36 @@ def test_unfamiliar_mail_weighs_less_or_nothing(tmp_path):
     assert 0 < some.score < full.score
     coverage = float(some.options[2].removeprefix("coverage="))
     expected = 10.0 * (float(some.options[0]) - 0.5) * 2 * (coverage - 0.3) / 0.3
-    assert some.score == pytest.approx(expected, abs=0.05)
+    # The option shows the coverage to two decimals: 0.005 is 0.17 points here.
+    assert some.score == pytest.approx(expected, abs=0.17)
     assert "BAYES_SPAM" not in unfamiliar.symbols
     shown = unfamiliar.symbols["BAYES_UNFAMILIAR"]
     assert shown.score == 0 and shown.options[0] == "BAYES_SPAM"
     assert float(shown.options[3].removeprefix("coverage=")) <= 0.3
+
+
+def test_spam_known_as_spam_counts_despite_one_off_words(tmp_path):
+    """The same padded message as above, once the training has seen its clues
+    in enough spam to make them strong: its strong clues say what the low
+    share of known words does not, and the verdict counts in full."""
+    cfg = _cfg(tmp_path, familiar_tokens=3, familiar_clues=5)
+    known = "Buy cheap pills now, best price offer today"
+    spam = [msg("Cheap pills", f"Buy cheap pills now, best price offer {i}") for i in range(6)]
+    hardly = msg("Cheap pills", known + " " + " ".join(f"zq{i}x" for i in range(60)))
+
+    async def main():
+        store = await _sqlite(tmp_path)
+        bayes = BayesStore(store, 3600)
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in spam], "spam")
+        await bayes.learn_many([(message_id(r), tokenize(parse(r))) for r in HAM], "ham")
+        result = await _scan(cfg, store, hardly)
+        await store.close()
+        return result
+
+    sym = run(main()).symbols["BAYES_SPAM"]
+    assert float(sym.options[2].removeprefix("coverage=")) <= 0.3   # hardly any of it known ...
+    assert int(sym.options[4].removeprefix("clues=")) >= 5           # ... but known as spam
+    assert sym.score == pytest.approx(10.0 * (float(sym.options[0]) - 0.5) * 2, abs=0.01)
 
 
 @pytest.mark.parametrize("address, per_user, owner", [

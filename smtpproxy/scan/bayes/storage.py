@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from smtpproxy.common.store import Store
 from smtpproxy.scan.bayes.classifier import Classification, classify
+from smtpproxy.scan.bayes.tokenizer import is_form
 
 TAG = "bayes"
 SPAM, HAM = "spam", "ham"
@@ -210,4 +211,5 @@ class BayesStore:
 
     async def classify(self, tokens: list[str]) -> tuple[Counts, Classification]:
         totals, counts = await self.token_counts(tokens)
-        return totals, classify(counts, totals.nspam, totals.nham, n_tokens=len(set(tokens)))
+        content = len({t for t in tokens if not is_form(t)})
+        return totals, classify(counts, totals.nspam, totals.nham, n_tokens=content)

@@ -22,6 +22,12 @@ and in the body count apart:
 
 The result is a list of distinct tokens in order of discovery (headers
 first), cut at ``max_tokens``. Never raises on content.
+
+``is_form`` tells the tokens that describe the message's form (MIME
+structure, markup, which headers are present, the hop count) from those of
+its content (words, phrases, addresses, hosts, URLs): any mail shares its
+form with some of the training, so only content says whether the training
+knows the message (classifier.familiarity).
 """
 
 from __future__ import annotations
@@ -43,8 +49,16 @@ IP_RE = re.compile(r"\[(\d{1,3})\.(\d{1,3})\.\d{1,3}\.\d{1,3}\]")
 CJK_RE = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+)")
 HTML_TAG_RE = re.compile(r"<\s*([a-zA-Z][a-zA-Z0-9]{0,15})([^>]{0,500})>")
 HTML_ATTR_RE = re.compile(r"([a-zA-Z][a-zA-Z\-]{0,30})\s*=")
+# Tokens of the message's form rather than its content (see is_form).
+FORM_PREFIXES = ("html:", "content-type:", "charset:", "header:", "shape:", "attachments:",
+                 "attachment:", "received:hops ")
 PRESENCE_HEADERS = ("list-id", "list-unsubscribe", "in-reply-to", "references", "x-mailing-list",
                     "precedence", "mime-version", "organization")
+
+
+def is_form(token: str) -> bool:
+    """A token of the message's form (structure, markup, header presence), not of its content."""
+    return token.startswith(FORM_PREFIXES) or token.endswith(":<none>")
 
 
 def _cjk_bigrams(run: str) -> list[str]:

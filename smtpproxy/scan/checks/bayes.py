@@ -6,10 +6,11 @@ in one round trip and combined with Robinson-Fisher chi-square
 messages of each class have been learned, and for a message with fewer
 than ``min_tokens`` telling tokens. At or above ``spam_threshold`` the
 check emits BAYES_SPAM, at or below ``ham_threshold`` BAYES_HAM, with the
-probability, the coverage and the known tokens in the options. The hit's
-weight, so the symbol's score, is the confidence times the familiarity
-(classifier.familiarity: how much of the message the training knows); a
-verdict on a message it does not know at all is BAYES_UNFAMILIAR, no score.
+probability, the coverage, the known tokens and the strong clues in the
+options. The hit's weight, so the symbol's score, is the confidence times
+the familiarity (classifier.familiarity: how much of the message's
+content the training knows, or how many strong clues of the verdict's
+class it carries); a verdict on a message it does not know at all is BAYES_UNFAMILIAR, no score.
 
 With ``per_user`` set, a message whose recipients all share one user's
 (or domain's) classifier is classified by that one once it has learned
@@ -92,9 +93,11 @@ class BayesCheck:
             symbol, confidence = "BAYES_HAM", (0.5 - result.probability) * 2
         else:
             return []
-        familiar = familiarity(result, cfg.familiar_coverage, cfg.unfamiliar_coverage, cfg.familiar_tokens)
+        familiar = familiarity(result, cfg.familiar_coverage, cfg.unfamiliar_coverage, cfg.familiar_tokens,
+                                cfg.familiar_clues)
         options = (f"{result.probability:.3f}", f"tokens={result.used}",
                    f"coverage={result.coverage:.2f}", f"known={result.known}",
+                   f"clues={result.spam_clues if symbol == 'BAYES_SPAM' else result.ham_clues}",
                    *((f"user={owner}",) if owner else ()))
         if familiar <= 0.0:
             # A verdict on mail the training does not know: shown, not scored.
