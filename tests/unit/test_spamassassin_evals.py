@@ -459,3 +459,14 @@ def test_auth_rules_feed_the_metas_but_are_not_scored_twice(tmp_path):
     assert {h.symbol for h in sa.scan(msg, "ann@example.org", facts=fail)} == {"LOCAL_SUBJ", "LOCAL_FORGED"}
     signed = {**fail, "dkim": {"signatures": [sig("example.org")]}}
     assert {h.symbol for h in sa.scan(msg, "ann@example.org", facts=signed)} == {"LOCAL_SUBJ"}
+
+
+def test_hostile_address_fields_give_their_bare_addresses():
+    from smtpproxy.scan.spamassassin.check import address_pairs
+    nested = "Ann <ann@example.org> (" + "(" * 5000 + "x" + ")" * 5000 + "), bob@example.net"
+    pairs = address_pairs([nested])  # email.utils recurses once per nested comment
+    assert ("", "ann@example.org") in pairs or ("Ann", "ann@example.org") in pairs
+    assert address_pairs(["Ann <ann@example.org>, bob@example.net"]) == [
+        ("Ann", "ann@example.org"), ("", "bob@example.net")]
+    msg = parse(("From: a@example.org\nTo: " + nested + "\nSubject: x\n\nhi\n").encode())
+    assert "ann@example.org" in _Texts(msg, "", 1 << 20).header_values("To:addr")

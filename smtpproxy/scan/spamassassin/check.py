@@ -78,6 +78,9 @@ SPACE_RE = re.compile(r"\s+")
 # costs more).
 OWN_DATABASE_RULES = 10
 LONG_HEADERS = ("all", "received", *RELAY_HEADERS)
+# Address fields (:addr, :name) are read this far; hostile ones are longer.
+MAX_ADDRESS_FIELD = 16_384
+BARE_ADDRESS_RE = re.compile(r"[^\s<>()\[\],;:\"@]+@[A-Za-z0-9.\-]+")
 # A rule with an RE2 filter is narrowed by its required literals first only when
 # they are this few: looking for hundreds of literals in Python costs more.
 FEW_LITERALS = 16
@@ -483,6 +486,22 @@ class SpamAssassinCheck:
         return lines
 
 
+def address_pairs(values: list[str]) -> list[tuple[str, str]]:
+    """(name, address) pairs of address fields, as email.utils reads them. Its
+    parser recurses on nested comments and quotes: a hostile field can run out
+    of stack (RecursionError) or take long, so each field is cut to
+    MAX_ADDRESS_FIELD characters and one that still trips it gives its bare
+    addresses only."""
+    pairs: list[tuple[str, str]] = []
+    for value in values:
+        value = value[:MAX_ADDRESS_FIELD]
+        try:
+            pairs += email.utils.getaddresses([value])
+        except (RecursionError, ValueError, IndexError):
+            pairs += [("", addr) for addr in BARE_ADDRESS_RE.findall(value)]
+    return pairs
+
+
 def client_relay(client: ClientInfo | None) -> relays.Relay | None:
     """The connecting host as XFORWARD told it, as a relay (Postfix says "unknown"
     for a name it could not verify: no rDNS, as in its Received field)."""
@@ -569,7 +588,7 @@ class _Texts:
         elif values and "last" in mods:
             values = values[-1:]
         if "addr" in mods or "name" in mods:
-            pairs = email.utils.getaddresses(values)
+            pairs = address_pairs(values)
             values = [addr for _, addr in pairs if addr] if "addr" in mods else \
                 [name for name, _ in pairs if name]
         return values
