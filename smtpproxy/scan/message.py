@@ -11,6 +11,7 @@ the corpora yields a string.
 from __future__ import annotations
 
 import binascii
+import codecs
 import email
 import email.header
 import email.message
@@ -326,13 +327,45 @@ def decode_bytes(data: bytes, charset: str | None) -> str:
         return data.decode("latin-1")
 
 
-def _header_text(value) -> str:
+def _header_text(value, charset: str | None = None) -> str:
+    """A field's value as text: raw 8-bit bytes as UTF-8, else in ``charset``
+    (the body's, which such mailers use for the headers too), else Latin-1;
+    then RFC 2047 encoded words."""
     if isinstance(value, email.header.Header):
         return decode_header_value(str(value))
     text = str(value)
     if not text.isascii() and SURROGATE_RE.search(text):
-        text = decode_bytes(text.encode("utf-8", "surrogateescape"), None)
+        data = text.encode("utf-8", "surrogateescape")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = _decode_strict(data, charset) or data.decode("latin-1")
     return decode_header_value(text)
+
+
+def _decode_strict(data: bytes, charset: str | None) -> str | None:
+    """``data`` in ``charset`` if it reads without error and the charset keeps
+    ASCII as ASCII (not UTF-16 or UTF-7, which read nearly anything); else None."""
+    if not charset:
+        return None
+    try:
+        if codecs.lookup(charset).name.startswith(("utf-16", "utf-32", "utf-7")):
+            return None
+        return data.decode(charset)
+    except (LookupError, UnicodeDecodeError):
+        return None
+
+
+def _body_charset(em: EmailMessage) -> str | None:
+    """The first charset other than ASCII or UTF-8 the message's parts declare
+    (of the first 20): how a mailer that writes raw 8-bit headers wrote them."""
+    for index, part in enumerate(em.walk()):
+        if index >= 20:
+            break
+        charset = part.get_content_charset()
+        if charset and charset not in ("us-ascii", "ascii", "utf-8", "utf8"):
+            return charset
+    return None
 
 
 def _raw_text(value) -> str:
@@ -398,8 +431,9 @@ def parse(raw: bytes) -> Message:
     # bytes (UTF-8 headers, RFC 6532, common in practice) into a Header whose
     # text has U+FFFD for every byte; _header_text decodes them as UTF-8, else
     # Latin-1.
+    charset = _body_charset(em) if not all(str(v).isascii() for v in em.values()) else None
     for name, value in em.raw_items():
-        headers.append((str(name), _header_text(value).replace("\r", "").replace("\n", " ")))
+        headers.append((str(name), _header_text(value, charset).replace("\r", "").replace("\n", " ")))
     msg = Message(raw=raw, headers=headers, from_fields=[
         _raw_text(value) for name, value in em.raw_items() if name.lower() == "from"])
     msg.defects.extend(cuts)

@@ -241,3 +241,15 @@ def test_raw_8bit_header_fields_are_decoded(raw_value, expected):
     assert msg.subject == expected
     assert msg.header("From") == "Jörg <j@example.org>" and msg.from_address == "j@example.org"
     assert "\ufffd" not in "".join(v for _, v in msg.headers)
+
+
+def test_raw_8bit_header_fields_in_the_body_charset():
+    # Not UTF-8: read in the charset the body declares (mailers that write raw
+    # 8-bit headers write them in it), else Latin-1.
+    subject = "[광고] 요즘 뜨는 직종".encode("euc-kr")
+    raw = (b"From: a@example.org\r\nSubject: " + subject + b"\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/plain; charset=ks_c_5601-1987\r\n\r\n" + "본문".encode("euc-kr") + b"\r\n")
+    assert parse(raw).subject == "[광고] 요즘 뜨는 직종"
+    # Bytes the declared charset cannot read fall back to Latin-1.
+    raw = b"From: a@example.org\r\nSubject: caf\xe9\r\nContent-Type: text/plain; charset=utf-16\r\n\r\nx\r\n"
+    assert parse(raw).subject == "caf\xe9"
