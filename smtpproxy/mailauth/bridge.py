@@ -118,11 +118,14 @@ class DnsTemporary(Exception):
 
 
 class TxtBridge(LoopBridge):
-    """dkimpy's dnsfunc for one verification: lookups go to the loop's Resolver."""
+    """dkimpy's dnsfunc for one verification: lookups go to the loop's Resolver
+    (``answers``: TXT records already fetched, by lower-case name, answer first)."""
 
-    def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, resolver: Resolver, loop: asyncio.AbstractEventLoop | None = None,
+                 answers: dict[str, list[bytes] | DnsTempError] | None = None):
         super().__init__(resolver, loop or asyncio.get_running_loop())
         self.names: list[str] = []  # every name asked, for the evidence and tests
+        self.answers = answers or {}
 
     def dnsfunc(self, name: bytes | str, timeout: object = None) -> bytes | None:
         if isinstance(name, bytes):
@@ -132,6 +135,9 @@ class TxtBridge(LoopBridge):
                 return None  # not a name DNS can hold: no key
         name = name.rstrip(".")
         self.names.append(name)
+        known = self.answers.get(name.lower())
+        if known is not None:
+            return first_txt(name, known)
         try:
             records = self.call(lambda: self.resolver.txt(name))
         except DnsTempError as exc:
@@ -139,6 +145,38 @@ class TxtBridge(LoopBridge):
         except LookupAbandoned as exc:
             raise DnsTemporary(name, f"lookup abandoned: {exc}") from None
         return records[0] if records else None
+
+
+class NotAtHand(Exception):
+    """A verification on the event loop asked for a record not fetched beforehand."""
+
+
+class AtHandTxt:
+    """dkimpy's dnsfunc on the event loop: only the TXT records fetched beforehand."""
+
+    def __init__(self, answers: dict[str, list[bytes] | DnsTempError]):
+        self.answers = answers
+        self.names: list[str] = []
+
+    def dnsfunc(self, name: bytes | str, timeout: object = None) -> bytes | None:
+        if isinstance(name, bytes):
+            try:
+                name = name.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        name = name.rstrip(".")
+        self.names.append(name)
+        known = self.answers.get(name.lower())
+        if known is None:
+            raise NotAtHand(name)
+        return first_txt(name, known)
+
+
+def first_txt(name: str, records: list[bytes] | DnsTempError) -> bytes | None:
+    """What dkimpy's dnsfunc returns for a fetched answer: the first record, None, or DnsTemporary."""
+    if isinstance(records, DnsTempError):
+        raise DnsTemporary(name, f"DNS {records.reason}")
+    return records[0] if records else None
 
 
 _BYTES_REPR = re.compile(r"""b'([^']*)'""")

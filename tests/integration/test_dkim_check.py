@@ -331,3 +331,29 @@ def test_cancelled_check_frees_its_thread(server):
         return await check.run(c), c.facts["dkim"]["signatures"]
     hits, sigs = asyncio.run(go())
     assert [s["result"] for s in sigs] == ["pass"]
+
+
+def test_keys_are_fetched_first_and_small_messages_verify_on_the_loop(server, monkeypatch):
+    from smtpproxy.scan.checks import dkim as dkim_module
+    handed = []
+    real = dkim_module.run_in_pool
+
+    async def counting(pool, bridge, func, raw, *args):
+        handed.append(len(raw))
+        return await real(pool, bridge, func, raw, *args)
+
+    monkeypatch.setattr(dkim_module, "run_in_pool", counting)
+    key = (DKIMPY / "test.private").read_bytes()
+    small = sign((DKIMPY / "test.message").read_bytes(), "test", "example.com", key)
+    body = b"".join(b"line %d of a long message, long enough to go to a thread\r\n" % i for i in range(4000))
+    large = sign(b"From: a@example.com\r\nTo: b@example.com\r\nSubject: big\r\n\r\n" + body,
+                 "test", "example.com", key)
+    assert len(large) > dkim_module.INLINE_VERIFY_MAX_BYTES
+    check = DkimCheck(Config())
+    before = server.count("test._domainkey.example.com", "TXT")
+    _, small_sigs = verify(server, check, small)
+    _, large_sigs = verify(server, check, large)
+    assert results(small_sigs) == results(large_sigs) == [("example.com", "test", "pass")]
+    assert handed == [len(large)]  # the small one never left the event loop
+    # Each verification asked for its key once (the thread used the answer fetched first).
+    assert server.count("test._domainkey.example.com", "TXT") - before == 2

@@ -24,25 +24,33 @@ RFC 8301: rsa-sha1 signatures and RSA keys under 1024 bits (under
 a= names one key type while the key record holds another is permerror
 (RFC 6376 3.6.1: k= must match the algorithm).
 
-Design: dkimpy does the canonicalisation and the arithmetic, in a worker
-thread; its key lookups come back to the event loop's Resolver
-(smtpproxy/mailauth/bridge.py). The steps of dkimpy's own ``DKIM.verify`` are called one
+Design: the key records the signatures name are fetched first, together,
+on the event loop. dkimpy then does the canonicalisation and the
+arithmetic: on the loop for a message up to INLINE_VERIFY_MAX_BYTES (its
+key lookups answered from those records), in a worker thread for a larger
+one or when dkimpy asks for a name not fetched (its lookups then come back
+to the event loop's Resolver, smtpproxy/mailauth/bridge.py). The steps of dkimpy's own ``DKIM.verify`` are called one
 by one so that each failure keeps its kind: dkimpy's ``verify`` folds every
 problem into False.
 """
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import logging
+import re
 from typing import ClassVar
 
 import dkim
 import dkim.util
 
 from smtpproxy.common.config import Config
+from smtpproxy.common.dns import DnsTempError
 from smtpproxy.mailauth.bridge import (
+    AtHandTxt,
     DnsTemporary,
+    NotAtHand,
     TxtBridge,
     reason_text,
     run_in_pool,
@@ -64,6 +72,12 @@ _ORDER = ("pass", "fail", "temperror", "permerror")
 _quiet = logging.getLogger("smtpproxy.scan.dkimpy")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
+
+# Messages up to this size are verified on the event loop once their keys
+# are fetched (hashing 128 KB costs well under a millisecond); larger ones in
+# a worker thread.
+INLINE_VERIFY_MAX_BYTES = 128 * 1024
+_SIG_TAG_RE = re.compile(r"(?:^|;)\s*([A-Za-z]\w*)\s*=\s*([^;]*)")
 
 # a= -> the key type it needs (k= in the key record).
 _KEY_TYPES = {b"rsa-sha256": b"rsa", b"rsa-sha1": b"rsa", b"ed25519-sha256": b"ed25519"}
@@ -141,6 +155,28 @@ def _verify_all(bridge: TxtBridge, raw: bytes, max_signatures: int, min_rsa_key_
             for idx in range(min(count, max_signatures))]
 
 
+async def _fetch_keys(resolver, message, max_signatures: int) -> dict[str, list[bytes] | DnsTempError]:
+    """The key records (``s._domainkey.d`` TXT) the first ``max_signatures``
+    signatures name, fetched at once, by lower-case name."""
+    names = []
+    for field, value in message.headers:
+        if field.lower() != "dkim-signature":
+            continue
+        if len(names) >= max_signatures:
+            break
+        tags = {k.lower(): "".join(v.split()) for k, v in _SIG_TAG_RE.findall(value)}
+        if tags.get("d") and tags.get("s"):
+            names.append(f"{tags['s']}._domainkey.{tags['d']}".rstrip(".").lower())
+    names = list(dict.fromkeys(names))
+    found = await asyncio.gather(*(resolver.txt(n) for n in names), return_exceptions=True)
+    answers: dict[str, list[bytes] | DnsTempError] = {}
+    for name, result in zip(names, found, strict=True):
+        if isinstance(result, (list, DnsTempError)):
+            answers[name] = result
+        # Anything else (a name DNS cannot hold): not kept, asked again the usual way.
+    return answers
+
+
 def option(sig: dict) -> str:
     text = f"d={sig['domain']} s={sig['selector']}"
     return f"{text}: {sig['reason']}" if sig["reason"] else text
@@ -177,7 +213,19 @@ class DkimCheck:
         if ctx.resolver is None:
             ctx.facts["dkim"] = {"signatures": []}
             return [Hit("R_DKIM_NA", ("no resolver",))]
-        signatures = await run_in_pool(self._pool, TxtBridge(ctx.resolver), _verify_all, raw,
-                                       self.cfg.max_signatures, self.cfg.min_rsa_key_bits)
+        # The keys the signatures name, fetched together first; then a message
+        # of common size is verified right here (hashing it costs less than
+        # handing it to a thread and back), a large one in a worker thread.
+        answers = await _fetch_keys(ctx.resolver, ctx.message, self.cfg.max_signatures)
+        signatures = None
+        if len(raw) <= INLINE_VERIFY_MAX_BYTES:
+            try:
+                signatures = _verify_all(AtHandTxt(answers), raw, self.cfg.max_signatures,
+                                         self.cfg.min_rsa_key_bits)
+            except NotAtHand:  # dkimpy read a key name differently: ask it in the thread
+                signatures = None
+        if signatures is None:
+            signatures = await run_in_pool(self._pool, TxtBridge(ctx.resolver, answers=answers), _verify_all,
+                                           raw, self.cfg.max_signatures, self.cfg.min_rsa_key_bits)
         ctx.facts["dkim"] = {"signatures": signatures}
         return hits_for(signatures) or [Hit("R_DKIM_NA")]
