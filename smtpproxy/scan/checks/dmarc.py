@@ -129,6 +129,11 @@ def _a_label(domain: str) -> str:
         return domain
 
 
+# From domains whose policy is looked up ahead (a From listing hundreds of
+# domains must not start hundreds of lookups at once; the rest go in turn).
+PREFETCH_DOMAINS = 4
+
+
 def _consume(future: asyncio.Future) -> None:
     """Done callback: a prefetch nobody awaited (the check timed out) logs no
     "exception never retrieved"."""
@@ -191,7 +196,7 @@ class DmarcCheck:
         author domain; ``evaluate`` awaits these instead of asking again."""
         if ctx.resolver is None:
             return
-        for domain in dict.fromkeys(author_domains(ctx.message)):
+        for domain in author_domains(ctx.message)[:PREFETCH_DOMAINS]:
             future = asyncio.ensure_future(self.discover(ctx.resolver, domain))
             future.add_done_callback(_consume)  # its error is read where it is awaited, or nowhere
             ctx.prefetched[f"dmarc:{domain}"] = future
