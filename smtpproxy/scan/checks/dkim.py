@@ -26,13 +26,13 @@ a= names one key type while the key record holds another is permerror
 
 Design: the key records the signatures name are fetched first, together,
 on the event loop. dkimpy then does the canonicalisation and the
-arithmetic: on the loop while its size times its signatures stays under
-INLINE_VERIFY_MAX_BYTES (its key lookups answered from those records), in a
-worker thread for a larger
-one or when dkimpy asks for a name not fetched (its lookups then come back
-to the event loop's Resolver, smtpproxy/mailauth/bridge.py). The steps of dkimpy's own ``DKIM.verify`` are called one
-by one so that each failure keeps its kind: dkimpy's ``verify`` folds every
-problem into False.
+arithmetic: on the loop while the message's size times its signatures
+stays under INLINE_VERIFY_MAX_BYTES (its key lookups answered from those
+records), in a worker thread for larger work or when dkimpy asks for a name
+not fetched (its lookups then come back to the event loop's Resolver,
+smtpproxy/mailauth/bridge.py). The steps of dkimpy's own ``DKIM.verify`` are
+called one by one so that each failure keeps its kind: dkimpy's ``verify``
+folds every problem into False.
 """
 
 from __future__ import annotations
