@@ -40,6 +40,18 @@ if TYPE_CHECKING:
 MESSAGE_SIZE = 5 * 1024
 
 
+# A Postfix smtpd that takes XFORWARD and mail from loopback without the
+# usual restrictions: the listener behind a content filter (re-injection).
+OPEN_LOOPBACK_SMTPD = {
+    "smtpd_authorized_xforward_hosts": "127.0.0.0/8",
+    "smtpd_client_restrictions": "",
+    "smtpd_helo_restrictions": "",
+    "smtpd_sender_restrictions": "",
+    "smtpd_recipient_restrictions": "permit_mynetworks,reject",
+    "smtpd_data_restrictions": "",
+    "mynetworks": "127.0.0.0/8",
+}
+
 def pct(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest rank; NaN for no values."""
     ordered = sorted(values)

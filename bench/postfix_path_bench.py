@@ -99,6 +99,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    OPEN_LOOPBACK_SMTPD,
     apt_install,
     process_tree_cpu_seconds,
     start_rspamd,
@@ -300,15 +301,7 @@ class Setup:
             "milter_default_action": "tempfail",  # a milter that fails must show, not pass mail
             "milter_mail_macros": "i {mail_addr} {client_addr} {client_name} {auth_authen}",
         })
-        self.postfix.add_service(f"127.0.0.1:{self.reinject_port}", {
-            "smtpd_authorized_xforward_hosts": "127.0.0.0/8",
-            "smtpd_client_restrictions": "",
-            "smtpd_helo_restrictions": "",
-            "smtpd_sender_restrictions": "",
-            "smtpd_recipient_restrictions": "permit_mynetworks,reject",
-            "smtpd_data_restrictions": "",
-            "mynetworks": "127.0.0.0/8",
-        })
+        self.postfix.add_service(f"127.0.0.1:{self.reinject_port}", dict(OPEN_LOOPBACK_SMTPD))
         self.proxy = ProxyProcess(self.base / "proxy", proxy_config(
             self.base / "proxy", self.proxy_socket, self.reinject_port, self.metrics_port,
             self.nameserver, self.workers))

@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import MESSAGE_SIZE, cpu_seconds, drain, pct, smtp_source  # noqa: E402
+from bench.common import MESSAGE_SIZE, OPEN_LOOPBACK_SMTPD, cpu_seconds, drain, pct, smtp_source  # noqa: E402
 from tests.support.dns_server import DnsTestServer  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.pipeline import Pipeline  # noqa: E402
@@ -75,13 +75,7 @@ def add_smtpd_peer(p: Pipeline) -> int:
     peer_port, before_port = free_port(), free_port()
     p.postfix.add_service(f"127.0.0.1:{peer_port}", {
         "smtpd_proxy_filter": f"127.0.0.1:{p.reinject_port}",
-        "smtpd_authorized_xforward_hosts": "127.0.0.0/8",
-        "smtpd_client_restrictions": "",
-        "smtpd_helo_restrictions": "",
-        "smtpd_sender_restrictions": "",
-        "smtpd_recipient_restrictions": "permit_mynetworks,reject",
-        "smtpd_data_restrictions": "",
-        "mynetworks": "127.0.0.0/8",
+        **OPEN_LOOPBACK_SMTPD,
         "smtpd_client_connection_count_limit": "0",
     })
     p.postfix.add_service(f"127.0.0.1:{before_port}", {

@@ -67,11 +67,12 @@ MESSAGE = (
 )
 
 
-def sa_config(tmp_path, **kw) -> config.Config:
+def sa_config(tmp_path, local_cf: str = LOCAL_CF, **kw) -> config.Config:
+    """SpamAssassin's check on a rules directory with nothing in it and ``local_cf``."""
     rules = tmp_path / "rules"
     rules.mkdir(exist_ok=True)
     (rules / "10_empty.cf").write_text("# nothing here\n")
-    (tmp_path / "local.cf").write_text(LOCAL_CF)
+    (tmp_path / "local.cf").write_text(local_cf)
     return config.load(None, {"state_dir": str(tmp_path / "state"),
                               "scan.spamassassin.enabled": True,
                               "scan.spamassassin.rules_dirs": [str(rules)],
@@ -335,14 +336,7 @@ MIME_MESSAGE = (
 
 
 def test_mimeheader_rules_read_every_mime_entity(tmp_path):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "10_empty.cf").write_text("# nothing here\n")
-    (tmp_path / "local.cf").write_text(MIME_CF)
-    cfg = config.load(None, {"state_dir": str(tmp_path / "state"), "scan.spamassassin.enabled": True,
-                             "scan.spamassassin.rules_dirs": [str(rules)],
-                             "scan.spamassassin.local_cf": str(tmp_path / "local.cf")})
-    sa = SpamAssassinCheck(cfg, background_compile=False)
+    sa = SpamAssassinCheck(sa_config(tmp_path, MIME_CF), background_compile=False)
     assert "mimeheader modifier" in sa.rules.skipped["LOCAL_BAD_MOD"]
     fired = {h.symbol for h in sa.scan(parse(MIME_MESSAGE), "a@example.org")}
     assert {"LOCAL_GIF_PART", "LOCAL_RAW_FOLD", "LOCAL_NO_PDF", "LOCAL_ROOT_MIXED", "LOCAL_NESTED_CID",

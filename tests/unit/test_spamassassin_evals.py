@@ -443,14 +443,8 @@ score    LOCAL_SUBJ        0.5
 
 
 def test_auth_rules_feed_the_metas_but_are_not_scored_twice(tmp_path):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "10_empty.cf").write_text("# nothing here\n")
-    (tmp_path / "local.cf").write_text(AUTH_CF)
-    cfg = config.load(None, {"state_dir": str(tmp_path / "state"), "scan.spamassassin.enabled": True,
-                             "scan.spamassassin.rules_dirs": [str(rules)],
-                             "scan.spamassassin.local_cf": str(tmp_path / "local.cf")})
-    sa = SpamAssassinCheck(cfg, background_compile=False)
+    from tests.unit.test_spamassassin_check import sa_config
+    sa = SpamAssassinCheck(sa_config(tmp_path, AUTH_CF), background_compile=False)
     assert "SPF_FAIL" not in sa.symbol_defs() and "DKIM_VALID_AU" not in sa.symbol_defs()
     assert "scored by our SPF" in sa.not_emitted["SPF_FAIL"]
     assert "spf" in sa.after and "dkim" in sa.after and "dmarc" in sa.after

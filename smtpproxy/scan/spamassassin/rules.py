@@ -295,13 +295,17 @@ class _Parser:
             return
         rule = Rule(name, "header", where, header=header, exists=bool(m.group(1)),
                     negate=m.group(3) == "!~", if_unset=unset.group(1) if unset else None)
-        if not rule.exists:
-            try:
-                rule.text, rule.flags = split_match_op(m.group(4))
-            except Untranslatable as exc:
-                self.define_skipped(name, f"regex: {exc}")
-                return
-        self.define(rule)
+        if rule.exists or self._with_regex(rule, m.group(4)):
+            self.define(rule)
+
+    def _with_regex(self, rule: Rule, operand: str) -> bool:
+        """``rule`` with the regex of its ``=~``/``!~`` operand; False (skipped, counted) if untranslatable."""
+        try:
+            rule.text, rule.flags = split_match_op(operand)
+        except Untranslatable as exc:
+            self.define_skipped(rule.name, f"regex: {exc}")
+            return False
+        return True
 
     def d_mimeheader(self, name: str, rest: str, where: str) -> None:
         """MIMEHeader: ``mimeheader NAME Field[:raw] =~ /re/`` (or ``!~``), matched
@@ -315,12 +319,8 @@ class _Parser:
             self.define_skipped(name, f"mimeheader modifier not implemented: {header}")
             return
         rule = Rule(name, "mimeheader", where, header=header, negate=m.group(3) == "!~")
-        try:
-            rule.text, rule.flags = split_match_op(m.group(4))
-        except Untranslatable as exc:
-            self.define_skipped(name, f"regex: {exc}")
-            return
-        self.define(rule)
+        if self._with_regex(rule, m.group(4)):
+            self.define(rule)
 
     def _pattern_rule(self, kind: str, name: str, rest: str, where: str) -> None:
         if self._eval(name, rest, where):
