@@ -29,9 +29,9 @@ from collections.abc import Callable
 from policy import greylist, ratelimit
 from smtpproxy.common import log as logsetup
 from smtpproxy.common import runtime
-from smtpproxy.common.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load, worker_count
+from smtpproxy.common.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load
 from smtpproxy.common.store import Store, StoreError, open_store
-from smtpproxy.common.supervisor import Supervisor
+from smtpproxy.common.supervisor import serve_with_workers
 from smtpproxy.common.version import version
 from smtpproxy.common.workers import Endpoint
 
@@ -68,15 +68,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # uvloop when installed (runtime.run), asyncio's own loop otherwise.
         return runtime.run(runtime.serve(PROGRAM, cfg, PolicyService, reload_config))
 
-    count = worker_count(cfg.policy.workers)
-    if count == 1:
-        return serve_one(cfg)  # one process, no supervisor
-    # Forked before any event loop, thread or store connection exists (common/supervisor.py).
-    return Supervisor(
-        PROGRAM, cfg, count, "policy.workers", _endpoints, reload_config,
-        drain_timeout=lambda c: c.policy.drain_timeout_s, worker_main=serve_one,
-        on_reload=lambda c: logsetup.setup(c.log, PROGRAM),
-    ).run()
+    return serve_with_workers(PROGRAM, cfg, "policy.workers", cfg.policy.workers, _endpoints, reload_config,
+                              lambda c: c.policy.drain_timeout_s, serve_one)
 
 
 def _endpoints(cfg: Config) -> list[Endpoint]:

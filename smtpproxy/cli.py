@@ -25,10 +25,10 @@ from smtpproxy import canary as canary_cli
 from smtpproxy.cliconfig import config_path, ensure_state_dir, load_with_flags
 from smtpproxy.common import config as config_mod
 from smtpproxy.common import log as logsetup
-from smtpproxy.common.config import Config, ConfigError, worker_count
+from smtpproxy.common.config import Config, ConfigError
 from smtpproxy.common.dns import Resolver
 from smtpproxy.common.runtime import run, serve
-from smtpproxy.common.supervisor import Supervisor
+from smtpproxy.common.supervisor import serve_with_workers
 from smtpproxy.common.version import version
 from smtpproxy.controller import cli as controller_cli
 from smtpproxy.daemon import ProxyService, endpoints
@@ -55,16 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def serve_one(cfg: Config) -> int:
         return run(serve(PROGRAM, cfg, ProxyService, reload_config))
 
-    count = worker_count(cfg.proxy.workers)
-    if count == 1:
-        return serve_one(cfg)  # one process, no supervisor
-    # Forked before anything else exists: no event loop, thread, store or
-    # scan engine is built in this process (common/supervisor.py).
-    return Supervisor(
-        PROGRAM, cfg, count, "proxy.workers", endpoints, reload_config,
-        drain_timeout=lambda c: c.proxy.drain_timeout_s, worker_main=serve_one,
-        on_reload=lambda c: logsetup.setup(c.log, PROGRAM),
-    ).run()
+    return serve_with_workers(PROGRAM, cfg, "proxy.workers", cfg.proxy.workers, endpoints, reload_config,
+                              lambda c: c.proxy.drain_timeout_s, serve_one)
 
 
 def cmd_configtest(args: argparse.Namespace) -> int:

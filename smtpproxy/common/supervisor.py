@@ -47,6 +47,7 @@ import stat
 import time
 from collections.abc import Callable
 
+from smtpproxy.common import log as logsetup
 from smtpproxy.common.config import Config, ConfigError, parse_hostport, worker_count
 from smtpproxy.common.metrics import retire_snapshot
 from smtpproxy.common.runtime import sd_notify
@@ -490,6 +491,25 @@ class Supervisor:
                                 "address changes at a restart)")
         return None
 
+
+
+def serve_with_workers(program: str, cfg: Config, key: str, workers: int | str,
+                       endpoints: Callable[[Config], list[Endpoint]],
+                       reload_config: Callable[[], Config],
+                       drain_timeout: Callable[[Config], float],
+                       serve_one: Callable[[Config], int]) -> int:
+    """A daemon's main: ``serve_one(cfg)`` in this process when ``workers`` (the
+    value of ``key``) is 1, with no supervisor; otherwise a Supervisor forks that
+    many workers running it. Called before any event loop, thread, store or
+    scan engine exists in this process, so the workers inherit none."""
+    count = worker_count(workers)
+    if count == 1:
+        return serve_one(cfg)
+    return Supervisor(
+        program, cfg, count, key, endpoints, reload_config,
+        drain_timeout=drain_timeout, worker_main=serve_one,
+        on_reload=lambda c: logsetup.setup(c.log, program),
+    ).run()
 
 def _workers_value(cfg: Config, key: str) -> int | str:
     section, name = key.split(".")
