@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-import re
 from typing import ClassVar
 
 import dkim
@@ -79,7 +78,6 @@ _quiet.propagate = False
 # view of the message anew: about 3 ms for 48 KB here); larger work goes to a
 # worker thread, where the loop keeps serving.
 INLINE_VERIFY_MAX_BYTES = 48 * 1024
-_SIG_TAG_RE = re.compile(r"(?:^|;)\s*([A-Za-z]\w*)\s*=\s*([^;]*)")
 
 # a= -> the key type it needs (k= in the key record).
 _KEY_TYPES = {b"rsa-sha256": b"rsa", b"rsa-sha1": b"rsa", b"ed25519-sha256": b"ed25519"}
@@ -166,9 +164,10 @@ async def _fetch_keys(resolver, message, max_signatures: int) -> dict[str, list[
             continue
         if len(names) >= max_signatures:
             break
-        tags = {k.lower(): "".join(v.split()) for k, v in _SIG_TAG_RE.findall(value)}
-        if tags.get("d") and tags.get("s"):
-            names.append(f"{tags['s']}._domainkey.{tags['d']}".rstrip(".").lower())
+        tags = _tags(value.encode("utf-8", "replace"))  # dkimpy's own tag parser
+        d, sel = tags.get(b"d", b"").decode("ascii", "replace"), tags.get(b"s", b"").decode("ascii", "replace")
+        if d and sel:
+            names.append(f"{sel}._domainkey.{d}".rstrip(".").lower())
     names = list(dict.fromkeys(names))
     found = await asyncio.gather(*(resolver.txt(n) for n in names), return_exceptions=True)
     answers: dict[str, list[bytes] | DnsTempError] = {}

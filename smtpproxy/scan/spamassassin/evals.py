@@ -782,15 +782,11 @@ def _dmarc_fail_with(policy: str) -> Callable[[EvalInput], bool]:
     def test(ev: EvalInput) -> bool:
         dmarc = ev.facts.get("dmarc", {})
         return dmarc.get("result") == "fail" and dmarc.get("policy") == policy
+    test.__name__ = f"check_dmarc_{policy}"
     return test
 
 
-check_dmarc_reject = _dmarc_fail_with("reject")
-check_dmarc_reject.__name__ = "check_dmarc_reject"
-check_dmarc_quarantine = _dmarc_fail_with("quarantine")
-check_dmarc_quarantine.__name__ = "check_dmarc_quarantine"
-check_dmarc_none = _dmarc_fail_with("none")
-check_dmarc_none.__name__ = "check_dmarc_none"
+DMARC_FAIL_EVALS = [_dmarc_fail_with(p) for p in ("reject", "quarantine", "none")]
 
 
 def check_dmarc_missing(ev: EvalInput) -> bool:
@@ -800,10 +796,10 @@ def check_dmarc_missing(ev: EvalInput) -> bool:
         and dmarc.get("reason") != "no resolver"
 
 
-AUTH_EVALS = frozenset(fn.__name__ for fn in (
+AUTH_EVAL_FUNCTIONS = [
     *SPF_EVALS, check_dkim_signed, check_dkim_valid, check_dkim_valid_author_sig,
-    check_dkim_valid_envelopefrom, check_dmarc_pass, check_dmarc_reject, check_dmarc_quarantine,
-    check_dmarc_none, check_dmarc_missing))
+    check_dkim_valid_envelopefrom, check_dmarc_pass, *DMARC_FAIL_EVALS, check_dmarc_missing]
+AUTH_EVALS = frozenset(fn.__name__ for fn in AUTH_EVAL_FUNCTIONS)
 
 
 EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
@@ -814,9 +810,7 @@ EVALS: dict[str, Callable[..., bool]] = {fn.__name__: fn for fn in (
     check_all_trusted, check_no_relays, check_relays_unparseable, helo_ip_mismatch,
     check_for_numeric_helo, check_for_no_rdns_dotcom_helo, check_for_forged_yahoo_received_headers,
     html_test, html_tag_exists, html_image_only, html_range, html_text_match, check_mailfrom_matches_rcvd,
-    *SPF_EVALS, check_dkim_signed, check_dkim_valid, check_dkim_valid_author_sig,
-    check_dkim_valid_envelopefrom, check_dmarc_pass, check_dmarc_reject, check_dmarc_quarantine,
-    check_dmarc_none, check_dmarc_missing,
+    *AUTH_EVAL_FUNCTIONS,
 )}
 
 
